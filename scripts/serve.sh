@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Start the ASR service (port 8001) and the TTS service (port 8002) on the embedded default models,
+# in the foreground; Ctrl-C (or SIGTERM) stops both. Logs go to the terminal as JSON lines.
+#   scripts/serve.sh [--host 0.0.0.0]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+[ -x "$ROOT/.venv/bin/python" ] || "$ROOT/scripts/install.sh"
+cd "$ROOT"
+pids=()
+cleanup() { trap - INT TERM EXIT; for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait; }
+trap cleanup INT TERM EXIT
+"$ROOT/scripts/start_asr.sh" --port "${ASR_PORT:-8001}" "$@" & pids+=($!)
+if [ -f "$ROOT/services/tts/__main__.py" ]; then
+  "$ROOT/scripts/start_tts.sh" --port "${TTS_PORT:-8002}" "$@" & pids+=($!)
+fi
+echo "serve: ASR on :${ASR_PORT:-8001}$([ ${#pids[@]} -gt 1 ] && echo ", TTS on :${TTS_PORT:-8002}"); Ctrl-C stops" >&2
+wait -n

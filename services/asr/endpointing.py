@@ -1,0 +1,175 @@
+"""Where utterances begin and end: the rules shared by live streams and files.
+
+:class:`Endpointer` wraps the VAD :class:`~.vad.SpeechDetector` and applies the
+session's turn-detection mode to its pauses. It is synchronous and counts
+samples only, so the same audio always yields the same utterances; the live
+session and ``POST /v1/transcribe`` (which runs it in ``vad`` mode) share it,
+which is why a stream and an upload of the same audio give the same text.
+It asks its caller to act through small action objects:
+
+* :class:`Started` - an utterance begins (pre-roll included);
+* :class:`Speculate` - the pause has reached ``end_pad_ms``: the utterance's
+  audio is complete if the speaker does not go on, so its final can be decoded
+  now, ahead of the decision;
+* :class:`CheckTurn` - ``smart_turn`` mode, a checkpoint of the pause: run the
+  turn model and call :meth:`Endpointer.end` if the turn is complete;
+* :class:`Resumed` - speech came back during the pause; speculation is void;
+* :class:`Ended` - the utterance is over, with its reason and last sample.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .vad import SAMPLE_RATE_HZ, DetectorOptions, Silence, SpeechDetector, SpeechResumed, SpeechStarted
+
+
+class TurnMode(str, enum.Enum):
+    SMART_TURN = "smart_turn"
+    VAD = "vad"
+    NONE = "none"
+
+
+class EndReason(str, enum.Enum):
+    TURN = "turn"
+    SILENCE = "silence"
+    COMMIT = "commit"
+    END = "end"
+    MAX_LENGTH = "max_length"
+
+
+@dataclass(frozen=True)
+class EndpointOptions:
+    mode: TurnMode = TurnMode.SMART_TURN
+    end_pad_ms: int = 96  # audio kept after the last voiced window
+    vad_silence_ms: int = 600  # vad mode: a pause this long ends the utterance
+    turn_checkpoints_ms: Sequence[int] = (192, 480, 960)  # smart_turn mode: when the model is asked
+    max_silence_ms: int = 1600  # smart_turn mode: the utterance ends anyway after this pause
+    max_utterance_ms: int = 30000
+
+
+@dataclass(frozen=True)
+class Started:
+    start_sample: int
+
+
+@dataclass(frozen=True)
+class Speculate:
+    end_sample: int
+
+
+@dataclass(frozen=True)
+class CheckTurn:
+    silence_ms: int
+    end_sample: int
+
+
+@dataclass(frozen=True)
+class Resumed:
+    pass
+
+
+@dataclass(frozen=True)
+class Ended:
+    reason: EndReason
+    start_sample: int
+    end_sample: int
+
+
+Action = Started | Speculate | CheckTurn | Resumed | Ended
+
+
+class Endpointer:
+    def __init__(self, options: EndpointOptions, detector: DetectorOptions) -> None:
+        self.options = options
+        self.detector = SpeechDetector(detector)
+        self.start_sample: int | None = None  # of the open utterance
+        self._pause_marks: set[int] = set()
+        self._speculated = False
+        self._pad_samples = options.end_pad_ms * SAMPLE_RATE_HZ // 1000
+        self._max_samples = options.max_utterance_ms * SAMPLE_RATE_HZ // 1000
+
+    @property
+    def in_utterance(self) -> bool:
+        return self.start_sample is not None
+
+    @property
+    def position_sample(self) -> int:
+        return self.detector.position_sample
+
+    def pause_end_sample(self) -> int:
+        """Last sample of the utterance if it ended in the current pause."""
+        return min(self.detector.speech_end_sample + self._pad_samples, self.position_sample)
+
+    def push(self, probability: float) -> list[Action]:
+        actions: list[Action] = []
+        for event in self.detector.push(probability):
+            if isinstance(event, SpeechStarted):
+                self.start_sample = event.start_sample
+                self._reset_pause()
+                actions.append(Started(event.start_sample))
+            elif isinstance(event, SpeechResumed):
+                if self._speculated or self._pause_marks:
+                    actions.append(Resumed())
+                self._reset_pause()
+            elif isinstance(event, Silence) and self.start_sample is not None:
+                actions.extend(self._on_silence(event))
+        if self.start_sample is not None and self.position_sample - self.start_sample >= self._max_samples:
+            cut = self.start_sample + self._max_samples
+            if self.detector.state.value == "stopping":
+                cut = min(cut, self.pause_end_sample())
+            actions.append(self.end(EndReason.MAX_LENGTH, cut))
+            if self.detector.in_speech:  # still talking: the next utterance starts at the cut
+                self.start_sample = cut
+                actions.append(Started(cut))
+        return actions
+
+    def _reset_pause(self) -> None:
+        self._pause_marks.clear()
+        self._speculated = False
+
+    def _on_silence(self, event: Silence) -> list[Action]:
+        o = self.options
+        out: list[Action] = []
+        end_sample = min(event.speech_end_sample + self._pad_samples, self.position_sample)
+        if not self._speculated and event.silence_ms >= o.end_pad_ms and o.mode is not TurnMode.NONE:
+            self._speculated = True
+            out.append(Speculate(end_sample))
+        if o.mode is TurnMode.VAD and event.silence_ms >= o.vad_silence_ms:
+            out.append(self.end(EndReason.SILENCE, end_sample))
+        elif o.mode is TurnMode.SMART_TURN:
+            if event.silence_ms >= o.max_silence_ms:
+                out.append(self.end(EndReason.SILENCE, end_sample))
+            else:
+                for mark in o.turn_checkpoints_ms:
+                    if event.silence_ms >= mark and mark not in self._pause_marks:
+                        self._pause_marks.add(mark)
+                        out.append(CheckTurn(event.silence_ms, end_sample))
+                        break
+        return out
+
+    def end(self, reason: EndReason, end_sample: int | None = None) -> Ended:
+        """Close the open utterance (the caller checks :attr:`in_utterance`)."""
+        assert self.start_sample is not None
+        if end_sample is None:
+            end_sample = self.pause_end_sample() if self.detector.state.value == "stopping" else self.position_sample
+        ended = Ended(reason, self.start_sample, max(end_sample, self.start_sample))
+        self.detector.end_utterance(ended.end_sample)
+        self.start_sample = None
+        self._reset_pause()
+        return ended
+
+    def split(self, reason: EndReason, now_sample: int | None = None) -> list[Action]:
+        """commit/end: close the open utterance now (at ``now_sample`` if speech is going on);
+        after a commit, speech that is still going on opens the next utterance at the cut."""
+        if self.start_sample is None:
+            return []
+        speaking = self.detector.state.value == "speaking"
+        ended = self.end(reason, now_sample if speaking else None)
+        actions: list[Action] = [ended]
+        if reason is EndReason.COMMIT and speaking:
+            self.start_sample = ended.end_sample
+            actions.append(Started(ended.end_sample))
+        return actions

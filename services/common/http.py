@@ -1,0 +1,139 @@
+"""The HTTP edge both services share: error mapping, body-size limit, and the operations routes.
+
+``install_error_handlers`` turns :class:`ServiceError`, request-validation
+errors and unexpected exceptions into the contract's JSON error body (the one
+place that happens). :class:`BodySizeLimit` refuses an upload over the limit
+with 413 before it is read, whether or not it declares a Content-Length.
+``ops_router`` serves ``/health``, ``/ready`` and ``/metrics`` from the runtime
+on ``app.state.runtime`` (anything with ``admission``, ``metrics`` and
+``ready``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import ErrorCode, ServiceError, http_response
+from .metrics import CONTENT_TYPE
+
+log = logging.getLogger(__name__)
+
+
+def install_error_handlers(app: FastAPI, upload_fields: tuple[str, ...] = ("file",)) -> None:
+    def count(code: str) -> None:
+        runtime = getattr(app.state, "runtime", None)
+        if runtime is not None:
+            runtime.metrics.errors.labels(code=code).inc()
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        count(exc.code.value)
+        if exc.code is ErrorCode.OVERLOADED and getattr(app.state, "runtime", None) is not None:
+            app.state.runtime.metrics.refusals.labels(reason="http").inc()
+        return http_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        missing_upload = False
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "form")]
+            name = ".".join(loc) or "request"
+            if err.get("type") == "missing" and name in upload_fields:
+                missing_upload = True
+            problems.append(f"{name}: {err.get('msg')}")
+        code = ErrorCode.BAD_REQUEST if missing_upload or not problems else ErrorCode.INVALID_PARAMETER
+        return await _service_error(request, ServiceError(code, "; ".join(problems) or "invalid request"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return await _service_error(request, ServiceError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}"))
+
+
+class BodySizeLimit:
+    """ASGI middleware: HTTP bodies larger than ``max_bytes`` get 413 without being read."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"error": {"code": ErrorCode.TOO_LARGE.value,
+                                     "message": f"request body exceeds the limit of {self.max_bytes} bytes"}}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def ops_router() -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/health")
+    async def health() -> dict:
+        """200 while the process is alive."""
+        return {"status": "ok"}
+
+    @router.get("/ready")
+    async def ready(request: Request) -> JSONResponse:
+        """200 when the models are loaded and a new session would be accepted, else 503."""
+        runtime = getattr(request.app.state, "runtime", None)
+        if runtime is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        adm = runtime.admission
+        body = {"status": "ready" if adm.accepting else ("draining" if adm.draining else "full"),
+                "sessions": adm.active, "max_sessions": adm.max_sessions}
+        return JSONResponse(body, status_code=200 if adm.accepting else 503)
+
+    @router.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format."""
+        runtime = getattr(request.app.state, "runtime", None)
+        if runtime is None:
+            return PlainTextResponse("", status_code=503)
+        return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
+
+    return router

@@ -1,0 +1,233 @@
+"""The scheduler that owns one model: the only way sessions reach it.
+
+One asyncio task per model pulls requests from a bounded pending set, forms a
+batch and runs it on the model's own worker thread, so blocking inference
+leaves the event loop in exactly this place. The habits of TGI's router:
+
+* bounded: when ``max_pending`` requests wait, a new one is refused at once
+  with ``overloaded``;
+* ordered: lower :class:`Priority` first (finals before partials), then FIFO;
+* merged: a request submitted with a ``replace_key`` supersedes the pending one
+  with the same key (a session's stale partial), whose caller gets
+  :class:`Superseded`;
+* batched: requests with equal ``batch_key`` run together, up to ``max_batch``;
+* no work for the gone: a request whose caller was cancelled is skipped;
+* isolated: if a batch raises, its requests are retried one by one so only the
+  faulty request fails, and the loop carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from .errors import ErrorCode, ServiceError
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+
+class Priority(enum.IntEnum):
+    URGENT = 0  # latency-critical: a final, a turn decision
+    NORMAL = 1
+    BACKGROUND = 2  # mergeable or droppable: a partial
+
+
+class Superseded(Exception):
+    """The request was replaced by a newer one with the same replace_key."""
+
+
+@dataclass(eq=False)
+class _Entry:
+    priority: int
+    seq: int
+    request: Any
+    batch_key: Hashable
+    replace_key: Hashable | None
+    future: asyncio.Future = field(repr=False)
+
+
+class Scheduler(Generic[Req, Res]):
+    def __init__(
+        self,
+        name: str,
+        run_batch: Callable[[list[Req]], Sequence[Res]],
+        *,
+        max_batch: int = 8,
+        max_pending: int = 64,
+        metrics: Metrics | None = None,
+    ) -> None:
+        if max_batch < 1 or max_pending < 1:
+            raise ValueError("max_batch and max_pending must be >= 1")
+        self.name = name
+        self._run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self._metrics = metrics
+        self._pending: list[_Entry] = []
+        self._by_key: dict[Hashable, _Entry] = {}
+        self._seq = itertools.count()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+        self.batches_run = 0
+
+    # -- lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{self.name}")
+        self._task = asyncio.create_task(self._loop(), name=f"scheduler-{self.name}")
+
+    async def stop(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for entry in self._pending:
+            if not entry.future.done():
+                entry.future.set_exception(ServiceError(ErrorCode.OVERLOADED, "the service is shutting down"))
+        self._pending.clear()
+        self._by_key.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        self._set_depth()
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    # -- submitting ------------------------------------------------------------
+    async def submit(
+        self,
+        request: Req,
+        *,
+        priority: Priority = Priority.NORMAL,
+        batch_key: Hashable = None,
+        replace_key: Hashable | None = None,
+    ) -> Res:
+        if self._closed or self._wakeup is None:
+            raise ServiceError(ErrorCode.OVERLOADED, f"the {self.name} model is not running")
+        old = self._by_key.get(replace_key) if replace_key is not None else None
+        if old is not None:
+            self._remove(old)
+            if not old.future.done():
+                old.future.set_exception(Superseded())
+        elif len(self._pending) >= self.max_pending:
+            if self._metrics is not None:
+                self._metrics.refusals.labels(reason=f"{self.name}_queue_full").inc()
+            raise ServiceError(
+                ErrorCode.OVERLOADED, f"the {self.name} queue is full ({self.max_pending} waiting); try again later"
+            )
+        entry = _Entry(
+            int(priority), next(self._seq), request, batch_key, replace_key, asyncio.get_running_loop().create_future()
+        )
+        self._pending.append(entry)
+        if replace_key is not None:
+            self._by_key[replace_key] = entry
+        self._set_depth()
+        self._wakeup.set()
+        # Awaiting the future directly: if the caller is cancelled, so is the
+        # future, and the loop skips the entry before it costs compute.
+        return await entry.future
+
+    # -- the owner task ----------------------------------------------------------
+    def _remove(self, entry: _Entry) -> None:
+        try:
+            self._pending.remove(entry)
+        except ValueError:
+            pass
+        if entry.replace_key is not None and self._by_key.get(entry.replace_key) is entry:
+            del self._by_key[entry.replace_key]
+
+    def _take_batch(self) -> list[_Entry]:
+        for entry in [e for e in self._pending if e.future.done()]:
+            self._remove(entry)
+        if not self._pending:
+            return []
+        ordered = sorted(self._pending, key=lambda e: (e.priority, e.seq))
+        head = ordered[0]
+        batch = [e for e in ordered if e.batch_key == head.batch_key and e.priority == head.priority]
+        batch = batch[: self.max_batch]
+        for entry in batch:
+            self._remove(entry)
+        return batch
+
+    def _run_isolated(self, requests: list[Req]) -> list[Any]:
+        try:
+            results = list(self._run_batch(requests))
+            if len(results) != len(requests):
+                raise RuntimeError(f"engine returned {len(results)} results for {len(requests)} requests")
+            return results
+        except Exception:
+            if len(requests) == 1:
+                raise
+            log.warning("batch of %d failed on %s; retrying one by one", len(requests), self.name)
+        out: list[Any] = []
+        for request in requests:
+            try:
+                out.append(self._run_batch([request])[0])
+            except Exception as exc:  # noqa: BLE001 - handed to that request's caller
+                out.append(_Failure(exc))
+        return out
+
+    async def _loop(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = self._take_batch()
+            self._set_depth()
+            if not batch:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            started = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_isolated, [e.request for e in batch])
+            except asyncio.CancelledError:
+                for entry in batch:  # stopping mid-batch: its callers must not wait forever
+                    if not entry.future.done():
+                        entry.future.set_exception(ServiceError(ErrorCode.OVERLOADED, "the service is shutting down"))
+                raise
+            except Exception as exc:
+                log.exception("%s inference failed", self.name)
+                results = [_Failure(exc)] * len(batch)
+            elapsed = time.perf_counter() - started
+            self.batches_run += 1
+            if self._metrics is not None:
+                self._metrics.batch_size.labels(model=self.name).observe(len(batch))
+                self._metrics.inference_seconds.labels(model=self.name).observe(elapsed)
+            for entry, result in zip(batch, results):
+                if entry.future.done():
+                    continue
+                if isinstance(result, _Failure):
+                    exc = result.error
+                    entry.future.set_exception(
+                        exc if isinstance(exc, ServiceError) else ServiceError(
+                            ErrorCode.INTERNAL, f"{self.name} inference failed: {type(exc).__name__}: {exc}"
+                        )
+                    )
+                else:
+                    entry.future.set_result(result)
+
+    def _set_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.labels(model=self.name).set(len(self._pending))
+
+
+@dataclass
+class _Failure:
+    error: BaseException

@@ -1,0 +1,95 @@
+"""Loading one validated settings object from YAML plus environment.
+
+Each service declares its settings as pydantic models (field docs live there).
+:func:`load_settings` reads the service's YAML file, overlays environment
+variables named ``PREFIX_SECTION__KEY`` (``ASR_SERVER__PORT=8011``), validates
+everything once at start-up and raises :class:`SettingsError` with one line per
+problem, naming the key, so a typo in a unit file fails loudly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """Base for settings sections: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _env_overrides(prefix: str, environ: dict[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    head = prefix.upper() + "_"
+    for name, raw in environ.items():
+        if not name.startswith(head) or name == head:
+            continue
+        path = [part.lower() for part in name[len(head):].split("__")]
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SettingsError(f"{name}: conflicts with another variable")
+        # YAML parsing gives "8011" -> 8011, "true" -> True, "[a, b]" -> list.
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node[path[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(
+    model: type[T],
+    *,
+    path: str | os.PathLike | None,
+    env_prefix: str,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> T:
+    """Build ``model`` from the YAML at ``path`` (optional), the environment and ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise SettingsError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"{p}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"{p}: top level must be a mapping")
+        data = loaded
+    data = _merge(data, _env_overrides(env_prefix, dict(os.environ if environ is None else environ)))
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            env = env_prefix.upper() + "_" + "__".join(str(p).upper() for p in err["loc"])
+            lines.append(f"  {key} (env {env}): {err['msg']}")
+        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None

@@ -1,0 +1,120 @@
+"""Shared fixtures: real audio from tests/data, and real service processes on loopback ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import wave
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """int16 samples (mono) and rate."""
+    with wave.open(str(path)) as w:
+        rate, channels = w.getframerate(), w.getnchannels()
+        samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1).astype(np.int16)
+    return samples, rate
+
+
+def normalise(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServiceProcess:
+    """``python -m <module> --port N`` in a subprocess, with environment overrides."""
+
+    def __init__(self, module: str, env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+        self.module = module
+        self.port = free_port()
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 90.0) -> "ServiceProcess":
+        out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, "--host", "127.0.0.1", "--port",
+                                      str(self.port)], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.module} exited with {self.proc.returncode}; log: {self.log_path}")
+            try:
+                if httpx.get(self.http + "/ready", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"{self.module} not ready after {timeout_s} s")
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+
+@contextlib.contextmanager
+def running(module: str, env: dict[str, str] | None, tmp: Path):
+    service = ServiceProcess(module, env, tmp / f"{module.replace('.', '_')}-{free_port()}.log").start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+ASR_TEST_ENV = {
+    "ASR_SERVER__MAX_CONNECTIONS": "4",
+    "ASR_SERVER__IDLE_TIMEOUT_S": "4",
+    "ASR_SERVER__MAX_FRAME_BYTES": "65536",
+    "ASR_SERVER__MAX_UPLOAD_BYTES": "4000000",
+    "ASR_MODEL__CPU_THREADS": "2",
+}
+
+
+@pytest.fixture(scope="session")
+def asr_service(tmp_path_factory):
+    with running("services.asr", ASR_TEST_ENV, tmp_path_factory.mktemp("asr")) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def jfk() -> np.ndarray:
+    return read_wav(DATA / "asr" / "jfk.wav")[0]

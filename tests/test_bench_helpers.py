@@ -1,0 +1,172 @@
+"""Unit tests for the pure helpers of scripts/bench_asr.py (no service, no eval data)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "scripts" / "bench_asr.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_asr", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_asr"] = mod  # dataclasses need the module registered
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop("bench_asr", None)
+
+
+# ----------------------------------------------------------------- percentiles
+
+def test_percentile_matches_numpy_linear(bench):
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 3, 10, 101):
+        xs = rng.exponential(100.0, n).tolist()
+        for q in (0, 1, 50, 90, 95, 99, 100):
+            assert bench.percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+
+
+def test_percentile_small_cases(bench):
+    assert bench.percentile([], 50) is None
+    assert bench.percentile([7], 95) == 7
+    assert bench.percentile([1, 2, 3, 4], 50) == pytest.approx(2.5)
+    assert bench.percentile([4, 1, 3, 2], 0) == 1  # order of input does not matter
+    assert bench.percentile([4, 1, 3, 2], 100) == 4
+    assert bench.percentile(range(1, 101), 95) == pytest.approx(95.05)
+    with pytest.raises(ValueError):
+        bench.percentile([1, 2], 101)
+
+
+def test_summarize(bench):
+    s = bench.summarize([300, 100, 200])
+    assert s == {"n": 3, "p50": 200, "p95": pytest.approx(290), "max": 300, "mean": 200}
+    empty = bench.summarize([])
+    assert empty["n"] == 0 and empty["p50"] is None and empty["max"] is None
+
+
+# ----------------------------------------------------------------- WER
+
+def test_normalize_ignores_case_punctuation_and_numbers(bench):
+    assert bench.normalize("Hello, World!") == "hello world"
+    assert bench.normalize("  Mr. Smith   paid $20. ") == bench.normalize("mister smith paid twenty dollars")
+    assert bench.normalize("") == ""
+    assert bench.normalize(None) == ""
+
+
+def test_corpus_wer_perfect_after_normalisation(bench):
+    out = bench.corpus_wer(["And so, my fellow Americans."], ["and so my fellow americans"])
+    assert out["wer"] == 0 and out["errors"] == 0 and out["ref_words"] == 5
+
+
+def test_corpus_wer_is_pooled_not_mean_of_clips(bench):
+    words = "the quick brown fox jumps over the lazy sleeping dog"
+    refs = [words, "alpha beta"]
+    hyps = [words, "alpha"]
+    out = bench.corpus_wer(refs, hyps)
+    # 1 deletion over 12 reference words, not the mean of 0.0 and 0.5
+    assert out["wer"] == pytest.approx(1 / 12)
+    assert (out["deletions"], out["substitutions"], out["insertions"]) == (1, 0, 0)
+
+
+def test_corpus_wer_counts_empty_hypothesis_and_insertions(bench):
+    out = bench.corpus_wer(["a cat sat", "dog"], ["", "big dog barks"])
+    assert out["ref_words"] == 4
+    assert out["deletions"] == 3 and out["insertions"] == 2
+    assert out["wer"] == pytest.approx(5 / 4)
+
+
+def test_corpus_wer_skips_empty_references(bench):
+    out = bench.corpus_wer(["[inaudible]", "hello there"], ["noise", "hello there"])
+    assert out["skipped_empty_refs"] == 1 and out["pairs"] == 1 and out["wer"] == 0
+    assert bench.corpus_wer([], [])["wer"] is None
+    with pytest.raises(ValueError):
+        bench.corpus_wer(["a"], [])
+
+
+# ----------------------------------------------------------------- speech end (synthetic audio)
+
+def _burst(sr, total_s, spans, amp=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.zeros(int(sr * total_s), dtype=np.float32)
+    for a, b in spans:
+        i, j = int(a * sr), int(b * sr)
+        x[i:j] = amp * rng.standard_normal(j - i).astype(np.float32)
+    return x
+
+
+@pytest.mark.parametrize("sr", [8000, 16000, 44100])
+def test_energy_speech_end_single_segment(bench, sr):
+    x = _burst(sr, 3.0, [(0.5, 1.5)])
+    x += 1e-4 * np.random.default_rng(2).standard_normal(x.size).astype(np.float32)  # faint hiss
+    start, end = bench.energy_speech_bounds(x, sr)
+    assert end == pytest.approx(1.5, abs=0.021)
+    assert start == pytest.approx(0.5, abs=0.021)
+
+
+def test_energy_speech_end_finds_last_segment(bench):
+    sr = 16000
+    x = _burst(sr, 4.0, [(0.2, 1.0), (1.1, 1.6), (2.5, 3.2)])
+    start, end = bench.energy_speech_bounds(x, sr)
+    assert end == pytest.approx(3.2, abs=0.021)
+    assert start == pytest.approx(2.5, abs=0.021)  # 0.9 s gap separates segments
+    # a gap shorter than gap_s joins the segments (0.1 s between the first two)
+    start2, _ = bench.energy_speech_bounds(x[: int(1.8 * sr)], sr)
+    assert start2 == pytest.approx(0.2, abs=0.021)
+
+
+def test_energy_speech_end_speech_to_the_last_sample(bench):
+    sr = 16000
+    x = _burst(sr, 1.01, [(0.3, 1.01)])  # length not a multiple of the frame
+    _, end = bench.energy_speech_bounds(x, sr)
+    assert end == pytest.approx(x.size / sr)
+
+
+def test_energy_speech_end_silence(bench):
+    assert bench.energy_speech_bounds(np.zeros(16000, dtype=np.float32), 16000) is None
+    assert bench.energy_speech_bounds(np.zeros(0, dtype=np.float32), 16000) is None
+
+
+def test_speech_bounds_on_silence_falls_back_to_whole_clip(bench):
+    start, end, method = bench.speech_bounds(np.zeros(16000, dtype=np.float32), 16000)
+    assert method == "none" and end == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------- misc
+
+def test_assign_clip(bench):
+    starts = [0.0, 4.5, 10.0]
+    assert bench.assign_clip(-0.1, starts) == 0
+    assert bench.assign_clip(0.0, starts) == 0
+    assert bench.assign_clip(4.49, starts) == 0
+    assert bench.assign_clip(4.5, starts) == 1
+    assert bench.assign_clip(99.0, starts) == 2
+
+
+def test_parse_proc_stat_with_odd_command_name(bench):
+    fields = ["S", "41"] + ["0"] * 9 + ["250", "50"] + ["0"] * 30
+    line = "1234 (python (uvicorn) x) " + " ".join(fields) + "\n"
+    assert bench.parse_proc_stat(line) == (41, 300)
+
+
+def test_tree_cpu_seconds_of_self(bench):
+    import os
+    v = bench.tree_cpu_seconds(os.getpid())
+    assert v is not None and v >= 0
+    assert bench.tree_cpu_seconds(2 ** 22 + 12345) is None  # beyond pid_max
+
+
+def test_urls(bench):
+    assert bench.ws_url("http://127.0.0.1:8001") == "ws://127.0.0.1:8001/v1/stream/asr"
+    assert bench.ws_url("https://localhost:9/") == "wss://localhost:9/v1/stream/asr"
+    assert bench.is_loopback_url("http://127.0.0.1:8001")
+    assert bench.is_loopback_url("http://localhost:8001")
+    assert bench.is_loopback_url("http://[::1]:8001")
+    assert not bench.is_loopback_url("http://10.0.0.5:8001")
+    assert not bench.is_loopback_url("http://example.com")

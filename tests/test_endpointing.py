@@ -1,0 +1,102 @@
+"""Event sequences of the VAD state machine and the endpointer, fed synthetic probabilities (no model)."""
+
+from services.asr.endpointing import CheckTurn, Ended, EndpointOptions, Endpointer, EndReason, Resumed, Speculate, Started, TurnMode
+from services.asr.vad import DetectorOptions, SpeechDetector, SpeechState, WINDOW_SAMPLES
+
+DET = DetectorOptions(threshold=0.5, neg_threshold=0.35, min_speech_ms=96, speech_pad_ms=192)
+
+
+def feed(ep: Endpointer, probs):
+    out = []
+    for i, p in enumerate(probs):
+        out.extend((i, a) for a in ep.push(p))
+    return out
+
+
+def test_detector_states_and_hysteresis():
+    d = SpeechDetector(DET)
+    assert d.state is SpeechState.QUIET
+    d.push(0.9)
+    assert d.state is SpeechState.STARTING
+    d.push(0.4)  # between the thresholds: no change
+    assert d.state is SpeechState.STARTING
+    d.push(0.9)
+    d.push(0.9)
+    assert d.state is SpeechState.SPEAKING
+    d.push(0.4)
+    assert d.state is SpeechState.SPEAKING
+    d.push(0.1)
+    assert d.state is SpeechState.STOPPING
+    d.push(0.6)
+    assert d.state is SpeechState.SPEAKING
+
+
+def test_a_blip_shorter_than_min_speech_starts_nothing():
+    ep = Endpointer(EndpointOptions(mode=TurnMode.VAD), DET)
+    assert feed(ep, [0.0] * 10 + [0.9, 0.9] + [0.0] * 30) == []
+
+
+def test_vad_mode_utterance_with_preroll_and_silence_end():
+    ep = Endpointer(EndpointOptions(mode=TurnMode.VAD, end_pad_ms=96, vad_silence_ms=600), DET)
+    actions = feed(ep, [0.0] * 20 + [0.9] * 40 + [0.0] * 30)
+    kinds = [type(a).__name__ for _, a in actions]
+    assert kinds == ["Started", "Speculate", "Ended"]
+    (i0, started), (i1, spec), (i2, ended) = actions
+    assert i0 == 22  # confirmed after 3 windows (96 ms)
+    assert started.start_sample == 20 * WINDOW_SAMPLES - 192 * 16  # onset minus the pre-roll
+    speech_end = 60 * WINDOW_SAMPLES
+    assert spec.end_sample == ended.end_sample == speech_end + 96 * 16
+    assert ended.reason is EndReason.SILENCE
+    assert (i2 - 60 + 1) * 32 >= 600 > (i2 - 60) * 32
+
+
+def test_smart_turn_mode_checkpoints_and_resume():
+    ep = Endpointer(EndpointOptions(mode=TurnMode.SMART_TURN, turn_checkpoints_ms=(192, 480), max_silence_ms=800), DET)
+    actions = feed(ep, [0.9] * 20 + [0.0] * 10 + [0.9] * 5 + [0.0] * 30)
+    kinds = [type(a).__name__ for _, a in actions]
+    # first pause: speculate, one check at 192 ms; speech resumes (void); second pause: checks, then timeout
+    assert kinds == ["Started", "Speculate", "CheckTurn", "Resumed", "Speculate", "CheckTurn", "CheckTurn", "Ended"]
+    checks = [a for _, a in actions if isinstance(a, CheckTurn)]
+    assert [c.silence_ms for c in checks] == [192, 192, 480]
+    assert actions[-1][1].reason is EndReason.SILENCE
+
+
+def test_caller_ends_the_turn_after_a_check():
+    ep = Endpointer(EndpointOptions(mode=TurnMode.SMART_TURN), DET)
+    actions = feed(ep, [0.9] * 20 + [0.0] * 6)
+    check = next(a for _, a in actions if isinstance(a, CheckTurn))
+    ended = ep.end(EndReason.TURN, check.end_sample)
+    assert ended.reason is EndReason.TURN and not ep.in_utterance
+    assert feed(ep, [0.0] * 60) == []  # nothing more for this pause
+
+
+def test_none_mode_never_ends_on_silence():
+    ep = Endpointer(EndpointOptions(mode=TurnMode.NONE), DET)
+    actions = feed(ep, [0.9] * 10 + [0.0] * 200)
+    assert [type(a) for _, a in actions] == [Started]
+    assert [type(a) for a in ep.split(EndReason.COMMIT)] == [Ended]
+
+
+def test_max_length_cuts_and_continues():
+    ep = Endpointer(EndpointOptions(mode=TurnMode.VAD, max_utterance_ms=2000), DET)
+    actions = feed(ep, [0.9] * 100)
+    ends = [a for _, a in actions if isinstance(a, Ended)]
+    starts = [a for _, a in actions if isinstance(a, Started)]
+    assert ends and all(e.reason is EndReason.MAX_LENGTH for e in ends)
+    assert all(e.end_sample - e.start_sample == 32000 for e in ends)
+    assert [s.start_sample for s in starts[1:]] == [e.end_sample for e in ends]
+
+
+def test_commit_mid_speech_opens_the_next_utterance_at_the_cut():
+    ep = Endpointer(EndpointOptions(mode=TurnMode.NONE), DET)
+    feed(ep, [0.9] * 30)
+    actions = ep.split(EndReason.COMMIT, now_sample=30 * WINDOW_SAMPLES + 100)
+    assert isinstance(actions[0], Ended) and actions[0].end_sample == 30 * WINDOW_SAMPLES + 100
+    assert isinstance(actions[1], Started) and actions[1].start_sample == actions[0].end_sample
+    assert isinstance(ep.split(EndReason.END)[0], Ended)
+
+
+def test_speculation_is_voided_by_resumed_speech():
+    ep = Endpointer(EndpointOptions(mode=TurnMode.VAD, vad_silence_ms=600), DET)
+    actions = feed(ep, [0.9] * 10 + [0.0] * 5 + [0.9] * 3)
+    assert [type(a) for _, a in actions] == [Started, Speculate, Resumed]

@@ -1,0 +1,53 @@
+"""The Whisper engine with the real embedded tiny.en model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import normalise
+from services.asr.engine import DecodeRequest, WhisperEngine, frames_bucket, looks_like_a_loop
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return WhisperEngine(cpu_threads=2)
+
+
+def test_decodes_jfk_exactly(engine, jfk):
+    [r] = engine.decode_batch([DecodeRequest(jfk.astype(np.float32) / 32768, beam_size=5, word_timestamps=True)])
+    assert r.text.strip() == "And so my fellow Americans ask not what your country can do for you, ask what you can do for your country."
+    assert [w.word.strip() for w in r.words][:3] == ["And", "so", "my"]
+    assert all(a.start <= b.start for a, b in zip(r.words, r.words[1:]))
+    assert r.words[-1].end <= 11.0 and r.language == "en"
+
+
+def test_forced_prefix_is_continued_not_repeated(engine, jfk):
+    audio = jfk.astype(np.float32) / 32768
+    [r] = engine.decode_batch([DecodeRequest(audio, prefix=" And so my fellow Americans")])
+    assert r.text.startswith(" And so my fellow Americans ask not")
+    assert r.text.count("fellow") == 1
+
+
+def test_batch_equals_one_by_one_for_the_same_bucket(engine, jfk):
+    audio = jfk.astype(np.float32) / 32768
+    a, b = audio[:16000 * 4], audio[16000 * 4:16000 * 8]
+    assert frames_bucket(a.size) == frames_bucket(b.size)
+    together = engine.decode_batch([DecodeRequest(a, beam_size=5), DecodeRequest(b, beam_size=5)])
+    alone = [engine.decode_batch([DecodeRequest(x, beam_size=5)])[0] for x in (a, b)]
+    assert [r.text for r in together] == [r.text for r in alone]
+
+
+def test_short_utterances_do_not_loop(engine, jfk):
+    audio = jfk.astype(np.float32) / 32768
+    [r] = engine.decode_batch([DecodeRequest(audio[2048:37376], beam_size=5)])
+    assert normalise(r.text) == ["and", "so", "my", "fellow", "americans"]
+
+
+def test_loop_detector():
+    assert looks_like_a_loop(" Ask what you can do. Ask what you can do.")
+    assert not looks_like_a_loop(" I know, I know. It is what it is.")
+
+
+def test_english_only_model_reports_it(engine):
+    assert not engine.multilingual and engine.supports_language("en") and not engine.supports_language("de")

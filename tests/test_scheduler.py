@@ -1,0 +1,170 @@
+"""The model scheduler, without a model: ordering, merging, batching, bounds, cancellation, fault isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from services.common.errors import ErrorCode, ServiceError
+from services.common.scheduler import Priority, Scheduler, Superseded
+
+
+class Recorder:
+    """A fake engine that records its batches and can be held at a gate."""
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.threads: set[str] = set()
+
+    def __call__(self, requests: list) -> list:
+        self.gate.wait(5)
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(list(requests))
+        out = []
+        for r in requests:
+            if r == "boom":
+                raise RuntimeError("engine exploded")
+            out.append(f"done:{r}")
+        return out
+
+
+async def _started(engine, **kw) -> Scheduler:
+    s = Scheduler("test", engine, **kw)
+    await s.start()
+    return s
+
+
+async def _block(engine: Recorder, s: Scheduler) -> asyncio.Task:
+    """Occupy the worker so that later submissions queue up."""
+    engine.gate.clear()
+    task = asyncio.create_task(s.submit("blocker"))
+    while not engine.batches and s.depth:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    return task
+
+
+def test_runs_off_the_event_loop_and_returns_results():
+    async def go():
+        engine = Recorder()
+        s = await _started(engine)
+        result = await s.submit("a")
+        await s.stop()
+        return result, engine.threads
+    result, threads = asyncio.run(go())
+    assert result == "done:a"
+    assert threads and all(t.startswith("model-test") for t in threads)
+
+
+def test_priority_then_fifo_and_batching_by_key():
+    async def go():
+        engine = Recorder()
+        s = await _started(engine, max_batch=3)
+        blocker = await _block(engine, s)
+        low = [asyncio.create_task(s.submit(f"p{i}", priority=Priority.BACKGROUND, batch_key="p")) for i in range(2)]
+        await asyncio.sleep(0)
+        urgent = [asyncio.create_task(s.submit(f"f{i}", priority=Priority.URGENT, batch_key="f")) for i in range(4)]
+        other = asyncio.create_task(s.submit("g", priority=Priority.URGENT, batch_key="g"))
+        await asyncio.sleep(0.05)
+        engine.gate.set()
+        await asyncio.gather(blocker, *low, *urgent, other)
+        await s.stop()
+        return engine.batches
+    batches = asyncio.run(go())
+    assert batches[0] == ["blocker"]
+    assert batches[1:] == [["f0", "f1", "f2"], ["f3"], ["g"], ["p0", "p1"]]
+
+
+def test_replace_key_supersedes_the_stale_request():
+    async def go():
+        engine = Recorder()
+        s = await _started(engine)
+        blocker = await _block(engine, s)
+        old = asyncio.create_task(s.submit("old", replace_key="session-1"))
+        await asyncio.sleep(0.01)
+        new = asyncio.create_task(s.submit("new", replace_key="session-1"))
+        await asyncio.sleep(0.01)
+        engine.gate.set()
+        results = await asyncio.gather(blocker, old, new, return_exceptions=True)
+        await s.stop()
+        return results, engine.batches
+    results, batches = asyncio.run(go())
+    assert isinstance(results[1], Superseded) and results[2] == "done:new"
+    assert ["old"] not in batches and all("old" not in b for b in batches)
+
+
+def test_cancelled_callers_cost_nothing():
+    async def go():
+        engine = Recorder()
+        s = await _started(engine)
+        blocker = await _block(engine, s)
+        gone = asyncio.create_task(s.submit("gone"))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        kept = asyncio.create_task(s.submit("kept"))
+        await asyncio.sleep(0.01)
+        engine.gate.set()
+        await asyncio.gather(blocker, kept)
+        await s.stop()
+        return engine.batches
+    batches = asyncio.run(go())
+    assert all("gone" not in b for b in batches) and ["kept"] in batches
+
+
+def test_bounded_queue_refuses_at_once():
+    async def go():
+        engine = Recorder()
+        s = await _started(engine, max_pending=2)
+        blocker = await _block(engine, s)
+        waiting = [asyncio.create_task(s.submit(f"w{i}")) for i in range(2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(ServiceError) as refused:
+            await asyncio.wait_for(s.submit("one too many"), 0.5)
+        engine.gate.set()
+        await asyncio.gather(blocker, *waiting)
+        await s.stop()
+        return refused.value
+    err = asyncio.run(go())
+    assert err.code is ErrorCode.OVERLOADED
+
+
+def test_a_failing_request_fails_alone_and_the_loop_goes_on():
+    async def go():
+        engine = Recorder()
+        s = await _started(engine, max_batch=8)
+        blocker = await _block(engine, s)
+        tasks = [asyncio.create_task(s.submit(r)) for r in ("a", "boom", "b")]
+        await asyncio.sleep(0.01)
+        engine.gate.set()
+        results = await asyncio.gather(blocker, *tasks, return_exceptions=True)
+        after = await s.submit("c")
+        await s.stop()
+        return results, after
+    results, after = asyncio.run(go())
+    assert results[1] == "done:a" and results[3] == "done:b"
+    assert isinstance(results[2], ServiceError) and results[2].code is ErrorCode.INTERNAL
+    assert "engine exploded" in results[2].message
+    assert after == "done:c"
+
+
+def test_stop_fails_pending_requests_cleanly():
+    async def go():
+        engine = Recorder()
+        s = await _started(engine)
+        engine.gate.clear()
+        first = asyncio.create_task(s.submit("x"))
+        second = asyncio.create_task(s.submit("y"))
+        await asyncio.sleep(0.05)
+        engine.gate.set()
+        await s.stop()
+        return await asyncio.gather(first, second, return_exceptions=True)
+    results = asyncio.run(go())
+    # the in-flight and the queued request both get an answer: a result or a clean 'overloaded'
+    assert len(results) == 2
+    for r in results:
+        assert r in ("done:x", "done:y") or (isinstance(r, ServiceError) and r.code is ErrorCode.OVERLOADED)
+    assert isinstance(results[1], ServiceError)
