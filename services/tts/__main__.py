@@ -1,0 +1,44 @@
+"""``python -m services.tts [--port N] [--host H] [--config FILE]``: run one TTS instance in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import uvicorn
+
+from ..common.logs import configure_logging
+from ..common.settings import SettingsError
+from .settings import load
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.tts", description=__doc__)
+    parser.add_argument("--config", help="YAML settings file (default: $TTS_CONFIG or services/tts/config.yaml)")
+    parser.add_argument("--host", help="bind address (server.host)")
+    parser.add_argument("--port", type=int, help="port (server.port)")
+    args = parser.parse_args(argv)
+    overrides: dict = {}
+    if args.host:
+        overrides.setdefault("server", {})["host"] = args.host
+    if args.port:
+        overrides.setdefault("server", {})["port"] = args.port
+    try:
+        settings = load(args.config, **overrides)
+    except SettingsError as exc:
+        print(f"tts: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.server.log_level, settings.server.log_json)
+    from .app import create_app
+
+    s = settings.server
+    uvicorn.run(
+        create_app(settings), host=s.host, port=s.port, log_config=None, log_level=s.log_level,
+        ws_max_size=max(1 << 20, 2 * s.max_message_bytes), ws_ping_interval=20, ws_ping_timeout=20,
+        timeout_graceful_shutdown=int(s.drain_timeout_s) + 5, access_log=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

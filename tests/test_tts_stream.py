@@ -1,0 +1,215 @@
+"""End-to-end tests of WS /v1/stream/tts: the real service in a subprocess, real Piper, real sockets,
+and the project's own ASR model checking that the words are spoken."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+
+from conftest import running
+from tts_support import Received, Transcriber, mostly_heard, pcm_to_float, recv_until
+
+SENTENCE = "The little cat sat quietly on the warm kitchen floor."
+FAKE_CLONE_ID = "c0" * 16
+
+
+@pytest.fixture(scope="module")
+def tts(tmp_path_factory):
+    store = tmp_path_factory.mktemp("voices")
+    # A voice cloned by a chatterbox instance sharing the store: this piper instance must refuse it clearly.
+    (store / FAKE_CLONE_ID).mkdir()
+    (store / FAKE_CLONE_ID / "meta.json").write_text(json.dumps(
+        {"id": FAKE_CLONE_ID, "name": "cloned-elsewhere", "engine": "chatterbox", "cloned": True,
+         "duration": 5.0, "created_at": 1.0}))
+    env = {"TTS_VOICES__STORE_DIR": str(store), "TTS_SERVER__MAX_CONNECTIONS": "12",
+           "TTS_TEXT__FLUSH_AFTER_MS": "400", "TTS_SERVER__MAX_MESSAGE_BYTES": "65536",
+           "TTS_ENGINE__CPU_THREADS": "2"}
+    with running("services.tts", env, tmp_path_factory.mktemp("tts")) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def transcribe():
+    return Transcriber()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def say(url: str, fragments: list[str], *, pace_s: float = 0.0, query: str = "") -> Received:
+    async with websockets.connect(f"{url}/v1/stream/tts{query}") as ws:
+        got = Received()
+        await recv_until(ws, got, "ready")
+        for fragment in fragments:
+            await ws.send(json.dumps({"type": "text", "text": fragment}))
+            if pace_s:
+                await asyncio.sleep(pace_s)
+        await ws.send(json.dumps({"type": "end"}))
+        return await recv_until(ws, got, None, timeout_s=60)
+
+
+def test_word_by_word_stream_is_spoken(tts, transcribe):
+    words = [w + " " for w in (SENTENCE + " It was happy.").split()]
+    got = run(say(tts.ws, words, pace_s=0.02))
+    ready = got.events[0]
+    assert ready["type"] == "ready" and ready["voice"] == "en_US-joe-medium"
+    assert ready["sample_rate"] == 22050 and ready["encoding"] == "pcm_s16le" and ready["session_id"]
+    assert got.types[-2:] == ["done", "closed"] and got.close_code == 1000
+    segments = got.of("segment")
+    assert [s["index"] for s in segments] == list(range(len(segments)))
+    assert " ".join(s["text"] for s in segments) == SENTENCE + " It was happy."
+    # each segment is announced before its audio
+    assert got.types.index("segment") < got.types.index("audio")
+    audio = pcm_to_float(got.audio)
+    assert 2.0 < audio.size / 22050 < 8.0
+    assert mostly_heard(SENTENCE + " It was happy.", transcribe(audio, 22050))
+
+
+def test_mulaw_8k_telephony(tts, transcribe):
+    got = run(say(tts.ws, [SENTENCE], query="?encoding=mulaw&sample_rate=8000"))
+    assert got.events[0]["sample_rate"] == 8000 and got.events[0]["encoding"] == "mulaw"
+    audio = pcm_to_float(got.audio, "mulaw")
+    assert 1.5 < audio.size / 8000 < 6.0  # one byte per sample
+    assert mostly_heard(SENTENCE, transcribe(audio, 8000))
+
+
+def test_flush_done_and_timed_flush(tts):
+    async def go():
+        async with websockets.connect(f"{tts.ws}/v1/stream/tts") as ws:
+            got = Received()
+            await recv_until(ws, got, "ready")
+            await ws.send(json.dumps({"type": "text", "text": "an unfinished"}))
+            await ws.send(json.dumps({"type": "flush"}))
+            await recv_until(ws, got, "done")
+            assert got.of("segment")[0]["text"] == "an unfinished" and got.audio
+            # no punctuation, no flush: spoken after flush_after_ms (400 ms here)
+            n = len(got.audio)
+            t0 = time.perf_counter()
+            await ws.send(json.dumps({"type": "text", "text": "waiting for more"}))
+            await recv_until(ws, got, "segment", timeout_s=5)
+            assert 0.3 < time.perf_counter() - t0 < 3.0
+            assert got.of("segment")[-1]["text"] == "waiting for more"
+            await ws.send(json.dumps({"type": "flush"}))
+            await recv_until(ws, got, "done")
+            assert len(got.audio) > n
+            # only punctuation / emoji: nothing to speak, but flush still answers done
+            await ws.send(json.dumps({"type": "text", "text": "... 🙂🙂 !!"}))
+            await ws.send(json.dumps({"type": "flush"}))
+            await recv_until(ws, got, "done")
+            await ws.send(json.dumps({"type": "flush"}))
+            before = len(got.events)
+            await recv_until(ws, got, "done")
+            assert got.types[before:] in (["done"], ["audio", "done"], ["audio", "audio", "done"])
+
+    run(go())
+
+
+def test_barge_in_cancel(tts, transcribe):
+    long_text = " ".join(["This is a long story about a very patient dog who waits for dinner every single day."] * 6)
+
+    async def go():
+        async with websockets.connect(f"{tts.ws}/v1/stream/tts") as ws:
+            got = Received()
+            await recv_until(ws, got, "ready")
+            await ws.send(json.dumps({"type": "text", "text": long_text}))
+            while not got.audio:
+                await recv_until(ws, got, "segment")
+            sent = time.perf_counter()
+            await ws.send(json.dumps({"type": "cancel"}))
+            await recv_until(ws, got, "cancelled")
+            ack_ms = (time.perf_counter() - sent) * 1000
+            assert ack_ms < 500
+            # nothing of the cancelled text may follow: the next thing is the new text's segment
+            await ws.send(json.dumps({"type": "text", "text": "Hello again."}))
+            await ws.send(json.dumps({"type": "flush"}))
+            after = Received()
+            await recv_until(ws, after, "done")
+            assert after.types[0] == "segment" and after.events[0]["text"] == "Hello again."
+            assert after.types[-1] == "done"
+            assert mostly_heard("Hello again", transcribe(pcm_to_float(after.audio), 22050), 1.0)
+            # the story was not spoken to its end
+            assert len(got.audio) / 2 / 22050 < 10
+            await ws.send(json.dumps({"type": "end"}))
+            await recv_until(ws, after, "closed")
+
+    run(go())
+
+
+def test_concurrent_sessions_and_a_bad_client(tts, transcribe):
+    texts = ["One bright morning the baker opened his shop.", "Green apples fell from the old tree.",
+             "My brother plays the guitar every evening.", "The train to the city leaves at noon."]
+
+    async def bad_client():
+        async with websockets.connect(f"{tts.ws}/v1/stream/tts") as ws:
+            got = Received()
+            await recv_until(ws, got, "ready")
+            for junk in ("not json", json.dumps({"type": "dance"}), json.dumps([1]), json.dumps({"type": "text"}),
+                         json.dumps({"type": "text", "text": ""})):
+                await ws.send(junk)
+            await ws.send(b"\x00\x01\x02")  # binary frame: bad_message, not fatal
+            await ws.send(json.dumps({"type": "text", "text": "Still alive."}))
+            await ws.send(json.dumps({"type": "end"}))
+            await recv_until(ws, got, None)
+            return got
+
+    async def go():
+        return await asyncio.gather(*(say(tts.ws, [t]) for t in texts), bad_client())
+
+    *results, bad = run(go())
+    for text, got in zip(texts, results):
+        assert got.types[-2:] == ["done", "closed"]
+        assert mostly_heard(text, transcribe(pcm_to_float(got.audio), 22050)), text
+    errors = bad.of("error")
+    assert [e["code"] for e in errors] == ["bad_message"] * 6
+    assert all(e["message"] for e in errors)
+    assert bad.of("segment")[0]["text"] == "Still alive." and bad.types[-2:] == ["done", "closed"]
+    assert bad.close_code == 1000
+
+
+@pytest.mark.parametrize("query,code,close", [
+    ("?voice=nobody", "not_found", 1008),
+    ("?voice=../../etc", "not_found", 1008),
+    (f"?voice={FAKE_CLONE_ID}", "not_supported", 1003),
+    ("?encoding=opus", "bad_audio", 1003),
+    ("?sample_rate=100", "bad_audio", 1003),
+])
+def test_refused_sessions(tts, query, code, close):
+    async def go():
+        async with websockets.connect(f"{tts.ws}/v1/stream/tts{query}") as ws:
+            return await recv_until(ws, Received(), None)
+
+    got = run(go())
+    assert got.events[0]["type"] == "error" and got.events[0]["code"] == code
+    assert got.close_code == close
+    if code == "not_supported":
+        assert "chatterbox" in got.events[0]["message"]
+
+
+def test_too_large_message_closes_1009(tts):
+    async def go():
+        async with websockets.connect(f"{tts.ws}/v1/stream/tts", max_size=None) as ws:
+            got = Received()
+            await recv_until(ws, got, "ready")
+            await ws.send(json.dumps({"type": "text", "text": "a" * 200_000}))
+            return await recv_until(ws, got, None)
+
+    got = run(go())
+    assert got.of("error")[0]["code"] == "too_large" and got.close_code == 1009
+
+
+def test_ops_endpoints(tts):
+    assert httpx.get(tts.http + "/health").status_code == 200
+    ready = httpx.get(tts.http + "/ready")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    text = httpx.get(tts.http + "/metrics").text
+    for name in ("tts_sessions_active", "tts_queue_depth", "tts_time_to_first_audio_seconds",
+                 "tts_real_time_factor", "tts_cancels_total", "tts_errors_total"):
+        assert name in text, name
+    assert 'tts_errors_total{code="bad_message"}' in text
