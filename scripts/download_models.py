@@ -57,18 +57,17 @@ def tts_models(config: str | None, dry_run: bool) -> int:
         print("tts: service not installed; skipping")
         return 0
     settings = load(config)
-    engine = getattr(settings.engine, "name", None) or getattr(settings.engine, "kind", None)
-    if engine != "chatterbox":
-        print(f"tts: engine {engine!r} uses embedded or local voices; nothing to download")
+    if settings.engine.name != "chatterbox":
+        print(f"tts: engine {settings.engine.name!r} uses embedded or local voices; nothing to download")
         return 0
-    cache = getattr(settings.engine, "model_dir", None) or getattr(settings.engine, "cache_dir", None)
-    print(f"tts: fetching Chatterbox weights ({CHATTERBOX_REPO}) into {cache or 'the Hugging Face cache'}")
+    target = settings.chatterbox.checkpoint_dir
+    print(f"tts: fetching Chatterbox weights ({CHATTERBOX_REPO}) into {target or 'the Hugging Face cache'}")
     if dry_run:
         return 0
     from huggingface_hub import snapshot_download
 
     try:
-        path = snapshot_download(CHATTERBOX_REPO, cache_dir=cache)
+        path = snapshot_download(CHATTERBOX_REPO, local_dir=target) if target else snapshot_download(CHATTERBOX_REPO)
     except Exception as exc:  # noqa: BLE001
         return _fail_offline("Chatterbox weights", exc)
     print(f"tts: Chatterbox ready at {path}")

@@ -31,9 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.server.log_level, settings.server.log_json)
     from .app import create_app
 
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # e.g. a missing api_keys_file or a short key
+        print(f"asr: {exc}", file=sys.stderr)
+        return 2
     s = settings.server
     uvicorn.run(
-        create_app(settings), host=s.host, port=s.port, log_config=None, log_level=s.log_level,
+        app, host=s.host, port=s.port, log_config=None, log_level=s.log_level,
         ws_max_size=max(16 << 20, 2 * s.max_frame_bytes), ws_ping_interval=20, ws_ping_timeout=20,
         timeout_graceful_shutdown=int(s.drain_timeout_s) + 5, access_log=False,
     )

@@ -14,6 +14,7 @@ import logging
 
 from fastapi import FastAPI
 
+from ..common.auth import ApiKeyAuth, ApiKeys
 from ..common.http import BodySizeLimit, install_error_handlers, ops_router
 from .routes import router
 from .serving import AsrRuntime
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: AsrSettings | None = None) -> FastAPI:
     settings = settings or load()
+    keys = ApiKeys.load(settings.server.api_keys, settings.server.api_keys_file)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -49,4 +51,5 @@ def create_app(settings: AsrSettings | None = None) -> FastAPI:
     app.include_router(ops_router())
     app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_upload_bytes + 64 * 1024)
+    app.add_middleware(ApiKeyAuth, keys=keys)  # added last: runs first
     return app

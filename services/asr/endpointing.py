@@ -45,8 +45,8 @@ class EndpointOptions:
     mode: TurnMode = TurnMode.SMART_TURN
     end_pad_ms: int = 96  # audio kept after the last voiced window
     vad_silence_ms: int = 600  # vad mode: a pause this long ends the utterance
-    turn_checkpoints_ms: Sequence[int] = (192, 480, 960)  # smart_turn mode: when the model is asked
-    max_silence_ms: int = 1600  # smart_turn mode: the utterance ends anyway after this pause
+    turn_checkpoints_ms: Sequence[int] = (192, 480)  # smart_turn mode: when the model is asked
+    max_silence_ms: int = 700  # smart_turn mode: the utterance ends anyway after this pause
     max_utterance_ms: int = 30000
 
 

@@ -69,9 +69,9 @@ class TurnSettings(Section):
     """P(complete) at or above which a pause ends the turn (see services/asr/turn.py for the measurements)."""
     min_silence_ms: int = Field(160, ge=0)
     """The model's verdict counts only after this much silence."""
-    checkpoints_ms: list[int] = Field(default_factory=lambda: [192, 480, 960])
+    checkpoints_ms: list[int] = Field(default_factory=lambda: [192, 480])
     """Pause lengths at which the turn model is asked."""
-    max_silence_ms: int = Field(1600, ge=100)
+    max_silence_ms: int = Field(700, ge=100)
     """A pause this long ends the utterance whatever the model said (reason: silence)."""
 
     @model_validator(mode="after")
@@ -117,6 +117,10 @@ class ServerSettings(Section):
     """Events queued for a slow client before its session is closed (partials merge first)."""
     inbound_queue_frames: int = Field(64, ge=2)
     """Audio frames buffered per session before reading from the socket pauses (backpressure)."""
+    api_keys: list[str] = Field(default_factory=list)
+    """API keys (``name:key`` or ``key``, 16+ characters); empty with no file: no authentication."""
+    api_keys_file: str | None = None
+    """A file with one key a line (``name:key``), read at start-up; for systemd EnvironmentFile or secrets."""
     log_level: str = "info"
     log_json: bool = True
 

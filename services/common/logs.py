@@ -1,8 +1,9 @@
 """Structured logging: one JSON object per line, with the session id attached.
 
-Sessions set :data:`session_id` (a context variable) when they start, so every
-log line written while serving them, in any module, carries ``session_id``
-without threading it through calls.
+Sessions set :data:`session_id` (a context variable) when they start, and the
+API-key check sets the client's name, so every log line written while serving
+them, in any module, carries ``session_id`` and ``client`` without threading
+them through calls.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import logging
 import sys
 import time
+
+from .auth import client_name
 
 session_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_id", default=None)
 
@@ -30,6 +33,9 @@ class JsonFormatter(logging.Formatter):
         sid = session_id.get()
         if sid is not None:
             out["session_id"] = sid
+        client = client_name.get()
+        if client is not None:
+            out["client"] = client
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 out[key] = value

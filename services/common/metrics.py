@@ -25,7 +25,8 @@ class Metrics:
         self.sessions_total = self.counter("sessions", "Streaming sessions accepted")
         self.refusals = self.counter("refusals", "Requests or sessions refused for load", ["reason"])
         self.errors = self.counter("errors", "Errors reported to clients, by code", ["code"])
-        self.requests = self.counter("http_requests", "HTTP API requests", ["route", "status"])
+        self.client_requests = self.counter(
+            "client_requests", "Authenticated requests and sessions, by API-key name", ["client", "kind"])
         self.queue_depth = self.gauge("queue_depth", "Requests waiting in a model scheduler", ["model"])
         self.batch_size = self.histogram("batch_size", "Requests per model batch", ["model"], buckets=BATCH_BUCKETS)
         self.inference_seconds = self.histogram(

@@ -15,6 +15,7 @@ import logging
 
 from fastapi import FastAPI
 
+from ..common.auth import ApiKeyAuth, ApiKeys
 from ..common.http import BodySizeLimit, install_error_handlers, ops_router
 from .engine import TtsEngine
 from .routes import router
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: TtsSettings | None = None, engine: TtsEngine | None = None) -> FastAPI:
     settings = settings or load()
+    keys = ApiKeys.load(settings.server.api_keys, settings.server.api_keys_file)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -52,4 +54,5 @@ def create_app(settings: TtsSettings | None = None, engine: TtsEngine | None = N
     app.include_router(ops_router())
     app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_upload_bytes + 64 * 1024)
+    app.add_middleware(ApiKeyAuth, keys=keys)  # added last: runs first
     return app

@@ -142,6 +142,10 @@ class ServerSettings(Section):
     drain_timeout_s: float = Field(20.0, ge=0)
     max_buffered_audio_s: float = Field(30.0, gt=0)
     """Audio queued for a slow client before synthesis of the next piece waits (backpressure)."""
+    api_keys: list[str] = Field(default_factory=list)
+    """API keys (``name:key`` or ``key``, 16+ characters); empty with no file: no authentication."""
+    api_keys_file: str | None = None
+    """A file with one key a line (``name:key``), read at start-up; for systemd EnvironmentFile or secrets."""
     log_level: str = "info"
     log_json: bool = True
 

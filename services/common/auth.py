@@ -1,0 +1,151 @@
+"""API keys: who may use the service, checked once at the ASGI edge for HTTP and WebSocket alike.
+
+Keys come from the settings (``server.api_keys``) and/or a file (``server.api_keys_file``, one key a line,
+``#`` comments); an entry ``name:key`` names the client, otherwise the client is called ``key-<sha256 prefix>``.
+Only that name ever reaches logs and metrics, never the key. A request presents its key as
+``Authorization: Bearer KEY`` or, for WebSocket clients that cannot set headers, ``?api_key=KEY``; the key is
+compared with every configured key in constant time. ``/health``, ``/ready`` and ``/metrics`` stay open. A
+refused HTTP request gets 401 with the contract's error body; a refused WebSocket is accepted just long enough
+to send an ``unauthorized`` error event and close with 1008. With no keys configured, everything is open.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .errors import ErrorCode
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+client_name: contextvars.ContextVar[str | None] = contextvars.ContextVar("client", default=None)
+
+
+@dataclass(frozen=True)
+class _Key:
+    name: str
+    secret: bytes
+
+
+class ApiKeys:
+    def __init__(self, entries: list[str]) -> None:
+        keys: list[_Key] = []
+        for raw in entries:
+            entry = raw.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            name, sep, secret = entry.partition(":")
+            if not sep:
+                name, secret = "", entry
+            if len(secret) < 16:
+                raise ValueError("API keys must be at least 16 characters long")
+            name = name or "key-" + hashlib.sha256(secret.encode()).hexdigest()[:8]
+            keys.append(_Key(name, secret.encode()))
+        self._keys = tuple(keys)
+
+    @classmethod
+    def load(cls, keys: list[str], path: str | None) -> "ApiKeys":
+        entries = list(keys)
+        if path:
+            p = Path(path)
+            if not p.is_file():
+                raise ValueError(f"api_keys_file not found: {p}")
+            entries += p.read_text().splitlines()
+        return cls(entries)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def identify(self, presented: str | None) -> str | None:
+        """The client's name if ``presented`` is a configured key. Every key is compared, in constant time."""
+        if presented is None:
+            return None
+        token = presented.encode()
+        found = None
+        for key in self._keys:
+            if hmac.compare_digest(token, key.secret) and found is None:
+                found = key.name
+        return found
+
+
+def presented_key(scope: Scope) -> str | None:
+    for name, value in scope.get("headers") or []:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    query = parse_qs((scope.get("query_string") or b"").decode("latin-1"))
+    values = query.get("api_key")
+    return values[0] if values else None
+
+
+class ApiKeyAuth:
+    """ASGI middleware enforcing :class:`ApiKeys` on every route but the operations ones."""
+
+    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope.get("path") in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if not self.keys.enabled:
+            await self.app(scope, receive, send)
+            return
+        client = self.keys.identify(presented_key(scope))
+        metrics = _metrics(scope)
+        if client is None:
+            if metrics is not None:
+                metrics.errors.labels(code=ErrorCode.UNAUTHORIZED.value).inc()
+            log.info("unauthorized", extra={"path": scope.get("path"), "kind": scope["type"]})
+            await (_refuse_ws(receive, send) if scope["type"] == "websocket" else _refuse_http(send))
+            return
+        if metrics is not None:
+            metrics.client_requests.labels(client=client, kind=scope["type"]).inc()
+        token = client_name.set(client)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            client_name.reset(token)
+
+
+def _metrics(scope: Scope):
+    app = scope.get("app")
+    runtime = getattr(getattr(app, "state", None), "runtime", None)
+    return getattr(runtime, "metrics", None)
+
+
+_MESSAGE = "a valid API key is required: send 'Authorization: Bearer KEY' (or ?api_key=KEY on a WebSocket)"
+
+
+async def _refuse_http(send: Send) -> None:
+    body = json.dumps({"error": {"code": ErrorCode.UNAUTHORIZED.value, "message": _MESSAGE}}).encode()
+    await send({"type": "http.response.start", "status": 401,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"www-authenticate", b'Bearer realm="voice-services"')]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _refuse_ws(receive: Receive, send: Send) -> None:
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send",
+                "text": json.dumps({"type": "error", "code": ErrorCode.UNAUTHORIZED.value, "message": _MESSAGE})})
+    await send({"type": "websocket.close", "code": 1008})
