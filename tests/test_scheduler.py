@@ -168,3 +168,26 @@ def test_stop_fails_pending_requests_cleanly():
     for r in results:
         assert r in ("done:x", "done:y") or (isinstance(r, ServiceError) and r.code is ErrorCode.OVERLOADED)
     assert isinstance(results[1], ServiceError)
+
+
+def test_promote_moves_a_waiting_request_ahead_and_caps_batches():
+    async def go():
+        engine = Recorder()
+        s = await _started(engine, max_batch=8)
+        blocker = await _block(engine, s)
+        normal = asyncio.create_task(s.submit("urgent-later", priority=Priority.NORMAL, replace_key="spec"))
+        small = [asyncio.create_task(s.submit(f"p{i}", priority=Priority.BACKGROUND, batch_key="p", max_batch=2))
+                 for i in range(3)]
+        other = asyncio.create_task(s.submit("n", priority=Priority.NORMAL, batch_key="n"))
+        await asyncio.sleep(0.02)
+        promoted = s.promote("spec", Priority.URGENT)
+        missing = s.promote("nothing", Priority.URGENT)
+        engine.gate.set()
+        await asyncio.gather(blocker, normal, *small, other)
+        after = s.promote("spec", Priority.URGENT)  # already ran
+        await s.stop()
+        return promoted, missing, after, engine.batches
+    promoted, missing, after, batches = asyncio.run(go())
+    assert promoted and not missing and not after
+    assert batches[1] == ["urgent-later"] and batches[2] == ["n"]
+    assert batches[3:] == [["p0", "p1"], ["p2"]]

@@ -27,6 +27,8 @@ from .vad import DetectorOptions, SileroVad, VadJob, VadStream
 
 log = logging.getLogger(__name__)
 
+PARTIAL_MAX_BATCH = 4
+
 
 class AsrMetrics(Metrics):
     def __init__(self) -> None:
@@ -120,15 +122,22 @@ class AsrRuntime:
         self.metrics.turn_checks.labels(decision=decision.value).inc()
         return decision
 
-    async def decode_final(self, request: DecodeRequest, priority: Priority = Priority.URGENT) -> DecodeResult:
+    async def decode_final(self, request: DecodeRequest, priority: Priority = Priority.URGENT,
+                           replace_key: Hashable | None = None) -> DecodeResult:
         key: Hashable = ("final", request.beam_size, request.word_timestamps, request.language,
                          frames_bucket(request.audio.size), request.temperature)
-        return await self.whisper.submit(request, priority=priority, batch_key=key)
+        return await self.whisper.submit(request, priority=priority, batch_key=key, replace_key=replace_key)
 
     async def decode_partial(self, request: DecodeRequest, replace_key: Hashable) -> DecodeResult:
         key = ("partial", request.beam_size, request.language)
+        # A running batch cannot be interrupted: small partial batches keep a final's wait short.
         return await self.whisper.submit(request, priority=Priority.BACKGROUND, batch_key=key,
-                                         replace_key=replace_key)
+                                         replace_key=replace_key, max_batch=PARTIAL_MAX_BATCH)
+
+    def can_speculate(self) -> bool:
+        """Speculative finals only while the Whisper queue is short: under load they would only
+        compete with real ones."""
+        return self.whisper.depth < self.settings.scheduler.max_batch
 
     def resolve_language(self, requested: str | None) -> str | None:
         """The language a request decodes with (None: detect). Raises ValueError if unsupported."""

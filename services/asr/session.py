@@ -29,7 +29,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..common import logs
 from ..common.audio import ByteDecoder, StreamResampler
 from ..common.errors import ErrorCode, ServiceError
-from ..common.scheduler import Superseded
+from ..common.scheduler import Priority, Superseded
 from .buffer import SampleBuffer
 from .endpointing import Action, CheckTurn, Ended, Endpointer, EndReason, Resumed, Speculate, Started
 from .engine import DecodeRequest, DecodeResult
@@ -265,9 +265,12 @@ class AsrSession:
             self.outbox.put(SpeechStart(self.utterance.index, _seconds(action.start_sample)))
         elif isinstance(action, Speculate):
             u = self.utterance
-            if u is not None:
+            if u is not None and self.runtime.can_speculate():
+                # Decoded ahead of the turn decision at NORMAL priority; promoted when the turn ends.
                 u.speculative_end = action.end_sample
-                u.speculative = self._spawn(self._decode_final(u, action.end_sample), "speculative-final")
+                u.speculative = self._spawn(
+                    self._decode_final(u, action.end_sample, Priority.NORMAL, self._speculation_key(u)),
+                    "speculative-final")
         elif isinstance(action, Resumed):
             u = self.utterance
             if u is not None and u.speculative is not None:
@@ -284,7 +287,11 @@ class AsrSession:
         elif isinstance(action, Ended):
             self._finish(action)
 
-    def _decode_final(self, u: _Utterance, end_sample: int):
+    def _speculation_key(self, u: _Utterance) -> tuple:
+        return ("speculative-final", self.id, u.index)
+
+    def _decode_final(self, u: _Utterance, end_sample: int, priority: Priority = Priority.URGENT,
+                      replace_key: tuple | None = None):
         rt = self.runtime
         # The final is a fresh beam search over the whole utterance, deliberately not forced
         # onto the partials' stable prefix: it is the accurate, never-revised transcript, and
@@ -293,7 +300,7 @@ class AsrSession:
             audio=self.buffer.slice(u.start_sample, end_sample), beam_size=rt.settings.model.beam_size,
             word_timestamps=True, language=self.language,
         )
-        return rt.decode_final(request)
+        return rt.decode_final(request, priority, replace_key)
 
     def _finish(self, ended: Ended) -> None:
         u = self.utterance
@@ -303,6 +310,7 @@ class AsrSession:
         decided_at = time.perf_counter()
         if u.speculative is not None and u.speculative_end == ended.end_sample:
             decoding = u.speculative
+            self.runtime.whisper.promote(self._speculation_key(u), Priority.URGENT)
         else:
             if u.speculative is not None:
                 u.speculative.cancel()

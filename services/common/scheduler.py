@@ -10,7 +10,10 @@ leaves the event loop in exactly this place. The habits of TGI's router:
 * merged: a request submitted with a ``replace_key`` supersedes the pending one
   with the same key (a session's stale partial), whose caller gets
   :class:`Superseded`;
-* batched: requests with equal ``batch_key`` run together, up to ``max_batch``;
+* batched: requests with equal ``batch_key`` run together, up to ``max_batch``
+  (or the smaller cap the first request of the batch asks for);
+* promotable: work done ahead of need (a speculative final) waits at a low
+  priority and is raised with :meth:`Scheduler.promote` once it is needed;
 * no work for the gone: a request whose caller was cancelled is skipped;
 * isolated: if a batch raises, its requests are retried one by one so only the
   faulty request fails, and the loop carries on.
@@ -55,6 +58,7 @@ class _Entry:
     batch_key: Hashable
     replace_key: Hashable | None
     future: asyncio.Future = field(repr=False)
+    max_batch: int = 0  # 0: the scheduler's
 
 
 class Scheduler(Generic[Req, Res]):
@@ -118,6 +122,7 @@ class Scheduler(Generic[Req, Res]):
         priority: Priority = Priority.NORMAL,
         batch_key: Hashable = None,
         replace_key: Hashable | None = None,
+        max_batch: int = 0,
     ) -> Res:
         if self._closed or self._wakeup is None:
             raise ServiceError(ErrorCode.OVERLOADED, f"the {self.name} model is not running")
@@ -132,9 +137,8 @@ class Scheduler(Generic[Req, Res]):
             raise ServiceError(
                 ErrorCode.OVERLOADED, f"the {self.name} queue is full ({self.max_pending} waiting); try again later"
             )
-        entry = _Entry(
-            int(priority), next(self._seq), request, batch_key, replace_key, asyncio.get_running_loop().create_future()
-        )
+        entry = _Entry(int(priority), next(self._seq), request, batch_key, replace_key,
+                       asyncio.get_running_loop().create_future(), max_batch)
         self._pending.append(entry)
         if replace_key is not None:
             self._by_key[replace_key] = entry
@@ -143,6 +147,15 @@ class Scheduler(Generic[Req, Res]):
         # Awaiting the future directly: if the caller is cancelled, so is the
         # future, and the loop skips the entry before it costs compute.
         return await entry.future
+
+    def promote(self, replace_key: Hashable, priority: Priority) -> bool:
+        """Raise the priority of the pending request with ``replace_key``; False if none is pending
+        (it already runs or ran, or was never submitted)."""
+        entry = self._by_key.get(replace_key)
+        if entry is None or entry.future.done():
+            return False
+        entry.priority = min(entry.priority, int(priority))
+        return True
 
     # -- the owner task ----------------------------------------------------------
     def _remove(self, entry: _Entry) -> None:
@@ -161,7 +174,7 @@ class Scheduler(Generic[Req, Res]):
         ordered = sorted(self._pending, key=lambda e: (e.priority, e.seq))
         head = ordered[0]
         batch = [e for e in ordered if e.batch_key == head.batch_key and e.priority == head.priority]
-        batch = batch[: self.max_batch]
+        batch = batch[: min(self.max_batch, head.max_batch or self.max_batch)]
         for entry in batch:
             self._remove(entry)
         return batch
