@@ -223,3 +223,24 @@ def test_max_connections_refused_at_once_and_ready_503(asr_service):
     assert refused == [{"type": "error", "code": "overloaded", "message": refused[0]["message"]}] and code == 1013
     assert refused_s < 2.0  # refused, not queued
     assert 'asr_refusals_total{reason="max_connections"}' in metrics
+
+
+def test_max_length_cuts_a_long_utterance_and_goes_on(tmp_path, jfk):
+    """With a 3 s utterance cap, continuous speech is cut at the cap (reason max_length), the next
+    utterance starts exactly at the cut, and no word is lost across the cuts."""
+    from conftest import ASR_TEST_ENV, running
+
+    env = {**ASR_TEST_ENV, "ASR_STREAMING__MAX_UTTERANCE_S": "3", "ASR_SERVER__MAX_CONNECTIONS": "1"}
+    with running("services.asr", env, tmp_path) as short:
+        result = run(stream(short.ws + "/v1/stream/asr", jfk.tobytes(), speed=0, params={"turn_detection": "none"}))
+    finals = result.of("final")
+    cut = [f for f in finals if f["reason"] == "max_length"]
+    assert cut and all(f["end"] - f["start"] <= 3.0 + 1e-3 for f in finals)
+    # a cut in mid-speech is exactly at the cap and the next utterance starts right there;
+    # a cap reached during a pause ends the utterance at the pause instead
+    mid_speech = [(a, b) for a, b in zip(finals, finals[1:])
+                  if a["reason"] == "max_length" and a["end"] - a["start"] == pytest.approx(3.0, abs=1e-3)]
+    assert mid_speech and all(b["start"] == pytest.approx(a["end"], abs=1e-3) for a, b in mid_speech)
+    assert finals[-1]["reason"] == "end"
+    words = normalise(result.final_text)
+    assert len(set(words) & set(JFK_WORDS)) >= 0.85 * len(set(JFK_WORDS))
