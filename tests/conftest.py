@@ -118,3 +118,12 @@ def asr_service(tmp_path_factory):
 @pytest.fixture(scope="session")
 def jfk() -> np.ndarray:
     return read_wav(DATA / "asr" / "jfk.wav")[0]
+
+
+@pytest.fixture(scope="session")
+def examples_tts(tmp_path_factory):
+    """One TTS service (Piper, defaults) shared by the tests of examples/ (tests/test_examples_*.py)."""
+    env = {"TTS_VOICES__STORE_DIR": str(tmp_path_factory.mktemp("examples-voices")),
+           "TTS_ENGINE__CPU_THREADS": "2"}
+    with running("services.tts", env, tmp_path_factory.mktemp("examples-tts")) as service:
+        yield service
