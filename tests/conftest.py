@@ -91,8 +91,16 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
 
+# Piper samples noise on every synthesis, so the same text sounds slightly different each run and the
+# intelligibility checks (tiny.en must hear the words) would pass or fail by chance. Test TTS services
+# synthesize deterministically unless a test asks otherwise.
+DETERMINISTIC_TTS = {"TTS_PIPER__NOISE_SCALE": "0", "TTS_PIPER__NOISE_W_SCALE": "0"}
+
+
 @contextlib.contextmanager
 def running(module: str, env: dict[str, str] | None, tmp: Path):
+    if module == "services.tts":
+        env = {**DETERMINISTIC_TTS, **(env or {})}
     service = ServiceProcess(module, env, tmp / f"{module.replace('.', '_')}-{free_port()}.log").start()
     try:
         yield service

@@ -33,16 +33,25 @@ CHUNK = 2400
 
 
 class FakeConds:
-    def __init__(self, level: float, t3: str = "original") -> None:
-        self.level = level
+    """Shaped like chatterbox.tts.Conditionals(t3, gen); the voice's loudness ("level") lives in gen.
+    ``FakeConds(0.3)`` is a voice at level 0.3; ``FakeConds(t3, gen)`` is how the engine copies one."""
+
+    def __init__(self, t3: float | str, gen: dict | None = None) -> None:
+        if gen is None:
+            t3, gen = "original", {"level": float(t3)}
         self.t3 = t3
+        self.gen = gen
+
+    @property
+    def level(self) -> float:
+        return self.gen["level"]
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps({"level": self.level}))
 
     @classmethod
     def load(cls, path, map_location="cpu") -> "FakeConds":
-        return cls(json.loads(Path(path).read_text())["level"])
+        return cls(json.loads(Path(path).read_text())["level"])  # a damaged file raises JSONDecodeError
 
     def to(self, device) -> "FakeConds":
         return self
@@ -68,6 +77,7 @@ class FakeChatterbox:
                         context_window=50, print_metrics=True):
         assert self.conds is not None, "Please `prepare_conditionals` first"
         self.conds.t3 = "mutated"  # what the library does when exaggeration differs
+        self.conds.gen["touched"] = True  # and what a future version might do to gen
         for i in range(self.chunks):
             time.sleep(0.003)
             if self.fail_on and self.fail_on in text and i == 1:
@@ -109,6 +119,7 @@ def test_each_request_speaks_its_own_voice_and_nothing_stays_on_the_model():
     assert len(heard["a"]) == len(heard["b"]) == 40  # 10 requests x 4 chunks
     assert model.conds is None
     assert a.t3 == b.t3 == "original"  # the stored voice was not mutated by generate_stream
+    assert a.gen == {"level": 0.1} and b.gen == {"level": 0.3}
 
 
 def test_failure_and_cancel_leave_the_model_clean():

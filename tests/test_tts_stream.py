@@ -174,8 +174,8 @@ def test_concurrent_sessions_and_a_bad_client(tts, transcribe):
 
 
 @pytest.mark.parametrize("query,code,close", [
-    ("?voice=nobody", "not_found", 1008),
-    ("?voice=../../etc", "not_found", 1008),
+    ("?voice=nobody", "not_found", 1003),  # 1008 is reserved for unauthorized
+    ("?voice=../../etc", "not_found", 1003),
     (f"?voice={FAKE_CLONE_ID}", "not_supported", 1003),
     ("?encoding=opus", "bad_audio", 1003),
     ("?sample_rate=100", "bad_audio", 1003),

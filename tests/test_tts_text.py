@@ -84,3 +84,42 @@ def test_reset_drops_pending():
 def test_paragraph_break_ends_a_piece():
     c = TextChunker()
     assert c.push("A heading without a stop\n\nThen") == ["A heading without a stop"]
+
+
+def test_unspaced_flood_is_linear_and_loses_nothing():
+    """A client pushing 50 000 one-character fragments with no spaces must not stall the event loop
+    (the old chunker rescanned the whole buffer on each push and only cut at whitespace)."""
+    import random
+    import time
+
+    rng = random.Random(7)
+    parts = []
+    while sum(map(len, parts)) < 50_000:
+        run = "".join(rng.choice("abcdefghij中文字0123") for _ in range(rng.randint(1, 600)))
+        parts.append(run + rng.choice(["", "。", "，", "！", "？", ".", ",", "3.14", "—"]))
+    text = "".join(parts)[:50_000]
+    assert " " not in text
+    chunker = TextChunker()
+    started = time.perf_counter()
+    pieces = feed(chunker, text) + chunker.flush()
+    elapsed = time.perf_counter() - started
+    assert elapsed < 2.0, f"{elapsed:.2f} s for 50 000 pushes"  # a DoS guard, not a benchmark (~0.05 s)
+    assert "".join(pieces) == text  # no character lost, duplicated or reordered
+    assert max(map(len, pieces)) <= ChunkerOptions().max_piece_chars
+    assert len(pieces) >= 50_000 // ChunkerOptions().max_piece_chars
+
+
+def test_pushed_pieces_are_cut_while_streaming_not_only_at_flush():
+    chunker = TextChunker(ChunkerOptions(first_piece_max_chars=20, max_piece_chars=40))
+    out = feed(chunker, "x" * 1000)
+    assert len(out) >= 24 and all(len(p) <= 40 for p in out)  # cut as it arrives
+    assert len(chunker) <= 40
+
+
+def test_cjk_sentence_and_clause_marks():
+    c = TextChunker()
+    assert c.push("你好。我很好，谢谢！今天天气怎么样？好") == ["你好。", "我很好，谢谢！", "今天天气怎么样？"]
+    assert c.flush() == ["好"]
+    c = TextChunker()
+    assert c.push("「走吧。」他说。") == ["「走吧。」"]  # the closer stays with its sentence
+    assert c.flush() == ["他说。"]  # the last mark waits for the next character (or a flush)

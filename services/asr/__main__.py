@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import uvicorn
-
 from ..common.logs import configure_logging
+from ..common.serve import serve
 from ..common.settings import SettingsError
 from .settings import load
 
@@ -37,11 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"asr: {exc}", file=sys.stderr)
         return 2
     s = settings.server
-    uvicorn.run(
-        app, host=s.host, port=s.port, log_config=None, log_level=s.log_level,
-        ws_max_size=max(16 << 20, 2 * s.max_frame_bytes), ws_ping_interval=20, ws_ping_timeout=20,
-        timeout_graceful_shutdown=int(s.drain_timeout_s) + 5, access_log=False,
-    )
+    # SIGTERM drains open sessions first (services/common/serve.py); proxy headers are trusted from
+    # FORWARDED_ALLOW_IPS (default loopback), so clients' real addresses come through nginx.
+    serve(app, host=s.host, port=s.port, drain_timeout_s=s.drain_timeout_s, log_level=s.log_level,
+          ws_max_size=max(16 << 20, 2 * s.max_frame_bytes), ws_ping_interval=20, ws_ping_timeout=20)
     return 0
 
 

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ..common.audio import decode_file
 from ..common.errors import ErrorCode, ServiceError
+from ..common.http import runtime_of
 from .files import FileOptions, as_contract_json, as_srt, as_verbose_json, as_vtt, transcribe_audio
 from .serving import AsrRuntime
 from .session import AsrSession
@@ -23,16 +24,9 @@ from .session import AsrSession
 router = APIRouter()
 
 
-def _runtime(app) -> AsrRuntime:
-    runtime = getattr(app.state, "runtime", None)
-    if runtime is None:
-        raise ServiceError(ErrorCode.OVERLOADED, "the service is starting; try again shortly")
-    return runtime
-
-
 @router.websocket("/v1/stream/asr")
 async def stream_asr(ws: WebSocket) -> None:
-    await AsrSession.serve(ws, _runtime(ws.app))
+    await AsrSession.serve(ws, runtime_of(ws.app))
 
 
 async def _read_upload(runtime: AsrRuntime, file: UploadFile):
@@ -59,7 +53,7 @@ async def transcribe(
     word_timestamps: Annotated[bool, Form()] = False,
 ) -> JSONResponse:
     """Transcribe a whole file."""
-    runtime = _runtime(request.app)
+    runtime = runtime_of(request.app)
     audio = await _read_upload(runtime, file)
     result = await transcribe_audio(runtime, audio, FileOptions(language=language, word_timestamps=word_timestamps))
     return JSONResponse(as_contract_json(result, word_timestamps))
@@ -77,7 +71,7 @@ async def openai_transcriptions(
     timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
 ) -> Response:
     """OpenAI-compatible transcription (``model`` is accepted and ignored: the service runs one model)."""
-    runtime = _runtime(request.app)
+    runtime = runtime_of(request.app)
     granularities = set(timestamp_granularities or ["segment"])
     unknown = granularities - {"segment", "word"}
     if unknown:

@@ -120,6 +120,8 @@ class AsrRuntime:
         probability = await self.turn.submit(audio, priority=Priority.URGENT)
         decision = self.policy.decide(probability, silence_ms)
         self.metrics.turn_checks.labels(decision=decision.value).inc()
+        log.debug("turn check", extra={"silence_ms": silence_ms, "probability": round(probability, 3),
+                                       "decision": decision.value, "audio_s": round(audio.size / 16000, 2)})
         return decision
 
     async def decode_final(self, request: DecodeRequest, priority: Priority = Priority.URGENT,

@@ -43,6 +43,8 @@ from .vad import SAMPLE_RATE_HZ, WINDOW_SAMPLES, SpeechState, VadStream
 
 log = logging.getLogger(__name__)
 
+DRAIN_GRACE_S = 0.5  # on SIGTERM, frames already on the wire are read before a session counts as idle
+
 
 @dataclass(frozen=True)
 class _Fatal:
@@ -65,6 +67,9 @@ class _Utterance:
     def frozen(self) -> bool:
         """True during a pause once the final is being decoded: no more partials for it."""
         return self.speculative is not None
+
+
+_DRAIN = object()  # inbound marker: wakes the processor to check whether a draining session can leave
 
 
 def _seconds(sample: int) -> float:
@@ -95,6 +100,7 @@ class AsrSession:
         self.keep_back = (s.vad.speech_pad_ms + s.vad.min_speech_ms) * SAMPLE_RATE_HZ // 1000 + 4 * WINDOW_SAMPLES
         self._tasks: set[asyncio.Task] = set()
         self._gone = asyncio.Event()
+        self._draining = False
 
     # -- entry point (the route calls this) ------------------------------------------
     @classmethod
@@ -117,7 +123,7 @@ class AsrSession:
                     metrics.refusals.labels(reason="max_connections").inc()
                 metrics.errors.labels(code=err.code.value).inc()
                 log.info("session refused", extra={"code": err.code.value, "detail": err.message})
-                await ws.send_text(_error_json(err))
+                await ws.send_text(err.to_json())
                 await ws.close(err.close_code)
                 return
             metrics.sessions_total.inc()
@@ -141,6 +147,7 @@ class AsrSession:
         writer = self._spawn(self._write(), "writer")
         self._spawn(self._read(), "reader")
         self._spawn(self._process(), "processor")
+        self._spawn(self._watch_drain(), "drain")
         gone = asyncio.ensure_future(self._gone.wait())
         try:
             await asyncio.wait({writer, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -198,6 +205,17 @@ class AsrSession:
         except (WebSocketDisconnect, RuntimeError):
             self._gone.set()
 
+    async def _watch_drain(self) -> None:
+        """The instance is draining (SIGTERM): the processor ends the session with 1001 once no
+        utterance is open, i.e. right after the final of the utterance in progress (services/common/serve.py)."""
+        await self.runtime.admission.drain_requested.wait()
+        await asyncio.sleep(DRAIN_GRACE_S)  # audio sent just before the signal is still read and detected first
+        self._draining = True
+        try:
+            self.inbound.put_nowait(_DRAIN)  # wake an idle processor; a busy one checks after its next item
+        except asyncio.QueueFull:
+            pass
+
     # -- processor -----------------------------------------------------------------------
     async def _process(self) -> None:
         try:
@@ -217,6 +235,9 @@ class AsrSession:
                     await self._flush_tail()
                     await self._close_now(EndReason.END)
                     self._report(item.error)
+                    return
+                if self._draining and self.utterance is None:
+                    self.outbox.put(CloseRequest(1001), force=True)  # draining: "going away" after the last final
                     return
         except asyncio.CancelledError:
             raise
@@ -397,16 +418,10 @@ class AsrSession:
     async def _send_error(self, err: ServiceError) -> None:
         self.runtime.metrics.errors.labels(code=err.code.value).inc()
         log.info("error sent", extra={"code": err.code.value, "detail": err.message})
-        await self.ws.send_text(_error_json(err))
+        await self.ws.send_text(err.to_json())
 
     def _report(self, err: ServiceError) -> None:
         """Queue an error event; a fatal one also closes the session after it."""
         self.outbox.put(err, force=True)
         if err.fatal:
             self.outbox.put(CloseRequest(err.close_code), force=True)
-
-
-def _error_json(err: ServiceError) -> str:
-    import json
-
-    return json.dumps(err.event())

@@ -17,9 +17,21 @@ class Admission:
     def __init__(self, max_sessions: int) -> None:
         self.max_sessions = max_sessions
         self.active = 0
-        self.draining = False
+        self._draining = False
+        self.drain_requested = asyncio.Event()
+        """Set once draining starts: open sessions await it to finish their current work and leave."""
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = value
+        if value:
+            self.drain_requested.set()
 
     @property
     def accepting(self) -> bool:

@@ -142,15 +142,30 @@ def resample(samples: np.ndarray, in_rate_hz: int, out_rate_hz: int) -> np.ndarr
 
 # --- files ---------------------------------------------------------------------
 
-def decode_file(data: bytes, sample_rate_hz: int = 16000) -> np.ndarray:
-    """Decode any FFmpeg-readable audio to mono float32 at ``sample_rate_hz``."""
+def decode_file(data: bytes, sample_rate_hz: int = 16000, max_duration_s: float | None = None) -> np.ndarray:
+    """Decode any FFmpeg-readable audio to mono float32 at ``sample_rate_hz``.
+
+    With ``max_duration_s``, decoding stops as soon as the audio is longer than that and ``bad_audio``
+    is raised (a small compressed upload can hold hours of audio: it is never decoded whole)."""
     if not data:
         raise ServiceError(ErrorCode.BAD_AUDIO, "the uploaded file is empty")
+    max_samples = None if max_duration_s is None else int(max_duration_s * sample_rate_hz)
     try:
         container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
     except (av.FFmpegError, ValueError) as exc:
         raise ServiceError(ErrorCode.UNSUPPORTED_MEDIA, f"cannot read the file as audio: {exc}") from None
     chunks: list[np.ndarray] = []
+    total = 0
+
+    def keep(frames) -> None:
+        nonlocal total
+        for out in frames:
+            chunk = out.to_ndarray().reshape(-1)
+            chunks.append(chunk)
+            total += chunk.size
+        if max_samples is not None and total > max_samples:
+            raise ServiceError(ErrorCode.BAD_AUDIO, f"the audio is longer than the limit of {max_duration_s:g} s")
+
     try:
         with container:
             if not container.streams.audio:
@@ -158,10 +173,8 @@ def decode_file(data: bytes, sample_rate_hz: int = 16000) -> np.ndarray:
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate_hz)
             for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                keep(resampler.resample(frame))
+            keep(resampler.resample(None))
     except ServiceError:
         raise
     except (av.FFmpegError, ValueError) as exc:

@@ -10,6 +10,7 @@ handlers, session writers) translate with :func:`http_response` and the
 from __future__ import annotations
 
 import enum
+import json
 
 from starlette.responses import JSONResponse
 
@@ -38,7 +39,7 @@ _WIRE: dict[ErrorCode, tuple[int, int, bool]] = {
     ErrorCode.UNSUPPORTED_MEDIA: (415, 1003, True),
     ErrorCode.TOO_LARGE: (413, 1009, True),
     ErrorCode.UNAUTHORIZED: (401, 1008, True),
-    ErrorCode.NOT_FOUND: (404, 1008, True),
+    ErrorCode.NOT_FOUND: (404, 1003, True),  # 1008 is unauthorized's alone
     ErrorCode.NOT_SUPPORTED: (501, 1003, True),
     ErrorCode.OVERLOADED: (503, 1013, True),
     ErrorCode.TIMEOUT: (408, 1000, True),
@@ -71,6 +72,10 @@ class ServiceError(Exception):
 
     def event(self) -> dict:
         return {"type": "error", "code": self.code.value, "message": self.message}
+
+    def to_json(self) -> str:
+        """The WebSocket ``error`` event as a text frame."""
+        return json.dumps(self.event(), ensure_ascii=False)
 
     def __repr__(self) -> str:
         return f"ServiceError({self.code.value!r}, {self.message!r})"

@@ -1,21 +1,24 @@
 """The HTTP edge both services share: error mapping, body-size limit, and the operations routes.
 
 ``install_error_handlers`` turns :class:`ServiceError`, request-validation
-errors and unexpected exceptions into the contract's JSON error body (the one
+errors, the framework's own HTTP errors (malformed multipart, unknown route,
+wrong method) and unexpected exceptions into the contract's JSON error body (the one
 place that happens). :class:`BodySizeLimit` refuses an upload over the limit
 with 413 before it is read, whether or not it declares a Content-Length.
 ``ops_router`` serves ``/health``, ``/ready`` and ``/metrics`` from the runtime
 on ``app.state.runtime`` (anything with ``admission``, ``metrics`` and
-``ready``).
+``ready``). :func:`runtime_of` is how a route fetches that runtime.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,6 +26,9 @@ from .errors import ErrorCode, ServiceError, http_response
 from .metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
+
+_FRAMEWORK_CODES = {404: ErrorCode.NOT_FOUND, 413: ErrorCode.TOO_LARGE, 415: ErrorCode.UNSUPPORTED_MEDIA,
+                    422: ErrorCode.INVALID_PARAMETER}
 
 
 def install_error_handlers(app: FastAPI, upload_fields: tuple[str, ...] = ("file",)) -> None:
@@ -51,10 +57,27 @@ def install_error_handlers(app: FastAPI, upload_fields: tuple[str, ...] = ("file
         code = ErrorCode.BAD_REQUEST if missing_upload or not problems else ErrorCode.INVALID_PARAMETER
         return await _service_error(request, ServiceError(code, "; ".join(problems) or "invalid request"))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _framework_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Raised by the framework itself (malformed multipart, unknown route, wrong method): same body as ours.
+        code = _FRAMEWORK_CODES.get(exc.status_code, ErrorCode.INTERNAL if exc.status_code >= 500
+                                    else ErrorCode.BAD_REQUEST)
+        count(code.value)
+        return JSONResponse({"error": {"code": code.value, "message": str(exc.detail)}}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
         return await _service_error(request, ServiceError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}"))
+
+
+def runtime_of(app) -> Any:
+    """The runtime the lifespan put on ``app.state``; ``overloaded`` (503) while the service is starting."""
+    runtime = getattr(app.state, "runtime", None)
+    if runtime is None:
+        raise ServiceError(ErrorCode.OVERLOADED, "the service is starting; try again shortly")
+    return runtime
 
 
 class BodySizeLimit:

@@ -131,7 +131,7 @@ class Scheduler(Generic[Req, Res]):
             self._remove(old)
             if not old.future.done():
                 old.future.set_exception(Superseded())
-        elif len(self._pending) >= self.max_pending:
+        elif len(self._pending) >= self.max_pending and self._purge_gone() >= self.max_pending:
             if self._metrics is not None:
                 self._metrics.refusals.labels(reason=f"{self.name}_queue_full").inc()
             raise ServiceError(
@@ -156,6 +156,12 @@ class Scheduler(Generic[Req, Res]):
             return False
         entry.priority = min(entry.priority, int(priority))
         return True
+
+    def _purge_gone(self) -> int:
+        """Drop entries whose caller is gone (cancelled while waiting): they must not fill the queue."""
+        for entry in [e for e in self._pending if e.future.done()]:
+            self._remove(entry)
+        return len(self._pending)
 
     # -- the owner task ----------------------------------------------------------
     def _remove(self, entry: _Entry) -> None:

@@ -5,17 +5,25 @@ chatterbox-streaming keeps the current voice on the model object
 reads it and may even replace its ``t3`` part). :class:`ChatterboxEngine` wraps
 the model so that no voice ever outlives a request: every job carries its own
 conditionals; under one lock, on the scheduler's single worker thread, the
-engine puts a private shallow copy of them on the model, runs the streaming
-generator to its end (or to a barge-in), and clears ``conds`` again in a
-``finally``. Cloning likewise computes the conditionals, takes them off the
-model and returns them; the voice store persists them with
-``Conditionals.save``/``load``. torch and chatterbox are imported only when
+engine puts a private copy of them on the model (a new ``Conditionals`` with
+the same ``t3`` and a copy of the ``gen`` dict: ``generate_stream`` replaces
+``conds.t3`` and must not reach the stored voice), runs the streaming
+generator to its end (or to a barge-in) under ``torch.no_grad()``, and clears
+``conds`` again in a ``finally``. Cloning likewise computes the conditionals
+(under ``no_grad`` too), takes them off the model and returns them; the voice
+store persists them with ``Conditionals.save``/``load``. The model is warmed up
+once at load with the built-in voice.
+
+A checkpoint without ``conds.pt`` has no built-in voice: set ``voices.default``
+to a cloned voice's id, or every request must name a voice. There is no
+``max_new_tokens`` setting: chatterbox-streaming 0.1.2's ``generate_stream``
+hard-codes its token limit (1000). torch and chatterbox are imported only when
 this engine is built, so the default install never needs them.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import logging
 import os
 import tempfile
@@ -55,6 +63,7 @@ class ChatterboxEngine:
         # A checkpoint's conds.pt becomes the built-in voice; the model itself keeps none.
         self._builtin = model.conds
         model.conds = None
+        self._no_grad = _no_grad_factory()
 
     @classmethod
     def from_settings(cls, settings) -> "ChatterboxEngine":
@@ -75,9 +84,21 @@ class ChatterboxEngine:
             model = ChatterboxTTS.from_local(c.checkpoint_dir, device)
         else:
             model = ChatterboxTTS.from_pretrained(device)
+        engine = cls(model, Conditionals, device=device, chunk_tokens=c.chunk_tokens,
+                     context_window=c.context_window, exaggeration=c.exaggeration, cfg_weight=c.cfg_weight,
+                     temperature=c.temperature)
+        if engine._builtin is None:
+            log.warning("the checkpoint has no conds.pt, so no built-in voice: set voices.default to a cloned "
+                        "voice id, or every request must name a voice")
+        engine.warm_up()
         log.info("chatterbox loaded", extra={"device": device, "load_s": round(time.perf_counter() - started, 2)})
-        return cls(model, Conditionals, device=device, chunk_tokens=c.chunk_tokens, context_window=c.context_window,
-                   exaggeration=c.exaggeration, cfg_weight=c.cfg_weight, temperature=c.temperature)
+        return engine
+
+    def warm_up(self) -> None:
+        """One short synthesis with the built-in voice (CUDA kernels, allocator) so the first client does not
+        pay for it; skipped without a built-in voice."""
+        if self._builtin is not None:
+            self.synthesize(SynthesisJob("Ready.", BUILTIN_VOICE))
 
     # -- TtsEngine -----------------------------------------------------------------------
     def builtin_voices(self) -> dict[str, int]:
@@ -96,10 +117,10 @@ class ChatterboxEngine:
         audio_s = 0.0
         chunks = 0
         rate = int(self._model.sr)
-        with self._lock:
-            # A private copy: generate_stream may replace conds.t3 (exaggeration), which must
-            # not reach the stored voice; and conds never stay on the model after this block.
-            self._model.conds = copy.copy(conds)
+        with self._lock, self._no_grad():
+            # A private copy: generate_stream may replace conds.t3 (exaggeration) or touch conds.gen,
+            # which must not reach the stored voice; and conds never stay on the model after this block.
+            self._model.conds = self._private_copy(conds)
             try:
                 stream = self._model.generate_stream(
                     job.text, exaggeration=self.exaggeration, cfg_weight=self.cfg_weight,
@@ -128,7 +149,7 @@ class ChatterboxEngine:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(wav_header(job.sample_rate_hz, pcm.size) + pcm.astype("<i2").tobytes())
-            with self._lock:
+            with self._lock, self._no_grad():
                 try:
                     self._model.prepare_conditionals(name, exaggeration=self.exaggeration)
                     conds = self._model.conds
@@ -140,12 +161,25 @@ class ChatterboxEngine:
             raise ServiceError(ErrorCode.INTERNAL, "chatterbox computed no conditionals")
         return conds
 
+    def _private_copy(self, conds: Any) -> Any:
+        """``Conditionals(t3, dict(gen))``: the model may replace ``t3`` or entries of ``gen`` on its copy."""
+        return self._conditionals_cls(conds.t3, dict(conds.gen))
+
     def save_conditionals(self, conditionals: Any, path: Path) -> None:
         conditionals.save(path)
 
     def load_conditionals(self, path: Path) -> Any:
         conds = self._conditionals_cls.load(path, map_location="cpu")
         return conds.to(self._device) if hasattr(conds, "to") else conds
+
+
+def _no_grad_factory():
+    """``torch.no_grad`` (no autograd graph is kept during inference), or a no-op where torch is absent."""
+    try:
+        import torch
+    except ImportError:
+        return contextlib.nullcontext
+    return torch.no_grad
 
 
 def _to_numpy(audio: Any) -> np.ndarray:

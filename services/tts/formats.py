@@ -6,12 +6,17 @@ requested rate, resampling with soxr; it is per stream, never shared.
 :func:`file_encoder` gives an incremental encoder for an HTTP response format:
 ``wav`` (a streaming header, then PCM), raw ``pcm``, ``mulaw``, and, through
 PyAV (FFmpeg), ``mp3``, ``flac``, ``opus`` (in Ogg) and ``aac`` (ADTS), each
-producing bytes as audio comes in so responses stream.
+producing bytes as audio comes in so responses stream. Both are called on the
+model's worker thread (or a ``to_thread`` worker), never on the event loop; a
+:class:`FileEncoder` is locked so that closing it from the loop while a chunk
+is being encoded (the client left) is safe, and encoding after close yields
+nothing.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 
 import av
 import numpy as np
@@ -88,6 +93,8 @@ class FileEncoder:
     """Incremental encoder of one HTTP response: float32 chunks at ``rate_hz`` in, bytes out."""
 
     def __init__(self, fmt: str, rate_hz: int) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
         self.format = fmt
         self.media_type = MEDIA_TYPES[fmt]
         spec = _CONTAINERS.get(fmt)
@@ -107,27 +114,33 @@ class FileEncoder:
         if samples.size == 0:
             return b""
         pcm = float_to_pcm16(samples)
-        if self._container is None:
-            return pcm16_to_mulaw(pcm) if self.format == "mulaw" else pcm.astype("<i2").tobytes()
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = self.rate_hz
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
-        return self._sink.take()
+        with self._lock:
+            if self._closed:
+                return b""
+            if self._container is None:
+                return pcm16_to_mulaw(pcm) if self.format == "mulaw" else pcm.astype("<i2").tobytes()
+            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = self.rate_hz
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+            return self._sink.take()
 
     def finish(self) -> bytes:
-        if self._container is None:
-            return b""
-        for packet in self._stream.encode(None):
-            self._container.mux(packet)
-        self._container.close()
-        self._container = None
-        return self._sink.take()
+        with self._lock:
+            if self._container is None or self._closed:
+                return b""
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+            self._container.close()
+            self._container = None
+            return self._sink.take()
 
     def close(self) -> None:
-        if self._container is not None:
-            try:
-                self._container.close()
-            except Exception:  # noqa: BLE001 - abandoning a half-written response
-                pass
-            self._container = None
+        with self._lock:
+            self._closed = True
+            if self._container is not None:
+                try:
+                    self._container.close()
+                except Exception:  # noqa: BLE001 - abandoning a half-written response
+                    pass
+                self._container = None

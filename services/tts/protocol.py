@@ -62,7 +62,7 @@ def parse_client_message(raw: str) -> ClientMessage:
     cls = _SIMPLE.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ServiceError(ErrorCode.BAD_MESSAGE,
-                           f"unknown message type {kind!r}; expected 'text', 'flush', 'cancel' or 'end'")
+                           f"unknown message type {repr(kind)[:60]}; expected 'text', 'flush', 'cancel' or 'end'")
     return cls()
 
 

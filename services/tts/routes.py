@@ -3,7 +3,9 @@
 Each route fetches the shared runtime, builds what it needs and awaits it: the
 stream route hands the socket to :class:`~.session.TtsSession`; the synthesis
 routes check the request, pull the first audio (so an error still gets a
-status) and stream the rest; the voice routes call the catalog and store.
+status) and stream the rest, each holding one HTTP synthesis slot until its
+response ends (refused at once with 503 when all are taken); the voice routes
+call the catalog and store.
 JSON bodies are parsed here in one helper: malformed JSON is 400
 ``bad_request``, invalid fields 422 ``invalid_parameter``.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, File, Form, Request, UploadFile, WebSocket
@@ -19,8 +22,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..common.errors import ErrorCode, ServiceError
+from ..common.http import runtime_of
 from .formats import FileEncoder
-from .protocol import SpeechFormat, SpeechRequest, SynthesizeRequest
+from .protocol import SpeechFormat, SpeechRequest, SynthesizeFormat, SynthesizeRequest
 from .serving import TtsRuntime
 from .session import TtsSession
 from .synthesis import prepare, stream_audio
@@ -31,11 +35,22 @@ M = TypeVar("M", bound=BaseModel)
 OPENAI_PCM_RATE_HZ = 24000  # OpenAI's "pcm" is 24 kHz 16-bit mono
 
 
-def _runtime(app) -> TtsRuntime:
-    runtime = getattr(app.state, "runtime", None)
-    if runtime is None:
-        raise ServiceError(ErrorCode.OVERLOADED, "the service is starting; try again shortly")
-    return runtime
+MULAW_DEFAULT_RATE_HZ = 8000  # audio/basic is 8 kHz G.711
+
+
+class _SlotResponse(StreamingResponse):
+    """A streamed body that runs ``on_close`` however the response ends (sent, failed, or the client left
+    before the body started), so the HTTP slot and the synthesis are always released."""
+
+    def __init__(self, content, on_close: Callable[[], Awaitable[None]], **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_close()
 
 
 async def _body(request: Request, model: type[M]) -> M:
@@ -55,46 +70,67 @@ async def _body(request: Request, model: type[M]) -> M:
 
 async def _streaming(runtime: TtsRuntime, text: str, voice: str | None, fmt: str, rate_hz: int | None,
                      speed: float, route: str) -> StreamingResponse:
-    prepared = await prepare(runtime, text, voice)
-    encoder = FileEncoder(fmt, rate_hz or runtime.native_rate_hz(prepared.voice))
-    chunks = stream_audio(runtime, prepared, encoder, speed)
+    runtime.acquire_http()  # 503 at once when every HTTP slot is taken; sessions keep their budget
+    chunks = None
+    released = False
+
+    async def release() -> None:
+        nonlocal released
+        if released:
+            return
+        released = True
+        try:
+            if chunks is not None:
+                await chunks.aclose()  # withdraws the pending piece, closes the encoder
+        except Exception:  # noqa: BLE001 - a response that is already gone
+            pass
+        finally:
+            runtime.http_admission.release()
+
     try:
-        first = await chunks.__anext__()  # errors before the first audio still get their status
-    except StopAsyncIteration:
-        first = b""
+        prepared = await prepare(runtime, text, voice)
+        encoder = await asyncio.to_thread(FileEncoder, fmt, rate_hz or runtime.native_rate_hz(prepared.voice))
+        chunks = stream_audio(runtime, prepared, encoder, speed)
+        try:
+            first = await chunks.__anext__()  # errors before the first audio still get their status
+        except StopAsyncIteration:
+            first = b""
+        runtime.metrics.http_synthesis.labels(route=route).inc()
+
+        async def body():
+            yield first
+            async for data in chunks:
+                yield data
+
+        response = _SlotResponse(body(), release, media_type=encoder.media_type,
+                                 headers={"X-Sample-Rate": str(encoder.rate_hz)})
     except BaseException:
-        await chunks.aclose()
+        await release()
         raise
-    runtime.metrics.http_synthesis.labels(route=route).inc()
-
-    async def body():
-        yield first
-        async for data in chunks:
-            yield data
-
-    return StreamingResponse(body(), media_type=encoder.media_type,
-                             headers={"X-Sample-Rate": str(encoder.rate_hz)})
+    return response
 
 
 @router.websocket("/v1/stream/tts")
 async def stream_tts(ws: WebSocket) -> None:
-    await TtsSession.serve(ws, _runtime(ws.app))
+    await TtsSession.serve(ws, runtime_of(ws.app))
 
 
 @router.post("/v1/synthesize", tags=["tts"])
 async def synthesize(request: Request) -> StreamingResponse:
     """JSON ``{"text","voice","format":"wav"|"pcm"|"mulaw","sample_rate"}``; streams the audio as it is made."""
-    runtime = _runtime(request.app)
+    runtime = runtime_of(request.app)
     body = await _body(request, SynthesizeRequest)
-    return await _streaming(runtime, body.text, body.voice, body.format.value, body.sample_rate, body.speed,
-                            "synthesize")
+    rate = body.sample_rate
+    if rate is None and body.format is SynthesizeFormat.mulaw:
+        rate = MULAW_DEFAULT_RATE_HZ
+    return await _streaming(runtime, body.text, body.voice, body.format.value, rate, body.speed, "synthesize")
 
 
 @router.post("/v1/audio/speech", tags=["openai"])
 async def openai_speech(request: Request) -> StreamingResponse:
     """OpenAI-compatible speech. ``model`` is ignored (one engine per instance); OpenAI voice names
     (alloy, echo, ...) speak with the default voice; ``pcm`` is 24 kHz like OpenAI's."""
-    runtime = _runtime(request.app)
+    runtime = runtime_of(request.app)
     body = await _body(request, SpeechRequest)
     rate = OPENAI_PCM_RATE_HZ if body.response_format is SpeechFormat.pcm else None
     return await _streaming(runtime, body.input, body.voice, body.response_format.value, rate, body.speed,
@@ -103,7 +139,7 @@ async def openai_speech(request: Request) -> StreamingResponse:
 
 @router.get("/v1/voices", tags=["voices"])
 async def list_voices(request: Request) -> JSONResponse:
-    runtime = _runtime(request.app)
+    runtime = runtime_of(request.app)
     voices = await asyncio.to_thread(runtime.voices.all)
     return JSONResponse([v.listing() for v in voices])
 
@@ -111,27 +147,33 @@ async def list_voices(request: Request) -> JSONResponse:
 @router.post("/v1/voices", tags=["voices"], status_code=201)
 async def create_voice(
     request: Request,
-    file: Annotated[UploadFile, File(description="reference speech, 3 to 30 s, any format FFmpeg decodes")],
-    name: Annotated[str, Form()],
+    file: Annotated[UploadFile | None, File(description="reference speech, 3 to 30 s, any format FFmpeg decodes")]
+    = None,
+    name: Annotated[str | None, Form()] = None,
 ) -> JSONResponse:
-    runtime = _runtime(request.app)
-    runtime.check_can_clone()
-    data = await file.read()
-    info = await runtime.clone_voice(name, data)
+    runtime = runtime_of(request.app)
+    runtime.check_can_clone()  # 501 on an engine that cannot clone, whatever the form holds
+    if file is None:
+        raise ServiceError(ErrorCode.BAD_REQUEST, "file: a multipart field 'file' with the reference audio is required")
+    if name is None:
+        raise ServiceError(ErrorCode.INVALID_PARAMETER, "name: a form field 'name' is required")
+    with runtime.http_slot():
+        data = await file.read()
+        info = await runtime.clone_voice(name, data)
     return JSONResponse({"id": info.id, "name": info.name, "engine": info.engine, "duration": info.duration},
                         status_code=201)
 
 
 @router.get("/v1/voices/{voice_id:path}", tags=["voices"])
 async def get_voice(request: Request, voice_id: str) -> JSONResponse:
-    runtime = _runtime(request.app)
+    runtime = runtime_of(request.app)
     info = await asyncio.to_thread(runtime.voices.info, voice_id)
     return JSONResponse(info.detail())
 
 
 @router.delete("/v1/voices/{voice_id:path}", tags=["voices"], status_code=204)
 async def delete_voice(request: Request, voice_id: str) -> Response:
-    runtime = _runtime(request.app)
+    runtime = runtime_of(request.app)
     if voice_id in runtime.engine.builtin_voices():
         raise ServiceError(ErrorCode.BAD_REQUEST, f"{voice_id!r} is a built-in voice and cannot be deleted")
     if not await asyncio.to_thread(runtime.store.delete, voice_id):

@@ -7,18 +7,26 @@ each request is one piece of text, so sessions take turns piece by piece
 session's queued piece before it costs compute, and synthesis runs on the
 scheduler's worker thread, never on the event loop. Audio chunks come back to
 the event loop through ``call_soon_threadsafe`` while a piece is still being
-synthesized. Cloning (validate the reference, compute conditionals on the
-same model thread, write to the store) lives here too.
+synthesized; a caller's ``encode`` step (resampling, wire or container
+encoding) runs on the worker thread too, so the loop only moves bytes. HTTP
+synthesis and cloning take a slot of their own admission (``http_admission``,
+refused at once with ``overloaded``), and ``scheduler.max_pending`` covers
+every session plus every HTTP slot, so HTTP load can never make the scheduler
+refuse a live session's next piece. Cloning (validate the reference off the
+loop, compute conditionals on the same model thread at ``NORMAL`` priority,
+write to the store) lives here too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +46,10 @@ REFERENCE_RATE_HZ = 24000
 VAD_RATE_HZ = 16000
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 
-ChunkCallback = Callable[[np.ndarray, int], None]
+ChunkCallback = Callable[[Any, int], None]
+"""Called on the event loop with each chunk (samples, or what ``encode`` made of them) and its rate."""
+ChunkEncoder = Callable[[np.ndarray, int], Any]
+"""Called on the model's worker thread with each chunk's samples and rate."""
 
 
 class TtsMetrics(Metrics):
@@ -67,8 +78,13 @@ class TtsRuntime:
     admission: Admission
     metrics: TtsMetrics
     chunker_options: ChunkerOptions
+    http_admission: Admission | None = None
     vad_model: object | None = None
     vad: Scheduler | None = None
+
+    def __post_init__(self) -> None:
+        if self.http_admission is None:
+            self.http_admission = Admission(self.settings.server.max_http_synthesis)
 
     @classmethod
     def load(cls, settings: TtsSettings, engine: TtsEngine | None = None) -> "TtsRuntime":
@@ -114,12 +130,17 @@ class TtsRuntime:
         return self.engine.sample_rate_hz(None if voice.cloned else voice.id)
 
     async def synthesize(self, voice: ResolvedVoice, text: str, on_chunk: ChunkCallback, *, speed: float = 1.0,
-                         cancelled: threading.Event | None = None) -> SynthesisResult:
-        """Synthesize one piece; ``on_chunk`` runs on the event loop for each chunk, before this returns."""
+                         cancelled: threading.Event | None = None,
+                         encode: ChunkEncoder | None = None) -> SynthesisResult:
+        """Synthesize one piece; ``on_chunk`` runs on the event loop for each chunk, before this returns.
+
+        ``encode(samples, rate_hz)``, if given, runs on the model's worker thread for each chunk and
+        ``on_chunk`` receives its result: blocking conversion never runs on the event loop."""
         loop = asyncio.get_running_loop()
 
         def sink(samples: np.ndarray, rate_hz: int) -> None:  # worker thread
-            loop.call_soon_threadsafe(on_chunk, samples, rate_hz)
+            payload = encode(samples, rate_hz) if encode is not None else samples
+            loop.call_soon_threadsafe(on_chunk, payload, rate_hz)
 
         job = SynthesisJob(text, voice.id, voice.conditionals, sink=sink, speed=speed)
         if cancelled is not None:
@@ -136,6 +157,23 @@ class TtsRuntime:
                 self.metrics.real_time_factor.observe(result.compute_s / result.audio_s)
         return result
 
+    def acquire_http(self) -> None:
+        """Take an HTTP synthesis slot or raise ``overloaded`` (503, Retry-After) at once; never waits."""
+        adm = self.http_admission
+        assert adm is not None
+        if adm.active >= adm.max_sessions:
+            raise ServiceError(ErrorCode.OVERLOADED, f"all {adm.max_sessions} HTTP synthesis slots are in use; "
+                                                     f"try again later")
+        adm.acquire()
+
+    @contextlib.contextmanager
+    def http_slot(self) -> Iterator[None]:
+        self.acquire_http()
+        try:
+            yield
+        finally:
+            self.http_admission.release()
+
     def check_can_clone(self) -> None:
         if not self.engine.can_clone:
             raise ServiceError(ErrorCode.NOT_SUPPORTED,
@@ -146,14 +184,20 @@ class TtsRuntime:
         self.check_can_clone()
         name = check_name(name)
         v = self.settings.voices
-        if len(self.store.list()) >= v.max_voices:
+        if len(await asyncio.to_thread(self.store.list)) >= v.max_voices:
             raise ServiceError(ErrorCode.INVALID_PARAMETER, f"the voice store is full ({v.max_voices} voices)")
-        audio = await asyncio.to_thread(decode_file, data, REFERENCE_RATE_HZ)
+        # Decoding stops just past the longest accepted reference: a small upload cannot expand to hours.
+        audio = await asyncio.to_thread(decode_file, data, REFERENCE_RATE_HZ, v.max_reference_s + 1.0)
         limits = dict(min_s=v.min_reference_s, max_s=v.max_reference_s, min_speech_s=v.min_speech_s)
-        check_reference(audio, REFERENCE_RATE_HZ, float("inf"), **limits)
-        speech_s = await self._speech_seconds(resample(audio, REFERENCE_RATE_HZ, VAD_RATE_HZ))
-        duration_s = check_reference(audio, REFERENCE_RATE_HZ, speech_s, **limits)
-        conds = await self.scheduler.submit(CloneJob(audio, REFERENCE_RATE_HZ), priority=Priority.URGENT)
+
+        def checked_16k() -> np.ndarray:
+            check_reference(audio, REFERENCE_RATE_HZ, float("inf"), **limits)
+            return resample(audio, REFERENCE_RATE_HZ, VAD_RATE_HZ)
+
+        speech_s = await self._speech_seconds(await asyncio.to_thread(checked_16k))
+        duration_s = await asyncio.to_thread(check_reference, audio, REFERENCE_RATE_HZ, speech_s, **limits)
+        # NORMAL: a clone must not jump ahead of live sessions' pieces.
+        conds = await self.scheduler.submit(CloneJob(audio, REFERENCE_RATE_HZ), priority=Priority.NORMAL)
         info = await asyncio.to_thread(self.store.create, name, self.engine.name, duration_s, audio,
                                        REFERENCE_RATE_HZ, lambda path: self.engine.save_conditionals(conds, path))
         self.metrics.voices_cloned.inc()

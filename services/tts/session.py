@@ -8,8 +8,17 @@ Three tasks per connection:
   handles ``cancel`` itself, at once;
 * the *speaker* takes pieces one at a time, announces each with a ``segment``
   event and asks the shared scheduler to synthesize it; audio chunks are
-  resampled and encoded as they arrive and queued for the writer;
+  resampled and encoded on the model's worker thread as they are made (never
+  on the event loop) and queued for the writer;
 * the *writer* sends queued events and audio in order.
+
+Everything queued is bounded: audio by seconds (``max_buffered_audio_s``, which
+holds synthesis back), and pieces, flush marks (consecutive ones are merged)
+and events by count (``session_queue_items``): a client that floods the
+session without reading is closed with ``overloaded`` (1013). Admission comes
+first, before any other work (the voice lookup too). Any failure of the reader
+or writer ends the session with an ``internal`` error; it never hangs holding
+its admission slot.
 
 Barge-in: every queued item carries the *generation* it belongs to. ``cancel``
 starts a new generation: the chunker is emptied, the speaker task (and with it
@@ -23,6 +32,7 @@ serves new text. All per-stream state lives here, never on the shared engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -31,7 +41,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..common import logs
@@ -44,6 +53,8 @@ from .text import TextChunker
 from .voices import ResolvedVoice
 
 log = logging.getLogger(__name__)
+
+DRAIN_GRACE_S = 0.5  # on SIGTERM, messages already on the wire are read before a session counts as idle
 
 
 @dataclass(frozen=True)
@@ -70,12 +81,18 @@ class _Audio:
     first_of: _Piece | None = None  # set on a piece's first audio when it measures time to first audio
 
 
+class QueueFull(Exception):
+    """A session's queue holds its limit of items: the client floods without reading."""
+
+
 class _Outbox:
-    """Ordered items for the writer, each tagged with its generation; audio bytes are counted for backpressure."""
+    """Ordered items for the writer, each tagged with its generation; audio bytes are counted for backpressure,
+    and at most ``limit_items`` items wait (close requests, fatal errors and ``closed`` are never refused)."""
 
     DROPPABLE = (_Audio, Segment, Done)
 
-    def __init__(self) -> None:
+    def __init__(self, limit_items: int = 1 << 30) -> None:
+        self.limit_items = limit_items
         self._items: deque[tuple[int, Any]] = deque()
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
@@ -87,6 +104,8 @@ class _Outbox:
         return len(self._items)
 
     def put(self, generation: int, item: Any) -> None:
+        if len(self._items) >= self.limit_items and not _forced(item):
+            raise QueueFull(f"{len(self._items)} events waiting for the client")
         self._items.append((generation, item))
         if isinstance(item, _Audio):
             self.audio_bytes += len(item.data)
@@ -116,6 +135,47 @@ class _Outbox:
     async def wait_room(self) -> None:
         await self._room.wait()
 
+    def clear(self) -> None:
+        self._items.clear()
+        self.audio_bytes = 0
+        self._room.set()
+
+
+def _forced(item: Any) -> bool:
+    return isinstance(item, (_CloseRequest, Closed)) or (isinstance(item, ServiceError) and item.fatal)
+
+
+class _Work:
+    """The pieces and flush marks waiting for the speaker: at most ``limit`` of them; a mark right behind
+    another waiting mark is merged into it (a burst of flushes costs one ``done``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: deque[Any] = deque()
+        self._ready = asyncio.Event()
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: Any) -> None:
+        if isinstance(item, _Mark) and self._items and isinstance(self._items[-1], _Mark):
+            last = self._items[-1]
+            self._items[-1] = _Mark(done=last.done or item.done, end=last.end or item.end)
+            return
+        if len(self._items) >= self.limit:
+            raise QueueFull(f"{len(self._items)} pieces and flushes waiting to be spoken")
+        self._items.append(item)
+        self._ready.set()
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
 
 class TtsSession:
     def __init__(self, ws: WebSocket, runtime: TtsRuntime, params: StreamParams, voice: ResolvedVoice,
@@ -128,12 +188,11 @@ class TtsSession:
         self.id = session_id
         self.out_rate_hz = params.sample_rate or runtime.native_rate_hz(voice)
         self.chunker = TextChunker(runtime.chunker_options)
-        self.wire = WireEncoder(params.encoding, self.out_rate_hz)
-        self.outbox = _Outbox()
+        self.outbox = _Outbox(s.server.session_queue_items)
         self.outbox.limit_bytes = int(s.server.max_buffered_audio_s * self.out_rate_hz
                                       * params.encoding.bytes_per_sample)
         self.generation = 0
-        self.work: asyncio.Queue = asyncio.Queue()
+        self.work = _Work(s.server.session_queue_items)
         self.queued_chars = 0
         self.segment_index = 0
         self.speaking = False
@@ -142,6 +201,8 @@ class TtsSession:
         self._cancel_started = 0.0
         self._tasks: set[asyncio.Task] = set()
         self._gone = asyncio.Event()
+        self._failed = asyncio.Event()  # _fail: the session ends now, whatever the writer is doing
+        self._draining = False
 
     # -- entry point (the route calls this) ------------------------------------------
     @classmethod
@@ -153,23 +214,24 @@ class TtsSession:
         try:
             try:
                 params = parse_stream_params(dict(ws.query_params))
-                voice = await runtime.voices.resolve(params.voice)
-                runtime.admission.acquire()
+                runtime.admission.acquire()  # first: nothing else is done for a session that is refused
             except ServiceError as err:
-                if err.code is ErrorCode.OVERLOADED:
-                    metrics.refusals.labels(reason="max_connections").inc()
-                metrics.errors.labels(code=err.code.value).inc()
-                log.info("session refused", extra={"code": err.code.value, "detail": err.message})
-                await ws.send_text(_error_json(err))
-                await ws.close(err.close_code)
+                await _refuse(ws, runtime, err)
                 return
-            metrics.sessions_total.inc()
-            metrics.sessions_active.inc()
             try:
-                await cls(ws, runtime, params, voice, session_id).run()
+                try:
+                    voice = await runtime.voices.resolve(params.voice)
+                except ServiceError as err:
+                    await _refuse(ws, runtime, err)
+                    return
+                metrics.sessions_total.inc()
+                metrics.sessions_active.inc()
+                try:
+                    await cls(ws, runtime, params, voice, session_id).run()
+                finally:
+                    metrics.sessions_active.dec()
             finally:
                 runtime.admission.release()
-                metrics.sessions_active.dec()
         finally:
             logs.session_id.reset(token)
 
@@ -180,16 +242,25 @@ class TtsSession:
         writer = self._spawn(self._write(), "writer")
         self._spawn(self._read(), "reader")
         self.speaker = self._spawn(self._speak(self.work, self.generation), "speaker")
+        self._spawn(self._watch_drain(), "drain")
         gone = asyncio.ensure_future(self._gone.wait())
+        failed = asyncio.ensure_future(self._failed.wait())
         try:
-            await asyncio.wait({writer, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({writer, gone, failed}, return_when=asyncio.FIRST_COMPLETED)
+            if failed.done() and not writer.done() and not gone.done():
+                # the error and close are next in line; a client that does not read gets no longer than this
+                await asyncio.wait({writer, gone}, timeout=FAIL_GRACE_S, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
+            failed.cancel()
             if self.job_cancel is not None:
                 self.job_cancel.set()
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._failed.is_set() and not _writer_finished(writer):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.ws.close(1011), timeout=1.0)
             log.info("session ended", extra={"segments": self.segment_index})
 
     def _spawn(self, coro, name: str) -> asyncio.Task:
@@ -232,9 +303,10 @@ class TtsSession:
                 raw = message.get("text")
                 if raw is None:
                     continue
-                if len(raw) > limits.max_message_bytes:
-                    self._report(ServiceError(ErrorCode.TOO_LARGE, f"message of {len(raw)} characters exceeds "
-                                                                   f"the limit of {limits.max_message_bytes}"))
+                size = len(raw) if len(raw) * 4 <= limits.max_message_bytes else len(raw.encode())
+                if size > limits.max_message_bytes:
+                    self._report(ServiceError(ErrorCode.TOO_LARGE, f"message of {size} bytes exceeds the limit "
+                                                                   f"of {limits.max_message_bytes}"))
                     return
                 try:
                     msg = parse_client_message(raw)
@@ -246,6 +318,11 @@ class TtsSession:
                         return
         except (WebSocketDisconnect, RuntimeError):
             self._gone.set()
+        except QueueFull as exc:
+            self._fail(ServiceError(ErrorCode.OVERLOADED, f"the client sends faster than it reads ({exc}); closing"))
+        except Exception as exc:  # noqa: BLE001 - a bug here must end this session, not hang it
+            log.exception("reader failed")
+            self._fail(ServiceError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}"))
 
     def _on_message(self, msg) -> bool:
         """Handle one client message; True when the reader should stop."""
@@ -289,18 +366,32 @@ class TtsSession:
             self.job_cancel.set()  # the running piece stops at its next chunk
         if self.speaker is not None:
             self.speaker.cancel()  # its queued scheduler request is skipped
-        self.work = asyncio.Queue()
+        self.work = _Work(self.runtime.settings.server.session_queue_items)
         self.queued_chars = 0
         self.speaking = False
-        self.wire.reset()
         self.outbox.drop_before(self.generation)
         self.outbox.put(self.generation, Cancelled())
         self.runtime.metrics.cancels.inc()
         self._cancel_started = started
         self.speaker = self._spawn(self._speak(self.work, self.generation), "speaker")
 
+    # -- draining (SIGTERM, services/common/serve.py) ---------------------------------------
+    async def _watch_drain(self) -> None:
+        """The instance is draining: finish what is being spoken, then leave with 1001 "going away"."""
+        await self.runtime.admission.drain_requested.wait()
+        await asyncio.sleep(DRAIN_GRACE_S)  # text the client sent just before the signal is still read first
+        self._draining = True
+        self._leave_if_drained(self.generation)
+
+    def _leave_if_drained(self, generation: int) -> bool:
+        """While draining, close (after everything queued) once nothing is being or waiting to be spoken."""
+        if self._draining and not self.speaking and self.work.empty() and not self.chunker.pending:
+            self.outbox.put(generation, _CloseRequest(1001))
+            return True
+        return False
+
     # -- speaker ---------------------------------------------------------------------------
-    async def _speak(self, work: asyncio.Queue, generation: int) -> None:
+    async def _speak(self, work: _Work, generation: int) -> None:
         rt = self.runtime
         try:
             while True:
@@ -312,6 +403,8 @@ class TtsSession:
                         self.outbox.put(generation, Closed())
                         self.outbox.put(generation, _CloseRequest(1000))
                         return
+                    if self._leave_if_drained(generation):
+                        return
                     continue
                 self.queued_chars = max(0, self.queued_chars - len(item.text))
                 await self.outbox.wait_room()  # a slow reader holds synthesis back (bounded buffer)
@@ -321,30 +414,37 @@ class TtsSession:
                 self.outbox.put(generation, Segment(self.segment_index, item.text))
                 self.segment_index += 1
                 first_pending = [item if item.first else None]
+                wire = WireEncoder(self.params.encoding, self.out_rate_hz)  # this piece's; used off the loop
 
-                def on_chunk(samples: np.ndarray, rate_hz: int) -> None:  # on the loop, in order
-                    if generation != self.generation:
+                def on_chunk(data: bytes, _rate_hz: int) -> None:  # on the loop, in order; already encoded
+                    if generation != self.generation or not data or self._failed.is_set():
                         return
-                    data = self.wire.encode(samples, rate_hz)
-                    if data:
+                    try:
                         self.outbox.put(generation, _Audio(data, first_pending[0]))
-                        first_pending[0] = None
+                    except QueueFull as exc:
+                        self._fail(ServiceError(ErrorCode.OVERLOADED, f"the client is not reading ({exc}); closing"))
+                        return
+                    first_pending[0] = None
 
                 cancel = threading.Event()
                 self.job_cancel = cancel
                 try:
-                    await rt.synthesize(self.voice, item.text, on_chunk, cancelled=cancel)
+                    await rt.synthesize(self.voice, item.text, on_chunk, cancelled=cancel, encode=wire.encode)
                 finally:
                     if self.job_cancel is cancel:
                         self.job_cancel = None
-                if generation != self.generation:
+                if generation != self.generation or self._failed.is_set():
                     return
-                tail = self.wire.end_piece()
+                tail = await asyncio.to_thread(wire.end_piece)
                 if tail:
                     self.outbox.put(generation, _Audio(tail))
                 self.speaking = not work.empty()
+                if self._leave_if_drained(generation):
+                    return
         except asyncio.CancelledError:
             raise
+        except QueueFull as exc:
+            self._fail(ServiceError(ErrorCode.OVERLOADED, f"the client is not reading ({exc}); closing"))
         except ServiceError as err:
             self._report(err)
         except Exception as exc:  # noqa: BLE001 - this session fails, nobody else
@@ -369,22 +469,50 @@ class TtsSession:
                 elif isinstance(item, ServiceError):
                     metrics.errors.labels(code=item.code.value).inc()
                     log.info("error sent", extra={"code": item.code.value, "detail": item.message})
-                    await self.ws.send_text(_error_json(item))
+                    await self.ws.send_text(item.to_json())
                 else:
                     await self.ws.send_text(item.to_json())
                     if isinstance(item, Cancelled):
                         metrics.cancel_ack_seconds.observe(time.perf_counter() - self._cancel_started)
         except (WebSocketDisconnect, RuntimeError, OSError):
             self._gone.set()
+        except Exception:  # noqa: BLE001 - the session ends (run() waits on the writer); log why
+            log.exception("writer failed")
+            self._gone.set()
 
     def _report(self, err: ServiceError) -> None:
-        """Queue an error event; a fatal one also closes the session after it."""
+        """Queue an error event; a fatal one also closes the session after it. A non-fatal one counts
+        against the queue's limit (``QueueFull`` when a client floods bad messages without reading)."""
         self.outbox.put(self.generation, err)
         if err.fatal:
             self.outbox.put(self.generation, _CloseRequest(err.close_code))
 
+    def _fail(self, err: ServiceError) -> None:
+        """End the session now with ``err``: what waits to be sent is dropped, the error and the close go
+        next, the running piece stops, and run() stops waiting for a writer stuck on a client that does not
+        read after ``FAIL_GRACE_S``."""
+        if self._failed.is_set():
+            return
+        log.info("session failed", extra={"code": err.code.value, "detail": err.message})
+        if self.job_cancel is not None:
+            self.job_cancel.set()
+        self.outbox.clear()
+        self._report(err)
+        self._failed.set()
 
-def _error_json(err: ServiceError) -> str:
-    import json
 
-    return json.dumps(err.event())
+FAIL_GRACE_S = 10.0
+
+
+def _writer_finished(writer: asyncio.Task) -> bool:
+    return writer.done() and not writer.cancelled()
+
+
+async def _refuse(ws: WebSocket, runtime: TtsRuntime, err: ServiceError) -> None:
+    metrics = runtime.metrics
+    if err.code is ErrorCode.OVERLOADED:
+        metrics.refusals.labels(reason="max_connections").inc()
+    metrics.errors.labels(code=err.code.value).inc()
+    log.info("session refused", extra={"code": err.code.value, "detail": err.message})
+    await ws.send_text(err.to_json())
+    await ws.close(err.close_code)

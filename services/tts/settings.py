@@ -71,7 +71,9 @@ class ChatterboxSettings(Section):
     exaggeration: float = Field(0.5, ge=0, le=2)
     cfg_weight: float = Field(0.5, ge=0, le=2)
     temperature: float = Field(0.8, gt=0, le=2)
-    max_new_tokens: int = Field(1000, ge=10, le=4000)
+    # No max_new_tokens: chatterbox-streaming 0.1.2's generate_stream hard-codes its token limit (1000).
+    # A checkpoint without conds.pt has no built-in voice: set voices.default to a cloned voice's id
+    # (or every request must name a voice).
 
 
 class VoiceSettings(Section):
@@ -125,7 +127,10 @@ class TextSettings(Section):
 
 class SchedulerSettings(Section):
     max_pending: int = Field(64, ge=1)
-    """Pieces waiting for the model before new ones are refused (overloaded)."""
+    """Pieces waiting for the model before new ones are refused (overloaded). Must be at least
+    ``server.max_connections + server.max_http_synthesis`` (checked at start-up): each session and each
+    admitted HTTP request waits for at most one piece at a time, so a live session is never refused
+    because HTTP clients filled the queue."""
 
 
 class ServerSettings(Section):
@@ -134,7 +139,14 @@ class ServerSettings(Section):
     max_connections: int = Field(32, ge=1)
     """Concurrent WebSocket sessions; more are refused with overloaded/1013 and /ready says 503."""
     max_message_bytes: int = Field(256 * 1024, ge=1024)
-    """Largest WebSocket message accepted (too_large/1009 above)."""
+    """Largest WebSocket message accepted, in UTF-8 bytes (too_large/1009 above)."""
+    max_http_synthesis: int = Field(8, ge=1)
+    """Concurrent HTTP synthesis and cloning requests (/v1/synthesize, /v1/audio/speech, POST /v1/voices);
+    more are refused at once with 503 overloaded and Retry-After."""
+    session_queue_items: int = Field(512, ge=16)
+    """Per session: events waiting to be sent to the client, and pieces and flushes waiting to be
+    spoken. A client that exceeds it (floods flushes or bad frames without reading) is closed with
+    overloaded/1013. Audio is bounded separately, in seconds (``max_buffered_audio_s``)."""
     max_upload_bytes: int = Field(20 << 20, ge=1024)
     """Largest HTTP body (reference audio upload, JSON) (413 above)."""
     idle_timeout_s: float = Field(60.0, gt=0)
@@ -158,6 +170,14 @@ class TtsSettings(Section):
     text: TextSettings = Field(default_factory=TextSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+
+    @model_validator(mode="after")
+    def _budget(self) -> "TtsSettings":
+        need = self.server.max_connections + self.server.max_http_synthesis
+        if self.scheduler.max_pending < need:
+            raise ValueError(f"scheduler.max_pending ({self.scheduler.max_pending}) must be at least "
+                             f"server.max_connections + server.max_http_synthesis ({need})")
+        return self
 
 
 def load(path: str | os.PathLike | None = None, **overrides) -> TtsSettings:

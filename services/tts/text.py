@@ -1,13 +1,16 @@
 """Cutting streamed text into speakable pieces.
 
 :class:`TextChunker` takes text fragments as they arrive (an LLM's tokens) and
-returns pieces at sentence ends, or at clause ends (``,`` ``;`` ``:`` dashes)
-when a piece grows long. A boundary counts only once the character after it is
+returns pieces at sentence ends (``.`` ``!`` ``?`` ``…`` and the CJK ``。`` ``！``
+``？``), or at clause ends (``,`` ``;`` ``:`` dashes, ``，``) when a piece grows
+long. A boundary counts only once the character after it is
 seen, so "3.14", "10:30", "example.com/a.b" and "e.g." are never cut, and a
 known abbreviation ("Dr.", "e.g.", "U.S.") or a single initial ("J.") does not
 end a sentence. The first piece of a turn is cut earlier (at the first clause,
-or at a word once it is long) so that first audio comes early. The chunker is
-pure: it keeps no clock; the session calls :meth:`TextChunker.flush` on the
+or at a word once it is long) so that first audio comes early. A buffer longer
+than the piece limit is cut whatever its characters (text without spaces too),
+and each push scans only the new characters, so any input costs linear time.
+The chunker is pure: it keeps no clock; the session calls :meth:`TextChunker.flush` on the
 client's ``flush`` or when a fragment has waited ``flush_after_ms``.
 """
 
@@ -22,9 +25,10 @@ ABBREVIATIONS = frozenset(
     ph.d b.a m.a gen col lt sgt capt rev hon gov sen rep ave blvd rd""".split()
 )
 
-_SENTENCE_END = ".!?…"
-_CLAUSE_END = ",;:"
-_CLOSERS = "\"')]}»”’"
+_SENTENCE_END = ".!?…。！？"
+_CLAUSE_END = ",;:，"
+_CJK_MARKS = "。！？，"  # a boundary without a following space: CJK text has none
+_CLOSERS = "\"')]}»”’」』）】"
 _WORD_RE = re.compile(r"[\w]", re.UNICODE)
 
 
@@ -50,6 +54,7 @@ class TextChunker:
         self.options = options or ChunkerOptions()
         self._buffer = ""
         self._first = True  # the next piece starts a turn
+        self._rescan()
 
     @property
     def pending(self) -> str:
@@ -62,6 +67,7 @@ class TextChunker:
         """Drop buffered text (barge-in); the next piece starts a new turn."""
         self._buffer = ""
         self._first = True
+        self._rescan()
 
     def push(self, fragment: str) -> list[str]:
         """Append ``fragment``; return the pieces that are now complete."""
@@ -71,62 +77,84 @@ class TextChunker:
             cut = self._find_cut()
             if cut is None:
                 break
-            piece, self._buffer = self._buffer[:cut], self._buffer[cut:]
-            self._emit(piece, pieces)
+            self._take(cut, pieces)
         return pieces
 
     def flush(self) -> list[str]:
         """Return everything buffered as pieces (an unfinished sentence too); the next piece starts a turn."""
         pieces: list[str] = []
         while len(self._buffer) > self.options.max_piece_chars:
-            cut = self._hard_cut(self._buffer, self.options.max_piece_chars)
-            piece, self._buffer = self._buffer[:cut], self._buffer[cut:]
-            self._emit(piece, pieces)
+            self._take(self._hard_cut(self._buffer, self.options.max_piece_chars), pieces)
         self._emit(self._buffer, pieces)
         self._buffer = ""
         self._first = True
+        self._rescan()
         return pieces
 
     # -- internals -------------------------------------------------------------------
+    def _rescan(self) -> None:
+        """Forget the scan state: the buffer's start changed."""
+        self._scan = 0  # characters before this were already looked at
+        self._last_clause: int | None = None  # end of the last clause boundary seen
+        self._first_word: int | None = None  # index of the first letter or digit seen
+
+    def _take(self, cut: int, out: list[str]) -> None:
+        piece, self._buffer = self._buffer[:cut], self._buffer[cut:]
+        self._emit(piece, out)
+        self._rescan()
+
     def _emit(self, piece: str, out: list[str]) -> None:
         piece = " ".join(piece.split())
         if is_speakable(piece):
             out.append(piece)
             self._first = False
 
+    def _speakable_before(self, i: int) -> bool:
+        return self._first_word is not None and self._first_word < i
+
     def _find_cut(self) -> int | None:
-        """Index just past the next boundary in the buffer, or None if no piece is complete yet."""
+        """Index just past the next boundary in the buffer, or None if no piece is complete yet.
+
+        Resumes where the previous call stopped (``_scan``), so each character is examined once."""
         text = self._buffer
         o = self.options
         clause_ok = o.first_piece_min_chars if self._first else o.min_piece_chars
         limit = o.first_piece_max_chars if self._first else o.max_piece_chars
-        last_clause: int | None = None
-        i = 0
+        i = self._scan
         n = len(text)
-        while i < n:
-            ch = text[i]
-            if ch == "\n" and i + 1 < n and text[i + 1] == "\n" and is_speakable(text[:i]):
-                return i + 2
-            if ch in _SENTENCE_END or ch in _CLAUSE_END or ch in "—–":
-                j = i + 1
-                while j < n and (text[j] in _SENTENCE_END or text[j] in _CLOSERS):
-                    j += 1
-                if j >= n:
-                    break  # need the next character to decide
-                if text[j].isspace():
-                    if ch in _SENTENCE_END or text[i:j].rstrip(_CLOSERS).endswith(("!", "?", "…")):
-                        if not (ch == "." and self._is_abbreviation(text, i)) and is_speakable(text[:i]):
-                            return j
-                    elif is_speakable(text[:i]):
-                        last_clause = j
-                        if j >= clause_ok:
-                            return j
-                i = j
-                continue
-            if i >= limit and text[i].isspace():
-                return last_clause if last_clause is not None else self._hard_cut(text, limit)
-            i += 1
-        return None
+        try:
+            while i < n:
+                if i >= limit:  # too long whatever the characters: cut at the last clause, word, or here
+                    return self._last_clause if self._last_clause is not None else self._hard_cut(text, limit)
+                ch = text[i]
+                if self._first_word is None and _WORD_RE.match(ch):
+                    self._first_word = i
+                if ch == "\n":
+                    if i + 1 >= n:
+                        return None  # need the next character to decide
+                    if text[i + 1] == "\n" and self._speakable_before(i):
+                        return i + 2
+                if ch in _SENTENCE_END or ch in _CLAUSE_END or ch in "—–":
+                    j = i + 1
+                    while j < n and (text[j] in _SENTENCE_END or text[j] in _CLOSERS):
+                        j += 1
+                    if j >= n:
+                        return None  # need the next character to decide
+                    if text[j].isspace() or ch in _CJK_MARKS:
+                        marks = text[i:j].rstrip(_CLOSERS)
+                        if ch in _SENTENCE_END or marks.endswith(("!", "?", "…", "！", "？", "。")):
+                            if not (ch == "." and self._is_abbreviation(text, i)) and self._speakable_before(i):
+                                return j
+                        elif self._speakable_before(i):
+                            self._last_clause = j
+                            if j >= clause_ok:
+                                return j
+                    i = j
+                    continue
+                i += 1
+            return None
+        finally:
+            self._scan = i
 
     @staticmethod
     def _is_abbreviation(text: str, dot: int) -> bool:
@@ -147,7 +175,7 @@ class TextChunker:
     def _hard_cut(text: str, limit: int) -> int:
         """Cut ``text`` near ``limit``: at the last clause mark, else the last space, else at the limit."""
         head = text[:limit]
-        for marks in (_SENTENCE_END + _CLAUSE_END, " "):
+        for marks in (_SENTENCE_END + _CLAUSE_END, " \n\t"):
             best = max(head.rfind(m) for m in marks)
             if best > limit // 3:
                 return best + 1

@@ -13,13 +13,16 @@ the directory sees the same voices, across restarts.
 :class:`VoiceCatalog` resolves what a request names (a built-in id, an OpenAI
 alias such as ``alloy``, a cloned id or name) to a :class:`ResolvedVoice`,
 keeping a bounded LRU cache of loaded conditionals (checked against the file's
-mtime). :func:`validate_reference` checks an uploaded reference recording.
+mtime; every file access runs off the event loop; a damaged file is ``internal``
+with a clear message, never a stray exception). :func:`check_reference` checks
+an uploaded reference recording.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import shutil
@@ -41,6 +44,8 @@ NAME_MAX_CHARS = 100
 META = "meta.json"
 REFERENCE = "reference.wav"
 CONDITIONALS = "conditionals.bin"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -229,7 +234,7 @@ class VoiceCatalog:
     async def _conditionals(self, voice_id: str) -> Any:
         path = self.store.conditionals_path(voice_id)
         try:
-            mtime_ns = path.stat().st_mtime_ns
+            mtime_ns = (await asyncio.to_thread(path.stat)).st_mtime_ns  # a shared store may be on NFS
         except FileNotFoundError:
             raise ServiceError(ErrorCode.NOT_FOUND, f"voice {voice_id} was deleted") from None
         hit = self._cache.get(voice_id)
@@ -240,6 +245,14 @@ class VoiceCatalog:
             conds = await asyncio.to_thread(self.engine.load_conditionals, path)
         except FileNotFoundError:
             raise ServiceError(ErrorCode.NOT_FOUND, f"voice {voice_id} was deleted") from None
+        except ServiceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged file (torch/pickle errors of any type)
+            log.warning("cannot load conditionals", extra={"voice": voice_id, "error": repr(exc)[:200]})
+            raise ServiceError(
+                ErrorCode.INTERNAL, f"voice {voice_id}: its stored conditionals cannot be loaded "
+                                    f"({type(exc).__name__}); the voice store entry is damaged: delete the voice "
+                                    f"and clone it again") from None
         self._cache[voice_id] = (mtime_ns, conds)
         self._cache.move_to_end(voice_id)
         while len(self._cache) > self.cache_size:

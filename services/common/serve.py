@@ -1,0 +1,140 @@
+"""How one instance runs under uvicorn behind a load balancer: signal-driven drain and the balancer gate.
+
+uvicorn, left to itself, answers SIGTERM by closing every WebSocket with 1012
+at once, before the app's lifespan shutdown runs. :class:`DrainingServer`
+intercepts the first SIGTERM/SIGINT instead: it sets
+``runtime.admission.draining`` (``/ready`` turns 503, new sessions are
+refused, and open sessions are asked through ``admission.drain_requested`` to
+finish their current utterance or reply and leave with 1001 "going away"),
+waits for them up to ``drain_timeout_s``, and only then lets uvicorn shut down;
+the process exits 0. A second signal stops at once (uvicorn's own behaviour).
+
+:class:`BalancerGate` is ASGI middleware for the same moment seen from nginx:
+while draining, HTTP requests other than ``/health``, ``/ready`` and
+``/metrics`` get 503 ``overloaded`` with ``Retry-After`` (nothing was done, so
+the balancer may retry them elsewhere); and a WebSocket handshake that carries
+the ``X-Voice-Balancer`` header (set by our nginx config only) is refused with
+HTTP 503 instead of being accepted and closed with 1013 whenever the instance
+is full or draining, so nginx's ``proxy_next_upstream http_503`` retries it on
+another instance. Direct clients, without the header, keep the contract's
+``overloaded``/1013 close. :func:`serve` is what both ``__main__`` modules call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from types import FrameType
+
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .errors import RETRY_AFTER_S, ErrorCode
+
+log = logging.getLogger(__name__)
+
+BALANCER_HEADER = b"x-voice-balancer"
+OPS_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
+def _runtime(app) -> object | None:
+    state = getattr(app, "state", None)
+    return getattr(state, "runtime", None) if state is not None else None
+
+
+class BalancerGate:
+    """Refuse what a draining or full instance should not take, in a way a balancer can retry."""
+
+    def __init__(self, app: ASGIApp, state_of: ASGIApp) -> None:
+        self.app = app
+        self.state_of = state_of  # the FastAPI app whose state carries the runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = _runtime(self.state_of)
+        admission = getattr(runtime, "admission", None)
+        if admission is not None and scope["type"] in ("http", "websocket") and scope["path"] not in OPS_PATHS:
+            if scope["type"] == "http" and admission.draining:
+                await self._refuse_http(send, "this instance is shutting down; try another")
+                return
+            if (scope["type"] == "websocket" and not admission.accepting
+                    and BALANCER_HEADER in dict(scope.get("headers") or [])
+                    and "websocket.http.response" in scope.get("extensions", {})):
+                await self._refuse_handshake(receive, send, "draining" if admission.draining else "full")
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _body(message: str) -> bytes:
+        return json.dumps({"error": {"code": ErrorCode.OVERLOADED.value, "message": message}}).encode()
+
+    def _headers(self, body: bytes) -> list[tuple[bytes, bytes]]:
+        return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(RETRY_AFTER_S).encode())]
+
+    async def _refuse_http(self, send: Send, message: str) -> None:
+        body = self._body(message)
+        await send({"type": "http.response.start", "status": 503, "headers": self._headers(body)})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _refuse_handshake(self, receive: Receive, send: Send, why: str) -> None:
+        await receive()  # websocket.connect
+        body = self._body(f"this instance is {why}; the balancer retries another")
+        await send({"type": "websocket.http.response.start", "status": 503, "headers": self._headers(body)})
+        await send({"type": "websocket.http.response.body", "body": body})
+
+
+class DrainingServer(uvicorn.Server):
+    """``uvicorn.Server`` whose first SIGTERM/SIGINT drains the app's sessions before shutting down."""
+
+    def __init__(self, config: uvicorn.Config, app, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self.target = app
+        self.drain_timeout_s = drain_timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain: asyncio.Task | None = None
+
+    async def serve(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain is None and not self.should_exit and self._loop is not None and self.started:
+            # Not recorded in _captured_signals: a drained shutdown is a clean exit (status 0).
+            self._loop.call_soon_threadsafe(self._start_drain, signal.Signals(sig).name)
+            return
+        super().handle_exit(sig, frame)  # a second signal, or before start-up finished: stop now
+
+    def _start_drain(self, name: str) -> None:
+        if self._drain is None:
+            self._drain = self._loop.create_task(self.drain(name), name="drain")
+
+    async def drain(self, reason: str = "request") -> bool:
+        """Refuse new sessions, wait for open ones (bounded), then ask uvicorn to stop. True if all finished."""
+        runtime = _runtime(self.target)
+        finished = True
+        if runtime is not None:
+            admission = runtime.admission
+            admission.draining = True
+            log.info("draining", extra={"signal": reason, "sessions": admission.active,
+                                        "drain_timeout_s": self.drain_timeout_s})
+            finished = await admission.wait_idle(self.drain_timeout_s)
+            log.info("drained" if finished else "drain timed out", extra={"sessions": admission.active})
+        self.should_exit = True
+        return finished
+
+
+def serve(app, *, host: str, port: int, drain_timeout_s: float, log_level: str, **uvicorn_options) -> None:
+    """Run ``app`` in the foreground until a signal, draining on the first one (see the module docstring).
+
+    ``FORWARDED_ALLOW_IPS`` (uvicorn's variable; default ``127.0.0.1,::1``) names the proxies whose
+    ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are trusted, so the real client address reaches the app.
+    """
+    config = uvicorn.Config(
+        BalancerGate(app, app), host=host, port=port, log_config=None, log_level=log_level,
+        proxy_headers=True, forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
+        timeout_graceful_shutdown=int(drain_timeout_s) + 5, access_log=False, **uvicorn_options,
+    )
+    DrainingServer(config, app, drain_timeout_s).run()

@@ -1,0 +1,239 @@
+"""Resource bounds: what one client can make a process hold, and for how long.
+
+* idle sessions end with ``timeout``/1000 and give back their slot;
+* a peer that vanished without a close (no pong to the WebSocket pings) is
+  dropped after ``ping_interval + ping_timeout`` and gives back its slot;
+* a slow reader holds synthesis back: a TTS client that does not read gets
+  about ``max_buffered_audio_s`` of audio made for it, not the whole text, and
+  its session still works afterwards;
+* the ASR outbox is bounded (partials of an utterance merge; past the limit the
+  session is ended, finals/errors/closes are never refused);
+* the cache of cloned voices' conditionals is an LRU of ``voices.cache_size``:
+  evicted conditionals are freed, so memory does not grow with the number of voices.
+
+The TTS checks run the real service (real Piper) in this process with small
+limits (and pings every second where a test needs them); the engine is loaded once and shared by the apps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gc
+import json
+import os
+import re
+import socket
+import time
+import weakref
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+
+from inprocess import InProcessServer
+from services.asr.outbox import CloseRequest, Outbox, OutboxFull
+from services.asr.protocol import Partial
+from services.common.errors import ErrorCode, ServiceError
+from services.tts.voices import VoiceCatalog, VoiceStore
+
+MAX_BUFFERED_AUDIO_S = 2.0
+PING_S = 1.0
+IDLE_S = 1.5
+
+
+@pytest.fixture(scope="module")
+def piper(tmp_path_factory):
+    from services.tts.engine import PiperEngine
+    from services.tts.settings import load
+
+    return PiperEngine.from_settings(load(engine={"cpu_threads": 2}))
+
+
+def tts_server(piper, store: Path, ping_s: float = 20.0, send_buffer_bytes: int | None = None,
+               **server) -> InProcessServer:
+    from services.tts.app import create_app
+    from services.tts.settings import load
+
+    settings = load(voices={"store_dir": str(store)}, server={"log_level": "warning", **server})
+    return InProcessServer(create_app(settings, engine=piper), ping_interval_s=ping_s, ping_timeout_s=ping_s,
+                          send_buffer_bytes=send_buffer_bytes)
+
+
+@pytest.fixture(scope="module")
+def tts_idle(piper, tmp_path_factory):
+    with tts_server(piper, tmp_path_factory.mktemp("voices"), idle_timeout_s=IDLE_S) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tts_pinging(piper, tmp_path_factory):
+    with tts_server(piper, tmp_path_factory.mktemp("voices"), ping_s=PING_S, idle_timeout_s=60) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tts_slow(piper, tmp_path_factory):
+    with tts_server(piper, tmp_path_factory.mktemp("voices"), send_buffer_bytes=16384, idle_timeout_s=60,
+                    max_buffered_audio_s=MAX_BUFFERED_AUDIO_S) as server:
+        yield server
+
+
+def sessions(server: InProcessServer) -> int:
+    return httpx.get(server.http + "/ready", timeout=10).json()["sessions"]
+
+
+def wait_for_no_sessions(server: InProcessServer, bound_s: float) -> float:
+    started = time.monotonic()
+    while sessions(server):
+        assert time.monotonic() - started < bound_s, "the session still holds its slot"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def test_idle_tts_session_times_out_and_frees_its_slot(tts_idle):
+    async def go():
+        async with websockets.connect(tts_idle.ws + "/v1/stream/tts") as ws:
+            events = []
+            async for message in ws:
+                events.append(json.loads(message))
+            return events, ws.close_code
+    events, code = asyncio.run(asyncio.wait_for(go(), 20))
+    assert events[0]["type"] == "ready" and events[-1]["type"] == "error" and events[-1]["code"] == "timeout"
+    assert code == 1000
+    wait_for_no_sessions(tts_idle, 5)
+
+
+def test_vanished_peer_is_dropped_by_the_ping_timeout(tts_pinging):
+    """A raw client completes the handshake, then neither reads nor answers pings (a dead peer whose
+    TCP connection stays open): the server drops it after ping interval + timeout, long before idle."""
+    tts_slow = tts_pinging
+    sock = socket.create_connection(("127.0.0.1", tts_slow.port), timeout=10)
+    try:
+        key = base64.b64encode(os.urandom(16))
+        sock.sendall(b"GET /v1/stream/tts HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        assert sock.recv(12) == b"HTTP/1.1 101"
+        deadline = time.monotonic() + 10
+        while not sessions(tts_slow):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        waited = wait_for_no_sessions(tts_slow, 20)  # idle timeout is 60 s: only the pings can end it
+        assert waited >= PING_S * 0.5
+    finally:
+        sock.close()
+
+
+def test_slow_reader_holds_synthesis_back(tts_slow):
+    sentences = " ".join(f"This is sentence number {i} of a long answer." for i in range(40))  # ~100 s of speech
+
+    def produced_s() -> float:
+        text = httpx.get(tts_slow.http + "/metrics", timeout=10).text
+        found = re.search(r"^tts_audio_seconds_total (\S+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    async def go():
+        before = produced_s()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", tts_slow.port))
+        async with websockets.connect(tts_slow.ws + "/v1/stream/tts?sample_rate=48000", sock=sock, max_queue=1,
+                                      ping_interval=None) as ws:
+            assert json.loads(await ws.recv())["type"] == "ready"
+            await ws.send(json.dumps({"type": "text", "text": sentences}))
+            await ws.send(json.dumps({"type": "flush"}))
+            await asyncio.sleep(5.0)  # not reading
+            held = produced_s() - before
+            await ws.send(json.dumps({"type": "cancel"}))
+            kinds = []
+            while "cancelled" not in kinds:
+                message = await asyncio.wait_for(ws.recv(), 30)
+                kinds.append("audio" if isinstance(message, bytes) else json.loads(message)["type"])
+            await ws.send(json.dumps({"type": "text", "text": "Still here."}))
+            await ws.send(json.dumps({"type": "end"}))
+            rest = []
+            async for message in ws:
+                rest.append("audio" if isinstance(message, bytes) else json.loads(message)["type"])
+            return held, rest, ws.close_code
+    held, rest, code = asyncio.run(asyncio.wait_for(go(), 90))
+    # the buffer (filled past its limit by up to one piece), the piece the writer is sending, the transports'
+    # write buffers (~1 s at 48 kHz),
+    # not the 100 s of text (Piper makes that much in a few seconds when nothing holds it back)
+    assert 0 < held <= MAX_BUFFERED_AUDIO_S + 10, held
+    assert "audio" in rest and rest[-2:] == ["done", "closed"] and code == 1000
+
+
+# -- ASR outbox -------------------------------------------------------------------------------
+
+def test_asr_outbox_merges_partials_and_is_bounded():
+    async def go():
+        box = Outbox(limit=8)
+        for i in range(100):  # a client that does not read: the utterance's partials replace each other
+            box.put_partial(Partial(0, f"text {i}", "", i / 10))
+        assert len(box) == 1 and (await box.get()).text == "text 99"
+        for i in range(8):
+            box.put_partial(Partial(i, "x", "", 0.0))  # different utterances do not merge
+        with pytest.raises(OutboxFull):
+            box.put_partial(Partial(99, "x", "", 0.0))
+        box.put(ServiceError(ErrorCode.OVERLOADED, "slow"), force=True)  # errors and closes still go out
+        box.put(CloseRequest(1013), force=True)
+        assert len(box) == 10
+    asyncio.run(go())
+
+
+# -- voice conditionals LRU ----------------------------------------------------------------------
+
+class Conditionals:
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.weights = np.zeros(50_000, np.float32)  # stands in for a voice's tensors
+
+
+class LoadingEngine:
+    name = "chatterbox"
+    can_clone = True
+
+    def __init__(self) -> None:
+        self.loads = 0
+        self.alive: list[weakref.ref] = []
+
+    def builtin_voices(self):
+        return {"builtin": 24000}
+
+    def sample_rate_hz(self, voice_id):
+        return 24000
+
+    def load_conditionals(self, path):
+        self.loads += 1
+        conds = Conditionals(Path(path).read_bytes())
+        self.alive.append(weakref.ref(conds))
+        return conds
+
+
+def test_voice_conditionals_cache_is_a_bounded_lru(tmp_path):
+    store = VoiceStore(tmp_path)
+    engine = LoadingEngine()
+    catalog = VoiceCatalog(engine, store, default=None, aliases=[], cache_size=4)
+    ids = [store.create(f"v{i}", "chatterbox", 5.0, np.full(24000 * 3, 0.1, np.float32), 24000,
+                        lambda path, i=i: Path(path).write_bytes(f"voice-{i}".encode())).id for i in range(40)]
+
+    async def go():
+        for voice_id in ids:  # 40 voices through a cache of 4
+            resolved = await catalog.resolve(voice_id)
+            assert resolved.conditionals.payload.decode() == f"voice-{ids.index(voice_id)}"
+            del resolved
+        assert catalog.cached == 4 and engine.loads == 40
+        gc.collect()
+        assert sum(ref() is not None for ref in engine.alive) == 4  # evicted conditionals are freed
+        # least recently used goes first: touch the oldest cached, add a new one, the touched one stays
+        oldest = ids[-4]
+        await catalog.resolve(oldest)
+        assert engine.loads == 40
+        await catalog.resolve(ids[0])
+        await catalog.resolve(oldest)
+        assert engine.loads == 41
+        await catalog.resolve(ids[-3])  # the one evicted instead
+        assert engine.loads == 42
+    asyncio.run(go())
