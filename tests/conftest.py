@@ -40,7 +40,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServiceProcess:
+class Loopback:
+    """Something listening on 127.0.0.1:``self.port``: its HTTP and WebSocket base URLs."""
+
+    port: int
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+
+class ServiceProcess(Loopback):
     """``python -m <module> --port N`` in a subprocess, with environment overrides."""
 
     def __init__(self, module: str, env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
@@ -50,13 +64,6 @@ class ServiceProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 90.0) -> "ServiceProcess":
         out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL

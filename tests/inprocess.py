@@ -13,8 +13,10 @@ import time
 
 import uvicorn
 
+from conftest import Loopback
 
-class InProcessServer:
+
+class InProcessServer(Loopback):
     def __init__(self, app, *, start_timeout_s: float = 120.0, ping_interval_s: float = 20.0,
                  ping_timeout_s: float = 20.0, send_buffer_bytes: int | None = None) -> None:
         self.app = app
@@ -56,11 +58,3 @@ class InProcessServer:
     @property
     def runtime(self):
         return self.app.state.runtime
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"

@@ -26,7 +26,7 @@ import pytest
 import websockets
 
 from asr_client import stream
-from conftest import DATA, ROOT, ServiceProcess, free_port, normalise, read_wav
+from conftest import DATA, ROOT, Loopback, ServiceProcess, free_port, normalise, read_wav
 from test_tts_cloning import wav_bytes
 from tts_support import Received, recv_until
 
@@ -41,7 +41,7 @@ ASR_ENV = {
 }
 
 
-class Cluster:
+class Cluster(Loopback):
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         store = tmp / "voices"
@@ -52,14 +52,6 @@ class Cluster:
         self.tts = [ServiceProcess("cloning_tts", tts_env, tmp / f"tts{i}.log") for i in range(2)]
         self.port = free_port()
         self.nginx: subprocess.Popen | None = None
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
     def start(self) -> "Cluster":
         errors: list[BaseException] = []

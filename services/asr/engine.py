@@ -42,6 +42,7 @@ MAX_UTTERANCE_S = 30.0
 MARGIN_FRAMES = 500
 BUCKET_FRAMES = 500
 MAX_COMPRESSION_RATIO = 2.4
+TOKENS_PER_SECOND_MAX = 8
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 EMBEDDED_MODEL = "embedded:tiny.en"
@@ -180,7 +181,9 @@ class WhisperEngine:
         if any(r.beam_size != requests[0].beam_size for r in requests):
             raise ValueError("one batch must share beam_size")
         results = self._decode(requests, max(frames_bucket(r.audio.size) for r in requests))
-        looping = [i for i, r in enumerate(results) if looks_like_a_loop(r.text)]
+        # A final's loop is decoded again on the full window; a partial's is not worth the time
+        # (LocalAgreement simply does not confirm it, and the next partial comes soon).
+        looping = [i for i, r in enumerate(results) if requests[i].beam_size > 1 and looks_like_a_loop(r.text)]
         if looping:
             retried = self._decode([requests[i] for i in looping], MAX_FRAMES)
             for i, result in zip(looping, retried):
@@ -206,7 +209,11 @@ class WhisperEngine:
             prompts.append(prompt + prefix_tokens)
         temperature = requests[0].temperature
         sampling = {"sampling_temperature": temperature, "sampling_topk": 0} if temperature > 0 else {}
-        max_new = max(1, self._model.max_length - max(len(p) for p in prompts))
+        # CTranslate2's max_length counts the forced prefix too. Speech runs at 2-5 tokens a second: a budget of
+        # 8 a second (+16) never cuts real text, and stops a looping decode from running to 448 tokens.
+        longest_s = max(r.audio.size for r in requests) / SAMPLE_RATE_HZ
+        budget = max(len(p) for p in prompts) + int(TOKENS_PER_SECOND_MAX * longest_s) + 16
+        max_new = max(1, min(self._model.max_length, budget) - max(len(p) for p in prompts) + max(prefix_lens))
         outputs = self._model.model.generate(
             encoded, prompts, beam_size=beam, patience=1.0, length_penalty=1.0,
             max_length=max_new, return_scores=True, return_no_speech_prob=True,

@@ -9,10 +9,11 @@ Field names follow the contract (``shared/contract/API.md``) exactly.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 from ..common.audio import Encoding, parse_encoding, parse_sample_rate
+from ..common.protocol import Event
 from ..common.errors import ErrorCode, ServiceError
 from .endpointing import EndReason, TurnMode
 
@@ -91,13 +92,6 @@ def parse_stream_params(query: dict[str, str]) -> tuple[StreamParams, list[Servi
 
 # -- server -> client ---------------------------------------------------------------
 
-class _Event:
-    type: ClassVar[str]
-
-    def to_json(self) -> str:
-        body: dict[str, Any] = {"type": self.type}
-        body.update(asdict(self))  # type: ignore[call-overload]
-        return json.dumps(body, ensure_ascii=False)
 
 
 def _t(samples: int, rate: int = 16000) -> float:
@@ -105,7 +99,7 @@ def _t(samples: int, rate: int = 16000) -> float:
 
 
 @dataclass
-class Ready(_Event):
+class Ready(Event):
     type: ClassVar[str] = "ready"
     session_id: str
     sample_rate: int
@@ -115,14 +109,14 @@ class Ready(_Event):
 
 
 @dataclass
-class SpeechStart(_Event):
+class SpeechStart(Event):
     type: ClassVar[str] = "speech_start"
     utterance: int
     t: float
 
 
 @dataclass
-class Partial(_Event):
+class Partial(Event):
     type: ClassVar[str] = "partial"
     utterance: int
     text: str
@@ -131,7 +125,7 @@ class Partial(_Event):
 
 
 @dataclass
-class Final(_Event):
+class Final(Event):
     type: ClassVar[str] = "final"
     utterance: int
     text: str
@@ -148,7 +142,7 @@ class Final(_Event):
 
 
 @dataclass
-class Closed(_Event):
+class Closed(Event):
     type: ClassVar[str] = "closed"
 
 

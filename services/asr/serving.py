@@ -27,7 +27,7 @@ from .vad import DetectorOptions, SileroVad, VadJob, VadStream
 
 log = logging.getLogger(__name__)
 
-PARTIAL_MAX_BATCH = 2
+PARTIAL_MAX_BATCH = 1
 
 
 class AsrMetrics(Metrics):

@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..common import logs
+from ..common.admission import refuse, session_slot
 from ..common.audio import ByteDecoder, StreamResampler
 from ..common.errors import ErrorCode, ServiceError
 from ..common.scheduler import Priority, Superseded
@@ -106,10 +106,7 @@ class AsrSession:
     @classmethod
     async def serve(cls, ws: WebSocket, runtime: AsrRuntime) -> None:
         await ws.accept()
-        session_id = uuid.uuid4().hex[:16]
-        token = logs.session_id.set(session_id)
-        metrics = runtime.metrics
-        try:
+        with logs.session_scope() as session_id:
             try:
                 params, warnings = parse_stream_params(dict(ws.query_params))
                 try:
@@ -119,22 +116,10 @@ class AsrSession:
                     language = runtime.resolve_language(None)
                 runtime.admission.acquire()
             except ServiceError as err:
-                if err.code is ErrorCode.OVERLOADED:
-                    metrics.refusals.labels(reason="max_connections").inc()
-                metrics.errors.labels(code=err.code.value).inc()
-                log.info("session refused", extra={"code": err.code.value, "detail": err.message})
-                await ws.send_text(err.to_json())
-                await ws.close(err.close_code)
+                await refuse(ws, runtime.metrics, err)
                 return
-            metrics.sessions_total.inc()
-            metrics.sessions_active.inc()
-            try:
+            with session_slot(runtime.admission, runtime.metrics):
                 await cls(ws, runtime, params, language, session_id).run(warnings)
-            finally:
-                runtime.admission.release()
-                metrics.sessions_active.dec()
-        finally:
-            logs.session_id.reset(token)
 
     async def run(self, warnings: list[ServiceError] = ()) -> None:
         p = self.params

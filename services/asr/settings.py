@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from ..common import settings as common_settings
 from ..common.settings import Section, load_settings
 
 DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
@@ -99,30 +100,18 @@ class SchedulerSettings(Section):
     """Requests waiting for the model before new ones are refused (overloaded)."""
 
 
-class ServerSettings(Section):
-    host: str = "127.0.0.1"
+class ServerSettings(common_settings.ServerSettings):
     port: int = Field(8001, ge=1, le=65535)
     max_connections: int = Field(16, ge=1)
-    """Concurrent WebSocket sessions; more are refused with overloaded/1013 and /ready says 503."""
     max_frame_bytes: int = Field(1 << 20, ge=1024)
     """Largest binary frame accepted (too_large/1009 above)."""
     max_upload_bytes: int = Field(100 << 20, ge=1024)
     """Largest uploaded file (HTTP 413 above)."""
     max_upload_duration_s: float = Field(4 * 3600, gt=0)
-    idle_timeout_s: float = Field(30.0, gt=0)
-    """A session that sends nothing for this long is closed (timeout/1000)."""
-    drain_timeout_s: float = Field(30.0, ge=0)
-    """On shutdown, how long open sessions may take to finish their utterance."""
     outbound_queue: int = Field(256, ge=8)
     """Events queued for a slow client before its session is closed (partials merge first)."""
     inbound_queue_frames: int = Field(64, ge=2)
     """Audio frames buffered per session before reading from the socket pauses (backpressure)."""
-    api_keys: list[str] = Field(default_factory=list)
-    """API keys (``name:key`` or ``key``, 16+ characters); empty with no file: no authentication."""
-    api_keys_file: str | None = None
-    """A file with one key a line (``name:key``), read at start-up; for systemd EnvironmentFile or secrets."""
-    log_level: str = "info"
-    log_json: bool = True
 
 
 class AsrSettings(Section):

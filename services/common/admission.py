@@ -3,14 +3,20 @@
 A counter with a hard limit that answers at once (TGI's semaphore habit): a
 session either gets a slot immediately or is refused with ``overloaded``; it
 never waits. Draining (on SIGTERM) refuses every new session while open ones
-finish. ``/ready`` reports ``accepting``.
+finish. ``/ready`` reports ``accepting``. :func:`refuse` and :func:`session_slot`
+are the refusal and the accounting around a session that both services share.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
 
 from .errors import ErrorCode, ServiceError
+
+log = logging.getLogger(__name__)
 
 
 class Admission:
@@ -59,3 +65,26 @@ class Admission:
             return True
         except asyncio.TimeoutError:
             return False
+
+
+async def refuse(ws, metrics, err: ServiceError) -> None:
+    """Tell a WebSocket client why its session cannot start (an error event), count it, close it."""
+    if err.code is ErrorCode.OVERLOADED:
+        metrics.refusals.labels(reason="max_connections").inc()
+    metrics.errors.labels(code=err.code.value).inc()
+    log.info("session refused", extra={"code": err.code.value, "detail": err.message})
+    await ws.send_text(err.to_json())
+    await ws.close(err.close_code)
+
+
+@contextlib.contextmanager
+def session_slot(admission: Admission, metrics) -> Iterator[None]:
+    """Around an admitted session (``admission.acquire()`` succeeded): counts it while it runs and gives
+    the slot back however it ends."""
+    metrics.sessions_total.inc()
+    metrics.sessions_active.inc()
+    try:
+        yield
+    finally:
+        metrics.sessions_active.dec()
+        admission.release()

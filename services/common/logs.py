@@ -8,12 +8,15 @@ them through calls.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import re
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 
 from .auth import client_name
 
@@ -22,6 +25,17 @@ session_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("session
 _SECRET_IN_QUERY = re.compile(r"(api_key=)[^&\s\"']+", re.IGNORECASE)
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+@contextlib.contextmanager
+def session_scope() -> Iterator[str]:
+    """A new session id, attached to every log line written inside the block."""
+    sid = uuid.uuid4().hex[:16]
+    token = session_id.set(sid)
+    try:
+        yield sid
+    finally:
+        session_id.reset(token)
 
 
 class RedactSecrets(logging.Filter):

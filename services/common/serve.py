@@ -17,7 +17,7 @@ the ``X-Voice-Balancer`` header (set by our nginx config only) is refused with
 HTTP 503 instead of being accepted and closed with 1013 whenever the instance
 is full or draining, so nginx's ``proxy_next_upstream http_503`` retries it on
 another instance. Direct clients, without the header, keep the contract's
-``overloaded``/1013 close. :func:`serve` is what both ``__main__`` modules call.
+``overloaded``/1013 close. :func:`run_cli` (which calls :func:`serve`) is what both ``__main__`` modules run.
 """
 
 from __future__ import annotations
@@ -138,3 +138,42 @@ def serve(app, *, host: str, port: int, drain_timeout_s: float, log_level: str, 
         timeout_graceful_shutdown=int(drain_timeout_s) + 5, access_log=False, **uvicorn_options,
     )
     DrainingServer(config, app, drain_timeout_s).run()
+
+
+def run_cli(name: str, doc: str, load, create_app, ws_max_size_of, argv: list[str] | None = None) -> int:
+    """The command line both services share: ``python -m services.NAME [--port N] [--host H] [--config FILE]``.
+
+    ``load(path, **overrides)`` builds the settings, ``create_app(settings)`` the app and
+    ``ws_max_size_of(settings)`` the largest WebSocket message uvicorn accepts. Bad settings or keys
+    end the process with exit code 2 and one line per problem.
+    """
+    import argparse
+    import sys
+
+    from .logs import configure_logging
+    from .settings import SettingsError
+
+    parser = argparse.ArgumentParser(prog=f"python -m services.{name}", description=doc)
+    parser.add_argument("--config", help=f"YAML settings file (default: ${name.upper()}_CONFIG or "
+                                          f"services/{name}/config.yaml)")
+    parser.add_argument("--host", help="bind address (server.host)")
+    parser.add_argument("--port", type=int, help="port (server.port)")
+    args = parser.parse_args(argv)
+    overrides: dict = {}
+    if args.host:
+        overrides.setdefault("server", {})["host"] = args.host
+    if args.port:
+        overrides.setdefault("server", {})["port"] = args.port
+    try:
+        settings = load(args.config, **overrides)
+        configure_logging(settings.server.log_level, settings.server.log_json)
+        app = create_app(settings)
+    except (SettingsError, ValueError) as exc:  # bad settings, a missing api_keys_file, a short key
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    s = settings.server
+    # SIGTERM drains open sessions first; proxy headers are trusted from FORWARDED_ALLOW_IPS (default
+    # loopback), so clients' real addresses come through nginx.
+    serve(app, host=s.host, port=s.port, drain_timeout_s=s.drain_timeout_s, log_level=s.log_level,
+          ws_max_size=ws_max_size_of(settings), ws_ping_interval=20, ws_ping_timeout=20)
+    return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -93,3 +93,26 @@ def load_settings(
             env = env_prefix.upper() + "_" + "__".join(str(p).upper() for p in err["loc"])
             lines.append(f"  {key} (env {env}): {err['msg']}")
         raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
+
+
+class ServerSettings(Section):
+    """The ``server`` section fields both services share; each service subclasses it, adds its own limits
+    and sets its defaults (port, session count, timeouts)."""
+
+    host: str = "127.0.0.1"
+    """Bind address."""
+    port: int = Field(8000, ge=1, le=65535)
+    max_connections: int = Field(16, ge=1)
+    """Concurrent WebSocket sessions; more are refused with overloaded/1013 and /ready says 503."""
+    max_upload_bytes: int = Field(20 << 20, ge=1024)
+    """Largest HTTP body (413 above)."""
+    idle_timeout_s: float = Field(30.0, gt=0)
+    """A session that sends nothing for this long is closed (timeout/1000)."""
+    drain_timeout_s: float = Field(30.0, ge=0)
+    """On SIGTERM, how long open sessions may take to finish their utterance or reply."""
+    api_keys: list[str] = Field(default_factory=list)
+    """API keys (``name:key`` or ``key``, 16+ characters); empty with no file: no authentication."""
+    api_keys_file: str | None = None
+    """A file with one key a line (``name:key``), read at start-up; for systemd EnvironmentFile or secrets."""
+    log_level: str = "info"
+    log_json: bool = True

@@ -1,58 +1,25 @@
-"""The TTS application factory and its lifespan.
+"""The TTS application factory: the shared app shell (services/common/app.py) around the TTS runtime and routes.
 
 ``create_app(settings)`` builds the FastAPI app; its lifespan loads the engine
-once (off the event loop), starts its scheduler, and on shutdown stops taking
-sessions, lets open ones finish within ``drain_timeout_s``, then stops the
-scheduler. ``engine`` injects a prebuilt engine (tests use it for a fake
-cloning model). ``python -m services.tts`` runs it under uvicorn.
+once (off the event loop) and starts its scheduler. ``engine`` injects a
+prebuilt engine (tests use it for a fake cloning model). ``python -m
+services.tts`` runs it under uvicorn.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
 from fastapi import FastAPI
 
-from ..common.auth import ApiKeyAuth, ApiKeys
-from ..common.http import BodySizeLimit, install_error_handlers, ops_router
+from ..common.app import build_app
 from .engine import TtsEngine
 from .routes import router
 from .serving import TtsRuntime
 from .settings import TtsSettings, load
 
-log = logging.getLogger(__name__)
-
 
 def create_app(settings: TtsSettings | None = None, engine: TtsEngine | None = None) -> FastAPI:
     settings = settings or load()
-    keys = ApiKeys.load(settings.server.api_keys, settings.server.api_keys_file)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        runtime = await asyncio.to_thread(TtsRuntime.load, settings, engine)
-        await runtime.start()
-        app.state.runtime = runtime
-        log.info("ready", extra={"port": settings.server.port, "engine": runtime.engine.name,
-                                 "max_connections": settings.server.max_connections})
-        try:
-            yield
-        finally:
-            runtime.admission.draining = True
-            if runtime.admission.active:
-                log.info("draining", extra={"sessions": runtime.admission.active})
-                await runtime.admission.wait_idle(settings.server.drain_timeout_s)
-            await runtime.stop()
-            app.state.runtime = None
-
-    app = FastAPI(title="TTS service", version="0.1.0", lifespan=lifespan,
-                  description="Streaming text-to-speech. Wire contract: shared/contract/API.md.")
-    app.state.runtime = None
-    app.state.settings = settings
-    install_error_handlers(app)
-    app.include_router(ops_router())
-    app.include_router(router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_upload_bytes + 64 * 1024)
-    app.add_middleware(ApiKeyAuth, keys=keys)  # added last: runs first
-    return app
+    return build_app(title="TTS service", settings=settings, router=router,
+                     description="Streaming text-to-speech. Wire contract: shared/contract/API.md.",
+                     load_runtime=lambda: TtsRuntime.load(settings, engine),
+                     ready_extra=lambda runtime: {"engine": runtime.engine.name})

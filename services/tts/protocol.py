@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
 from ..common.audio import Encoding, parse_encoding, parse_sample_rate
+from ..common.protocol import Event
 from ..common.errors import ErrorCode, ServiceError
 
 # -- client -> server ----------------------------------------------------------
@@ -87,17 +88,10 @@ def parse_stream_params(query: dict[str, str]) -> StreamParams:
 # -- server -> client ---------------------------------------------------------------
 
 
-class _Event:
-    type: ClassVar[str]
-
-    def to_json(self) -> str:
-        body: dict[str, Any] = {"type": self.type}
-        body.update(asdict(self))  # type: ignore[call-overload]
-        return json.dumps(body, ensure_ascii=False)
 
 
 @dataclass
-class Ready(_Event):
+class Ready(Event):
     type: ClassVar[str] = "ready"
     session_id: str
     voice: str
@@ -106,24 +100,24 @@ class Ready(_Event):
 
 
 @dataclass
-class Segment(_Event):
+class Segment(Event):
     type: ClassVar[str] = "segment"
     index: int
     text: str
 
 
 @dataclass
-class Done(_Event):
+class Done(Event):
     type: ClassVar[str] = "done"
 
 
 @dataclass
-class Cancelled(_Event):
+class Cancelled(Event):
     type: ClassVar[str] = "cancelled"
 
 
 @dataclass
-class Closed(_Event):
+class Closed(Event):
     type: ClassVar[str] = "closed"
 
 

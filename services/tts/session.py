@@ -36,7 +36,6 @@ import contextlib
 import logging
 import threading
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +43,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..common import logs
+from ..common.admission import refuse, session_slot
 from ..common.errors import ErrorCode, ServiceError
 from .formats import WireEncoder
 from .protocol import (Cancel, Cancelled, Closed, Done, End, Flush, Ready, Segment, StreamParams, Text,
@@ -208,32 +208,20 @@ class TtsSession:
     @classmethod
     async def serve(cls, ws: WebSocket, runtime: TtsRuntime) -> None:
         await ws.accept()
-        session_id = uuid.uuid4().hex[:16]
-        token = logs.session_id.set(session_id)
-        metrics = runtime.metrics
-        try:
+        with logs.session_scope() as session_id:
             try:
                 params = parse_stream_params(dict(ws.query_params))
                 runtime.admission.acquire()  # first: nothing else is done for a session that is refused
             except ServiceError as err:
-                await _refuse(ws, runtime, err)
+                await refuse(ws, runtime.metrics, err)
                 return
-            try:
+            with session_slot(runtime.admission, runtime.metrics):
                 try:
                     voice = await runtime.voices.resolve(params.voice)
                 except ServiceError as err:
-                    await _refuse(ws, runtime, err)
+                    await refuse(ws, runtime.metrics, err)
                     return
-                metrics.sessions_total.inc()
-                metrics.sessions_active.inc()
-                try:
-                    await cls(ws, runtime, params, voice, session_id).run()
-                finally:
-                    metrics.sessions_active.dec()
-            finally:
-                runtime.admission.release()
-        finally:
-            logs.session_id.reset(token)
+                await cls(ws, runtime, params, voice, session_id).run()
 
     async def run(self) -> None:
         log.info("session started", extra={"voice": self.voice.id, "sample_rate": self.out_rate_hz,
@@ -506,13 +494,3 @@ FAIL_GRACE_S = 10.0
 
 def _writer_finished(writer: asyncio.Task) -> bool:
     return writer.done() and not writer.cancelled()
-
-
-async def _refuse(ws: WebSocket, runtime: TtsRuntime, err: ServiceError) -> None:
-    metrics = runtime.metrics
-    if err.code is ErrorCode.OVERLOADED:
-        metrics.refusals.labels(reason="max_connections").inc()
-    metrics.errors.labels(code=err.code.value).inc()
-    log.info("session refused", extra={"code": err.code.value, "detail": err.message})
-    await ws.send_text(err.to_json())
-    await ws.close(err.close_code)

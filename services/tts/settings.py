@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from ..common import settings as common_settings
 from ..common.settings import Section, load_settings
 
 DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
@@ -133,11 +134,9 @@ class SchedulerSettings(Section):
     because HTTP clients filled the queue."""
 
 
-class ServerSettings(Section):
-    host: str = "127.0.0.1"
+class ServerSettings(common_settings.ServerSettings):
     port: int = Field(8002, ge=1, le=65535)
     max_connections: int = Field(32, ge=1)
-    """Concurrent WebSocket sessions; more are refused with overloaded/1013 and /ready says 503."""
     max_message_bytes: int = Field(256 * 1024, ge=1024)
     """Largest WebSocket message accepted, in UTF-8 bytes (too_large/1009 above)."""
     max_http_synthesis: int = Field(8, ge=1)
@@ -154,12 +153,6 @@ class ServerSettings(Section):
     drain_timeout_s: float = Field(20.0, ge=0)
     max_buffered_audio_s: float = Field(30.0, gt=0)
     """Audio queued for a slow client before synthesis of the next piece waits (backpressure)."""
-    api_keys: list[str] = Field(default_factory=list)
-    """API keys (``name:key`` or ``key``, 16+ characters); empty with no file: no authentication."""
-    api_keys_file: str | None = None
-    """A file with one key a line (``name:key``), read at start-up; for systemd EnvironmentFile or secrets."""
-    log_level: str = "info"
-    log_json: bool = True
 
 
 class TtsSettings(Section):

@@ -1,0 +1,59 @@
+"""The application shell both services share: lifespan, error mapping, operations routes, middleware.
+
+:func:`build_app` takes a service's settings, a blocking ``load_runtime`` callable
+and its router. The lifespan loads the runtime once, off the event loop, starts
+its schedulers, publishes it on ``app.state.runtime`` (where routes, ``/ready``
+and the middleware find it), and on shutdown stops taking sessions, lets open
+ones finish within ``server.drain_timeout_s`` and stops the schedulers. API keys
+are checked first, then the body-size limit, then the routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+from .auth import ApiKeyAuth, ApiKeys
+from .http import BodySizeLimit, install_error_handlers, ops_router
+
+log = logging.getLogger(__name__)
+
+
+def build_app(*, title: str, description: str, settings: Any, load_runtime: Callable[[], Any],
+              router: APIRouter, ready_extra: Callable[[Any], dict] = lambda runtime: {}) -> FastAPI:
+    """``settings.server`` needs the fields of :class:`~services.common.settings.ServerSettings`
+    plus ``max_upload_bytes``; the runtime needs ``start()``, ``stop()``, ``admission`` and ``metrics``."""
+    server = settings.server
+    keys = ApiKeys.load(server.api_keys, server.api_keys_file)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        runtime = await asyncio.to_thread(load_runtime)
+        await runtime.start()
+        app.state.runtime = runtime
+        log.info("ready", extra={"port": server.port, "max_connections": server.max_connections,
+                                 **ready_extra(runtime)})
+        try:
+            yield
+        finally:
+            runtime.admission.draining = True
+            if runtime.admission.active:
+                log.info("draining", extra={"sessions": runtime.admission.active})
+                await runtime.admission.wait_idle(server.drain_timeout_s)
+            await runtime.stop()
+            app.state.runtime = None
+
+    app = FastAPI(title=title, version="0.1.0", lifespan=lifespan, description=description)
+    app.state.runtime = None
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(ops_router())
+    app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=server.max_upload_bytes + 64 * 1024)
+    app.add_middleware(ApiKeyAuth, keys=keys)  # added last: runs first
+    return app
