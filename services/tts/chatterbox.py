@@ -6,13 +6,15 @@ reads it and may even replace its ``t3`` part). :class:`ChatterboxEngine` wraps
 the model so that no voice ever outlives a request: every job carries its own
 conditionals; under one lock, on the scheduler's single worker thread, the
 engine puts a private copy of them on the model (a new ``Conditionals`` with
-the same ``t3`` and a copy of the ``gen`` dict: ``generate_stream`` replaces
-``conds.t3`` and must not reach the stored voice), runs the streaming
-generator to its end (or to a barge-in) under ``torch.no_grad()``, and clears
-``conds`` again in a ``finally``. Cloning likewise computes the conditionals
-(under ``no_grad`` too), takes them off the model and returns them; the voice
-store persists them with ``Conditionals.save``/``load``. The model is warmed up
-once at load with the built-in voice.
+shallow copies of ``t3`` and of the ``gen`` dict: ``generate_stream`` may
+replace ``conds.t3``, T3 caches ``cond_prompt_speech_emb`` on the ``T3Cond`` it
+is given and S3Gen re-assigns entries of ``gen``; none of it may reach the
+stored voice), runs the streaming generator to its end (or to a barge-in)
+under ``torch.no_grad()``, and clears ``conds`` again in a ``finally``.
+Cloning likewise computes the conditionals (under ``no_grad`` too), takes them
+off the model and returns them; the voice store persists them with
+``Conditionals.save``/``load``. The model is warmed up once at load with the
+built-in voice.
 
 A checkpoint without ``conds.pt`` has no built-in voice: set ``voices.default``
 to a cloned voice's id, or every request must name a voice. There is no
@@ -24,6 +26,7 @@ this engine is built, so the default install never needs them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import tempfile
@@ -162,8 +165,10 @@ class ChatterboxEngine:
         return conds
 
     def _private_copy(self, conds: Any) -> Any:
-        """``Conditionals(t3, dict(gen))``: the model may replace ``t3`` or entries of ``gen`` on its copy."""
-        return self._conditionals_cls(conds.t3, dict(conds.gen))
+        """``Conditionals(copy(t3), dict(gen))``: the model may replace ``t3`` or entries of ``gen`` on its copy,
+        and ``T3.prepare_conditioning`` sets ``t3.cond_prompt_speech_emb`` (an embedding made under
+        ``inference_mode``) on the ``T3Cond`` it gets; the stored voice must stay as it was cloned."""
+        return self._conditionals_cls(copy.copy(conds.t3), dict(conds.gen))
 
     def save_conditionals(self, conditionals: Any, path: Path) -> None:
         conditionals.save(path)
