@@ -24,24 +24,12 @@ import time
 import urllib.parse
 import wave
 
-import numpy as np
+from audio_io import read_wav  # examples/audio_io.py (the script's own folder is on sys.path)
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 FRAME_S = 0.020
 TTY = sys.stdout.isatty()
-
-
-def read_wav(path: str) -> tuple[bytes, int]:
-    """Return (mono pcm_s16le bytes, sample rate) of a 16-bit WAV file."""
-    with wave.open(path, "rb") as w:
-        if w.getsampwidth() != 2:
-            raise ValueError(f"{path}: only 16-bit PCM WAV is supported")
-        rate, channels = w.getframerate(), w.getnchannels()
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    if channels > 1:
-        pcm = pcm.reshape(-1, channels).mean(axis=1).round().astype("<i2")
-    return pcm.tobytes(), rate
 
 
 def show(line: str, partial: bool = False) -> None:
