@@ -51,3 +51,13 @@ def test_loop_detector():
 
 def test_english_only_model_reports_it(engine):
     assert not engine.multilingual and engine.supports_language("en") and not engine.supports_language("de")
+
+
+def test_select_takes_rows_of_an_encoder_output():
+    import ctranslate2
+
+    from services.asr.engine import _select
+
+    rows = np.arange(24, dtype=np.float32).reshape(3, 2, 4)
+    picked = np.asarray(_select(ctranslate2.StorageView.from_array(rows), [0, 2]))
+    assert np.array_equal(picked, rows[[0, 2]])

@@ -276,6 +276,6 @@ def looks_like_a_loop(text: str, min_phrase_words: int = 3) -> bool:
 
 
 def _select(encoded: ctranslate2.StorageView, idx: list[int]) -> ctranslate2.StorageView:
-    arr = np.asarray(ctranslate2.StorageView.to_device(encoded, ctranslate2.Device.cpu)) if hasattr(
-        ctranslate2.StorageView, "to_device") else np.asarray(encoded)
+    """The rows ``idx`` of an encoder output (on CPU or GPU) as a new CPU StorageView."""
+    arr = np.asarray(encoded.to_device(ctranslate2.Device.cpu))
     return ctranslate2.StorageView.from_array(np.ascontiguousarray(arr[idx]))
