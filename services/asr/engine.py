@@ -137,6 +137,9 @@ class WhisperEngine:
         self._tokenizers: dict[str, Tokenizer] = {}
         self._suppress = get_suppressed_tokens(self._tokenizer("en"), [-1])
         self._feature_extractor = self._model.feature_extractor
+        # Every frame of digital silence has the same log-mel: computed once, sliced per request.
+        self._silence = self._feature_extractor(np.zeros(MAX_FRAMES * HOP_SAMPLES, dtype=np.float32),
+                                                padding=0)[:, :MAX_FRAMES]
 
     # -- helpers ----------------------------------------------------------------
     def supports_language(self, language: str) -> bool:
@@ -156,10 +159,8 @@ class WhisperEngine:
             raise ServiceError(ErrorCode.INVALID_PARAMETER, "an utterance longer than 30 s cannot be decoded at once")
         feats = self._feature_extractor(np.asarray(audio, dtype=np.float32), padding=0)
         feats = feats[:, :frames]
-        if feats.shape[1] < frames:
-            # log-mel of digital silence, the same padding Whisper itself uses
-            silence = self._feature_extractor(np.zeros(frames * HOP_SAMPLES, dtype=np.float32), padding=0)[:, :frames]
-            feats = np.concatenate([feats, silence[:, feats.shape[1]:frames]], axis=1)
+        if feats.shape[1] < frames:  # padded with the log-mel of digital silence, as Whisper itself pads
+            feats = np.concatenate([feats, self._silence[:, feats.shape[1]:frames]], axis=1)
         return feats
 
     def _detect_languages(self, encoded: ctranslate2.StorageView, requests: Sequence[DecodeRequest]) -> list[str]:
