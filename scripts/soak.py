@@ -3,7 +3,8 @@
 
 For ``--duration-s`` (default 600 s) it keeps ``--asr-sessions`` (default 8) ASR
 streams of real speech going at real time (clip after clip, a new connection
-per clip, each ended with ``end``) and ``--tts-sessions`` (default 4) TTS
+per clip, each ended with ``end``; query ``--asr-query``, default
+``turn_detection=smart_turn``) and ``--tts-sessions`` (default 4) TTS
 conversations (a sentence + ``flush`` per turn, a pause, five turns, then a new
 connection). Every ``--sample-s`` seconds it reads each service's resident
 memory (VmRSS from /proc/PID/status; the pids are given with ``--asr-pid`` /
@@ -333,7 +334,7 @@ async def soak(args) -> dict:
     until = record.started + args.duration_s
     tasks = [asyncio.create_task(sample_rss(record, pids, args.sample_s, until))]
     if args.asr_url:
-        url = ws_base(args.asr_url) + "/v1/stream/asr?turn_detection=smart_turn"
+        url = ws_base(args.asr_url) + "/v1/stream/asr?" + args.asr_query
         tasks += [asyncio.create_task(asr_worker(record, url, clips, until, headers, offset=i * 3))
                   for i in range(args.asr_sessions)]
     if args.tts_url:
@@ -351,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--asr-pid", type=int, help="default: the process listening on the ASR port")
     p.add_argument("--tts-pid", type=int, help="default: the process listening on the TTS port")
     p.add_argument("--asr-sessions", type=int, default=8)
+    p.add_argument("--asr-query", default="turn_detection=smart_turn",
+                   help="query string of the ASR streams (e.g. 'turn_detection=vad&partials=false')")
     p.add_argument("--tts-sessions", type=int, default=4)
     p.add_argument("--duration-s", type=float, default=600.0)
     p.add_argument("--warmup-s", type=float, default=120.0, help="RSS growth is measured from here")

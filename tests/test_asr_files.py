@@ -10,7 +10,7 @@ import numpy as np
 import openai
 import pytest
 
-from conftest import DATA, normalise, read_wav
+from conftest import DATA, normalise
 
 JFK = DATA / "asr" / "jfk.wav"
 JFK_WORDS = normalise("And so my fellow Americans, ask not what your country can do for you, "

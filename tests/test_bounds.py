@@ -9,7 +9,11 @@
 * the ASR outbox is bounded (partials of an utterance merge; past the limit the
   session is ended, finals/errors/closes are never refused);
 * the cache of cloned voices' conditionals is an LRU of ``voices.cache_size``:
-  evicted conditionals are freed, so memory does not grow with the number of voices.
+  evicted conditionals are freed, so memory does not grow with the number of voices;
+* a finished ASR session (superseded partials, speculative finals and all) is
+  freed by reference counting alone, with the cyclic collector off: garbage in
+  reference cycles waits for a full collection, and a session's garbage holds
+  seconds of audio and native codec state (the soak's memory growth).
 
 The TTS checks run the real service (real Piper) in this process with small
 limits (and pings every second where a test needs them); the engine is loaded once and shared by the apps.
@@ -237,3 +241,32 @@ def test_voice_conditionals_cache_is_a_bounded_lru(tmp_path):
         await catalog.resolve(ids[-3])  # the one evicted instead
         assert engine.loads == 42
     asyncio.run(go())
+
+
+def test_finished_asr_sessions_are_freed_without_the_cyclic_collector(jfk):
+    from asr_client import stream
+    from services.asr.app import create_app
+    from services.asr.settings import load
+
+    with InProcessServer(create_app(load(server={"log_level": "warning"}))) as server:
+        url = server.ws + "/v1/stream/asr"
+        audio = jfk.tobytes() + bytes(32000)
+
+        async def two_streams():
+            # faster than real time with partials on: partials supersede each other in the Whisper queue
+            return await asyncio.gather(*(stream(url, audio, speed=4.0) for _ in range(2)))
+
+        gc.collect()
+        gc.disable()
+        try:
+            results = asyncio.run(two_streams())
+            wait_for_no_sessions(server, 10)
+            time.sleep(0.2)
+            alive = [o for o in gc.get_objects() if type(o).__name__ in ("AsrSession", "DecodeRequest", "SampleBuffer")]
+        finally:
+            gc.enable()
+        assert all(r.close_code == 1000 and r.of("final") for r in results)
+        assert sum(len(r.of("partial")) for r in results) >= 4  # the partial path ran
+        assert server.runtime.metrics.registry.get_sample_value(
+            "asr_sessions_total") == 2
+        assert not alive, f"left for the cyclic collector: {sorted(type(o).__name__ for o in alive)}"

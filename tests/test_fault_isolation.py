@@ -33,13 +33,14 @@ import pytest
 import websockets
 
 from asr_client import stream
-from conftest import DATA, normalise, read_wav
+from conftest import normalise
 from inprocess import InProcessServer
 from tts_support import Received, Transcriber, mostly_heard, pcm_to_float, recv_until
 
 JFK_WORDS = normalise("And so my fellow Americans, ask not what your country can do for you, "
                       "ask what you can do for your country.")
 MARKERS = {"feature": 12345, "encode": 11111, "timeout": 10101}  # int16 amplitude of each marker
+HANG = 20202  # a marker that makes ``encode`` hang until the test releases it
 MARK_AT_S = 2.0
 MARK_LEN = 64
 
@@ -54,7 +55,7 @@ def mark(samples: np.ndarray, amplitude: int) -> np.ndarray:
 def marker_in(audio: np.ndarray) -> str | None:
     """Which marker the float32 audio carries (exactly), if any."""
     audio = np.asarray(audio, dtype=np.float32)
-    for kind, amplitude in MARKERS.items():
+    for kind, amplitude in {**MARKERS, "hang": HANG}.items():
         value = np.float32(amplitude / 32768.0)
         for i in np.flatnonzero(audio[: max(0, audio.size - MARK_LEN)] == value)[:64]:
             window = audio[i:i + MARK_LEN]
@@ -100,6 +101,8 @@ class FaultyWhisper:
         self.poisoned = poisoned
         self.encodes = 0
         self.mixed_batches = 0  # batches with good and poisoned rows together (the retry path)
+        self.release = threading.Event()  # a "hang" batch returns once this is set
+        self.hanging = threading.Event()
 
     def encode(self, features, *args, **kwargs):
         arr = np.asarray(features)
@@ -108,6 +111,10 @@ class FaultyWhisper:
                  for row in arr]
         self.encodes += 1
         bad = [k for k in kinds if k is not None]
+        if "hang" in bad:  # a native call that does not return (a wedged device, a deadlock)
+            self.hanging.set()
+            self.release.wait(120)
+            return self.real.encode(features, *args, **kwargs)
         if bad:
             if len(bad) < len(kinds):
                 self.mixed_batches += 1
@@ -120,19 +127,25 @@ class FaultyWhisper:
         return getattr(self.real, name)
 
 
-@pytest.fixture(scope="module")
-def faulty_asr():
+def _faulty_asr_server(**scheduler):
     from services.asr.app import create_app
     from services.asr.settings import load
 
     settings = load(server={"max_connections": 8, "idle_timeout_s": 10, "log_level": "warning"},
-                    model={"cpu_threads": 2})
-    with InProcessServer(create_app(settings)) as server:
-        engine = server.runtime.engine
-        poisoned: dict[tuple[int, bytes], str] = {}
-        engine._feature_extractor = FaultyFeatures(engine._feature_extractor, poisoned)
-        engine._model.model = FaultyWhisper(engine._model.model, poisoned)
-        yield server
+                    model={"cpu_threads": 2}, scheduler=scheduler)
+    server = InProcessServer(create_app(settings)).__enter__()
+    engine = server.runtime.engine
+    poisoned: dict[tuple[int, bytes], str] = {}
+    engine._feature_extractor = FaultyFeatures(engine._feature_extractor, poisoned)
+    engine._model.model = FaultyWhisper(engine._model.model, poisoned)
+    return server
+
+
+@pytest.fixture(scope="module")
+def faulty_asr():
+    server = _faulty_asr_server()
+    yield server
+    server.__exit__(None, None, None)
 
 
 def run(coro):
@@ -171,22 +184,65 @@ def test_asr_engine_failures_fail_only_their_session(faulty_asr, jfk, caplog):
     assert 'asr_errors_total{code="internal"}' in metrics
 
 
-def test_asr_upload_failure_is_internal_and_the_next_upload_works(faulty_asr, jfk):
+def wav(samples: np.ndarray) -> bytes:
     import io
     import wave
 
-    def wav(samples: np.ndarray) -> bytes:
-        buf = io.BytesIO()
-        with wave.open(buf, "wb") as w:
-            w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
-            w.writeframes(samples.tobytes())
-        return buf.getvalue()
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(samples.tobytes())
+    return buf.getvalue()
 
+
+def test_asr_upload_failure_is_internal_and_the_next_upload_works(faulty_asr, jfk):
     bad = httpx.post(faulty_asr.http + "/v1/transcribe", files={"file": ("a.wav", wav(mark(jfk, MARKERS["encode"])))},
                      timeout=60)
     assert bad.status_code == 500 and bad.json()["error"]["code"] == "internal"
     good = httpx.post(faulty_asr.http + "/v1/transcribe", files={"file": ("a.wav", wav(jfk))}, timeout=60)
     assert good.status_code == 200 and normalise(good.json()["text"]) == JFK_WORDS
+
+
+def test_asr_hung_model_call_is_cut_off_and_the_instance_recovers(jfk):
+    """A CTranslate2 call that does not return: its session gets ``internal`` after ``call_timeout_s``, the
+    instance refuses new work clearly (WS overloaded/1013, HTTP 503, /ready 503 "stalled") instead of letting
+    clients wait, stays alive, and serves again once the call returns."""
+    server = _faulty_asr_server(call_timeout_s=1.5)
+    whisper = server.runtime.engine._model.model
+    try:
+        url = server.ws + "/v1/stream/asr"
+        params = {"turn_detection": "vad"}
+        tail = bytes(32000)
+        hung = run(stream(url, mark(jfk, HANG).tobytes() + tail, speed=4.0, params=params, timeout_s=60))
+        assert whisper.hanging.is_set() and not whisper.release.is_set()
+        assert [e["code"] for e in hung.of("error")] == ["internal"], hung.events
+        # its hung request "did not answer within 1.5 s"; its queued ones: the model "is not answering"
+        assert "whisper model" in hung.of("error")[0]["message"] and hung.close_code == 1011
+
+        # still hung: nobody is left waiting, everything new is refused at once and says why
+        ready = httpx.get(server.http + "/ready", timeout=10)
+        assert ready.status_code == 503 and ready.json()["status"] == "stalled"
+        assert ready.json()["stalled"] == ["whisper"]
+        assert httpx.get(server.http + "/health", timeout=10).status_code == 200
+        refused = run(stream(url, jfk.tobytes()[:32000], params=params, timeout_s=10))
+        assert [e["code"] for e in refused.of("error")] == ["overloaded"] and refused.close_code == 1013
+        upload = httpx.post(server.http + "/v1/transcribe", files={"file": ("a.wav", wav(jfk))}, timeout=10)
+        assert upload.status_code == 503 and upload.json()["error"]["code"] == "overloaded"
+
+        whisper.release.set()  # the call returns at last: the instance serves again
+        for _ in range(100):
+            if httpx.get(server.http + "/ready", timeout=10).status_code == 200:
+                break
+            run(asyncio.sleep(0.05))
+        assert httpx.get(server.http + "/ready", timeout=10).json()["status"] == "ready"
+        later = run(stream(url, jfk.tobytes() + tail, params=params))
+        assert normalise(later.final_text) == JFK_WORDS and later.close_code == 1000
+        metrics = httpx.get(server.http + "/metrics", timeout=10).text
+        assert 'asr_model_stalls_total{model="whisper"} 1.0' in metrics
+        assert "process_resident_memory_bytes" in metrics
+    finally:
+        whisper.release.set()
+        server.__exit__(None, None, None)
 
 
 # -- TTS ---------------------------------------------------------------------------------------

@@ -191,3 +191,64 @@ def test_promote_moves_a_waiting_request_ahead_and_caps_batches():
     assert promoted and not missing and not after
     assert batches[1] == ["urgent-later"] and batches[2] == ["n"]
     assert batches[3:] == [["p0", "p1"], ["p2"]]
+
+
+def test_a_hung_call_is_cut_off_then_the_scheduler_recovers():
+    stalls: list[tuple[str, bool]] = []
+
+    async def go():
+        engine = Recorder()
+        s = await _started(engine, call_timeout_s=0.3, on_stall=lambda name, stalled: stalls.append((name, stalled)))
+        engine.gate.clear()  # the model hangs on the next call (up to the Recorder's 5 s)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        hung = asyncio.create_task(s.submit("hung"))
+        await asyncio.sleep(0.1)
+        waiting = asyncio.create_task(s.submit("waiting"))
+        with pytest.raises(ServiceError) as hung_err:
+            await hung
+        cut_after = loop.time() - started
+        with pytest.raises(ServiceError) as waiting_err:
+            await waiting
+        assert s.stalled_since is not None and stalls == [("test", True)]
+        refused_at = loop.time()
+        with pytest.raises(ServiceError) as new_err:
+            await s.submit("new")
+        refused_in = loop.time() - refused_at
+        engine.gate.set()  # the call returns at last
+        while s.stalled_since is not None:
+            await asyncio.sleep(0.01)
+        after = await s.submit("after")
+        await s.stop()
+        return hung_err.value, cut_after, waiting_err.value, new_err.value, refused_in, after, engine.batches
+
+    hung, cut_after, waiting, new, refused_in, after, batches = asyncio.run(go())
+    assert hung.code is ErrorCode.INTERNAL and "did not answer within 0.3 s" in hung.message
+    assert 0.25 <= cut_after < 2.0
+    assert waiting.code is ErrorCode.INTERNAL and new.code is ErrorCode.OVERLOADED
+    assert "not answering" in new.message and refused_in < 0.05
+    assert stalls == [("test", True), ("test", False)]
+    assert after == "done:after"
+    assert batches == [["hung"], ["after"]]  # nothing refused ever reached the model
+
+
+def test_call_timeout_must_be_positive():
+    with pytest.raises(ValueError):
+        Scheduler("test", Recorder(), call_timeout_s=0)
+
+
+def test_stop_does_not_wait_for_a_hung_call():
+    async def go():
+        engine = Recorder()
+        s = await _started(engine, call_timeout_s=0.1)
+        engine.gate.clear()
+        hung = asyncio.create_task(s.submit("hung"))
+        with pytest.raises(ServiceError):
+            await hung
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await s.stop()
+        took = loop.time() - started
+        engine.gate.set()
+        return took
+    assert asyncio.run(go()) < 1.0

@@ -4,7 +4,6 @@ client), /v1/voices on the Piper engine, and the contract's error bodies. Real s
 from __future__ import annotations
 
 import httpx
-import numpy as np
 import openai
 import pytest
 

@@ -69,19 +69,19 @@ class AsrRuntime:
         turn_model = SmartTurnModel(settings.turn.model_path, threads=settings.turn.threads)
         metrics = AsrMetrics()
         s = settings.scheduler
+        admission = Admission(settings.server.max_connections)
+        watch = {"metrics": metrics, "call_timeout_s": s.call_timeout_s, "on_stall": admission.set_stalled}
         runtime = cls(
             settings=settings,
             engine=engine,
             whisper=Scheduler("whisper", engine.decode_batch, max_batch=s.max_batch, max_pending=s.max_pending,
-                              metrics=metrics),
+                              **watch),
             vad_model=vad_model,
-            vad=Scheduler("vad", vad_model.run_batch, max_batch=32, max_pending=max(64, s.max_pending * 4),
-                          metrics=metrics),
+            vad=Scheduler("vad", vad_model.run_batch, max_batch=32, max_pending=max(64, s.max_pending * 4), **watch),
             turn_model=turn_model,
-            turn=Scheduler("turn", turn_model.predict, max_batch=4, max_pending=max(32, s.max_pending),
-                           metrics=metrics),
+            turn=Scheduler("turn", turn_model.predict, max_batch=4, max_pending=max(32, s.max_pending), **watch),
             policy=TurnPolicy(threshold=settings.turn.threshold, min_silence_ms=settings.turn.min_silence_ms),
-            admission=Admission(settings.server.max_connections),
+            admission=admission,
             metrics=metrics,
             started_at=time.time(),
         )

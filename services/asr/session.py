@@ -30,6 +30,7 @@ from ..common.admission import refuse, session_slot
 from ..common.audio import ByteDecoder, StreamResampler
 from ..common.errors import ErrorCode, ServiceError
 from ..common.scheduler import Priority, Superseded
+from ..common.tasks import TaskSet
 from .buffer import SampleBuffer
 from .endpointing import Action, CheckTurn, Ended, Endpointer, EndReason, Resumed, Speculate, Started
 from .engine import DecodeRequest, DecodeResult
@@ -98,7 +99,7 @@ class AsrSession:
         self.partial_interval = s.streaming.partial_interval_ms * SAMPLE_RATE_HZ // 1000
         self.min_partial = s.streaming.min_partial_audio_ms * SAMPLE_RATE_HZ // 1000
         self.keep_back = (s.vad.speech_pad_ms + s.vad.min_speech_ms) * SAMPLE_RATE_HZ // 1000 + 4 * WINDOW_SAMPLES
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet(self.id)
         self._gone = asyncio.Event()
         self._draining = False
 
@@ -129,29 +130,21 @@ class AsrSession:
                               self.runtime.model_name))
         for warning in warnings:
             self._report(warning)
-        writer = self._spawn(self._write(), "writer")
-        self._spawn(self._read(), "reader")
-        self._spawn(self._process(), "processor")
-        self._spawn(self._watch_drain(), "drain")
+        writer = self._tasks.spawn(self._write(), "writer")
+        self._tasks.spawn(self._read(), "reader")
+        self._tasks.spawn(self._process(), "processor")
+        self._tasks.spawn(self._watch_drain(), "drain")
         gone = asyncio.ensure_future(self._gone.wait())
         try:
             await asyncio.wait({writer, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
-            for task in list(self._tasks):
-                task.cancel()
             for slot in self.outbox.drain_slots():
                 slot.future.cancel()
             if self.utterance is not None and self.utterance.speculative is not None:
                 self.utterance.speculative.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._tasks.cancel_all()
             log.info("session ended", extra={"utterances": self.next_index})
-
-    def _spawn(self, coro, name: str) -> asyncio.Task:
-        task = asyncio.create_task(coro, name=f"{name}-{self.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     # -- reader ---------------------------------------------------------------------------
     async def _read(self) -> None:
@@ -274,7 +267,7 @@ class AsrSession:
             if u is not None and self.runtime.can_speculate():
                 # Decoded ahead of the turn decision at NORMAL priority; promoted when the turn ends.
                 u.speculative_end = action.end_sample
-                u.speculative = self._spawn(
+                u.speculative = self._tasks.spawn(
                     self._decode_final(u, action.end_sample, Priority.NORMAL, self._speculation_key(u)),
                     "speculative-final")
         elif isinstance(action, Resumed):
@@ -320,7 +313,7 @@ class AsrSession:
         else:
             if u.speculative is not None:
                 u.speculative.cancel()
-            decoding = self._spawn(self._decode_final(u, ended.end_sample), "final")
+            decoding = self._tasks.spawn(self._decode_final(u, ended.end_sample), "final")
         slot = FinalSlot(u.index, asyncio.ensure_future(self._build_final(u, ended, decoding)), decided_at)
         self.outbox.put(slot, force=True)
 
@@ -342,7 +335,7 @@ class AsrSession:
             return
         u.last_partial_sample = position
         audio = self.buffer.slice(u.start_sample, position)
-        self._spawn(self._partial(u, audio, position), "partial")
+        self._tasks.spawn(self._partial(u, audio, position), "partial")
 
     async def _partial(self, u: _Utterance, audio: np.ndarray, position: int) -> None:
         rt = self.runtime
@@ -350,8 +343,12 @@ class AsrSession:
                                 prefix=u.agreement.stable, language=self.language)
         try:
             result = await rt.decode_partial(request, replace_key=self.id)
-        except (Superseded, ServiceError):
-            return  # a newer partial replaced it, or the model is busy: partials are optional
+        except Superseded:
+            return  # a newer partial replaced it
+        except ServiceError as err:
+            if err.code is ErrorCode.INTERNAL:  # the engine failed (or hung) on this session's audio: so would its final
+                self._report(err)
+            return  # the model is busy: partials are optional
         if self.utterance is not u or u.frozen or not u.agreement.update(result.text):
             return
         text = u.agreement.text.strip()

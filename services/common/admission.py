@@ -3,7 +3,9 @@
 A counter with a hard limit that answers at once (TGI's semaphore habit): a
 session either gets a slot immediately or is refused with ``overloaded``; it
 never waits. Draining (on SIGTERM) refuses every new session while open ones
-finish. ``/ready`` reports ``accepting``. :func:`refuse` and :func:`session_slot`
+finish, and so does a stalled model (a scheduler whose model call has not
+returned within its timeout, :meth:`Admission.set_stalled`) until it answers
+again. ``/ready`` reports ``accepting``. :func:`refuse` and :func:`session_slot`
 are the refusal and the accounting around a session that both services share.
 """
 
@@ -28,6 +30,8 @@ class Admission:
         """Set once draining starts: open sessions await it to finish their current work and leave."""
         self._idle = asyncio.Event()
         self._idle.set()
+        self.stalled: set[str] = set()
+        """Models whose call has not returned within their timeout (see ``Scheduler``'s ``on_stall``)."""
 
     @property
     def draining(self) -> bool:
@@ -41,12 +45,31 @@ class Admission:
 
     @property
     def accepting(self) -> bool:
-        return not self.draining and self.active < self.max_sessions
+        return not self.draining and not self.stalled and self.active < self.max_sessions
+
+    @property
+    def state(self) -> str:
+        """What ``/ready`` says: ready, draining, stalled or full."""
+        if self.draining:
+            return "draining"
+        if self.stalled:
+            return "stalled"
+        return "ready" if self.active < self.max_sessions else "full"
+
+    def set_stalled(self, model: str, stalled: bool) -> None:
+        """A scheduler's ``on_stall`` callback: no new sessions while any model is stalled."""
+        if stalled:
+            self.stalled.add(model)
+        else:
+            self.stalled.discard(model)
 
     def acquire(self) -> None:
         """Take a slot or raise ``overloaded`` at once."""
         if self.draining:
             raise ServiceError(ErrorCode.OVERLOADED, "this instance is shutting down; try another")
+        if self.stalled:
+            raise ServiceError(ErrorCode.OVERLOADED, f"the {', '.join(sorted(self.stalled))} model is not "
+                                                     "answering on this instance; try again later or another one")
         if self.active >= self.max_sessions:
             raise ServiceError(
                 ErrorCode.OVERLOADED, f"all {self.max_sessions} session slots are in use; try again later"

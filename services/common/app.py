@@ -3,8 +3,10 @@
 :func:`build_app` takes a service's settings, a blocking ``load_runtime`` callable
 and its router. The lifespan loads the runtime once, off the event loop, starts
 its schedulers, publishes it on ``app.state.runtime`` (where routes, ``/ready``
-and the middleware find it), and on shutdown stops taking sessions, lets open
-ones finish within ``server.drain_timeout_s`` and stops the schedulers. API keys
+and the middleware find it), freezes the start-up heap and trims the heap every
+``server.heap_trim_interval_s`` (:mod:`services.common.memory`), and on
+shutdown stops taking sessions, lets open ones finish within
+``server.drain_timeout_s`` and stops the schedulers. API keys
 are checked first, then the body-size limit, then the routes.
 """
 
@@ -20,6 +22,7 @@ from fastapi import APIRouter, FastAPI
 
 from .auth import ApiKeyAuth, ApiKeys
 from .http import BodySizeLimit, install_error_handlers, ops_router
+from .memory import HeapTrimmer, freeze_startup_heap
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,11 @@ def build_app(*, title: str, description: str, settings: Any, load_runtime: Call
         runtime = await asyncio.to_thread(load_runtime)
         await runtime.start()
         app.state.runtime = runtime
+        frozen = freeze_startup_heap()
+        trimmer = HeapTrimmer(server.heap_trim_interval_s)
+        trimmer.start()
         log.info("ready", extra={"port": server.port, "max_connections": server.max_connections,
-                                 **ready_extra(runtime)})
+                                 "frozen_objects": frozen, **ready_extra(runtime)})
         try:
             yield
         finally:
@@ -45,6 +51,7 @@ def build_app(*, title: str, description: str, settings: Any, load_runtime: Call
             if runtime.admission.active:
                 log.info("draining", extra={"sessions": runtime.admission.active})
                 await runtime.admission.wait_idle(server.drain_timeout_s)
+            await trimmer.stop()
             await runtime.stop()
             app.state.runtime = None
 

@@ -147,8 +147,9 @@ def ops_router() -> APIRouter:
         if runtime is None:
             return JSONResponse({"status": "loading"}, status_code=503)
         adm = runtime.admission
-        body = {"status": "ready" if adm.accepting else ("draining" if adm.draining else "full"),
-                "sessions": adm.active, "max_sessions": adm.max_sessions}
+        body = {"status": adm.state, "sessions": adm.active, "max_sessions": adm.max_sessions}
+        if adm.stalled:
+            body["stalled"] = sorted(adm.stalled)
         return JSONResponse(body, status_code=200 if adm.accepting else 503)
 
     @router.get("/metrics")

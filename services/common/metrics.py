@@ -2,14 +2,15 @@
 
 One :class:`Metrics` object per app (its own registry, so several apps can live
 in one test process) holds the instruments both services share: sessions,
-refusals, errors by code, and per-model queue depth, batch size and inference
-time. Services add their own instruments through :meth:`Metrics.histogram` and
+refusals, errors by code, per-model queue depth, batch size, inference time and
+stalls, and the process's own figures (resident memory, CPU time, open files). Services add their own instruments through :meth:`Metrics.histogram` and
 friends. ``render()`` gives the text for ``GET /metrics``.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               generate_latest)
 
 LATENCY_BUCKETS_S = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
@@ -32,6 +33,8 @@ class Metrics:
         self.inference_seconds = self.histogram(
             "inference_seconds", "Wall time of one model batch", ["model"], buckets=LATENCY_BUCKETS_S
         )
+        self.stalls = self.counter("model_stalls", "Model calls that passed the scheduler's call timeout", ["model"])
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu seconds, open fds
 
     def counter(self, name: str, doc: str, labels: list[str] | None = None) -> Counter:
         return Counter(name, doc, labels or [], namespace=self.namespace, registry=self.registry)

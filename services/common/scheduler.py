@@ -16,7 +16,13 @@ leaves the event loop in exactly this place. The habits of TGI's router:
   priority and is raised with :meth:`Scheduler.promote` once it is needed;
 * no work for the gone: a request whose caller was cancelled is skipped;
 * isolated: if a batch raises, its requests are retried one by one so only the
-  faulty request fails, and the loop carries on.
+  faulty request fails, and the loop carries on;
+* watched: a model call that has not returned after ``call_timeout_s`` (a hung
+  native library: a thread cannot be killed) fails its batch and everything
+  waiting with ``internal``, new requests are refused at once (``overloaded``),
+  and ``on_stall(name, True)`` tells admission to take no sessions (``/ready``
+  503 "stalled", so balancers route around it); when the call does return the
+  scheduler reports ``on_stall(name, False)`` and serves again.
 """
 
 from __future__ import annotations
@@ -70,9 +76,13 @@ class Scheduler(Generic[Req, Res]):
         max_batch: int = 8,
         max_pending: int = 64,
         metrics: Metrics | None = None,
+        call_timeout_s: float | None = None,
+        on_stall: Callable[[str, bool], None] | None = None,
     ) -> None:
         if max_batch < 1 or max_pending < 1:
             raise ValueError("max_batch and max_pending must be >= 1")
+        if call_timeout_s is not None and call_timeout_s <= 0:
+            raise ValueError("call_timeout_s must be > 0 (or None: no limit)")
         self.name = name
         self._run_batch = run_batch
         self.max_batch = max_batch
@@ -86,6 +96,10 @@ class Scheduler(Generic[Req, Res]):
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
         self.batches_run = 0
+        self.call_timeout_s = call_timeout_s
+        self._on_stall = on_stall
+        self.stalled_since: float | None = None
+        """monotonic time the running call passed its timeout; None while the model answers."""
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -106,8 +120,8 @@ class Scheduler(Generic[Req, Res]):
                 entry.future.set_exception(ServiceError(ErrorCode.OVERLOADED, "the service is shutting down"))
         self._pending.clear()
         self._by_key.clear()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._executor is not None:  # a hung call's thread cannot be joined: leave it behind
+            self._executor.shutdown(wait=self.stalled_since is None, cancel_futures=True)
         self._set_depth()
 
     @property
@@ -126,6 +140,8 @@ class Scheduler(Generic[Req, Res]):
     ) -> Res:
         if self._closed or self._wakeup is None:
             raise ServiceError(ErrorCode.OVERLOADED, f"the {self.name} model is not running")
+        if self.stalled_since is not None:
+            raise self._stall_refusal()
         old = self._by_key.get(replace_key) if replace_key is not None else None
         if old is not None:
             self._remove(old)
@@ -145,8 +161,17 @@ class Scheduler(Generic[Req, Res]):
         self._set_depth()
         self._wakeup.set()
         # Awaiting the future directly: if the caller is cancelled, so is the
-        # future, and the loop skips the entry before it costs compute.
-        return await entry.future
+        # future, and the loop skips the entry before it costs compute. No local
+        # keeps the future while it is awaited: an exception it raises holds this
+        # frame in its traceback, and future -> exception -> frame -> future would
+        # be a cycle that keeps the request (seconds of audio) alive until the
+        # cyclic collector's next full pass.
+        future = entry.future
+        del entry, old
+        try:
+            return await future
+        finally:
+            del future
 
     def promote(self, replace_key: Hashable, priority: Priority) -> bool:
         """Raise the priority of the pending request with ``replace_key``; False if none is pending
@@ -214,8 +239,18 @@ class Scheduler(Generic[Req, Res]):
                 await self._wakeup.wait()
                 continue
             started = time.perf_counter()
+            call = done = None
             try:
-                results = await loop.run_in_executor(self._executor, self._run_isolated, [e.request for e in batch])
+                call = loop.run_in_executor(self._executor, self._run_isolated, [e.request for e in batch])
+                if self.call_timeout_s is not None:
+                    done, _ = await asyncio.wait({call}, timeout=self.call_timeout_s)
+                    if not done:
+                        self._stall(batch)
+                try:
+                    results = await call
+                finally:
+                    if self.stalled_since is not None and not call.cancelled():
+                        self._recover()
             except asyncio.CancelledError:
                 for entry in batch:  # stopping mid-batch: its callers must not wait forever
                     if not entry.future.done():
@@ -229,18 +264,54 @@ class Scheduler(Generic[Req, Res]):
             if self._metrics is not None:
                 self._metrics.batch_size.labels(model=self.name).observe(len(batch))
                 self._metrics.inference_seconds.labels(model=self.name).observe(elapsed)
-            for entry, result in zip(batch, results):
-                if entry.future.done():
-                    continue
-                if isinstance(result, _Failure):
-                    exc = result.error
-                    entry.future.set_exception(
-                        exc if isinstance(exc, ServiceError) else ServiceError(
-                            ErrorCode.INTERNAL, f"{self.name} inference failed: {type(exc).__name__}: {exc}"
-                        )
+            self._deliver(batch, results)
+            batch = results = call = done = None  # nothing of this batch waits in this frame for the next one
+
+    def _deliver(self, batch: list[_Entry], results: list[Any]) -> None:
+        for entry, result in zip(batch, results):
+            if entry.future.done():
+                continue
+            if isinstance(result, _Failure):
+                exc = result.error
+                entry.future.set_exception(
+                    exc if isinstance(exc, ServiceError) else ServiceError(
+                        ErrorCode.INTERNAL, f"{self.name} inference failed: {type(exc).__name__}: {exc}"
                     )
-                else:
-                    entry.future.set_result(result)
+                )
+            else:
+                entry.future.set_result(result)
+
+    def _stall_refusal(self) -> ServiceError:
+        return ServiceError(ErrorCode.OVERLOADED, f"the {self.name} model is not answering on this instance; "
+                                                  "try again later or another instance")
+
+    def _stall(self, batch: list[_Entry]) -> None:
+        """The running call passed ``call_timeout_s``: nobody waits on it any longer (see the module docstring)."""
+        self.stalled_since = time.monotonic()
+        waiting = [e for e in self._pending if not e.future.done()]
+        log.error("%s model call has not returned after %.1f s: failing its %d requests and %d waiting; "
+                  "refusing new ones until it returns", self.name, self.call_timeout_s, len(batch), len(waiting))
+        if self._metrics is not None:
+            self._metrics.stalls.labels(model=self.name).inc()
+        for entry in batch:
+            if not entry.future.done():
+                entry.future.set_exception(ServiceError(
+                    ErrorCode.INTERNAL, f"the {self.name} model did not answer within {self.call_timeout_s:g} s"))
+        for entry in waiting:  # accepted work that cannot be done here now: a failure, not a refusal
+            entry.future.set_exception(ServiceError(
+                ErrorCode.INTERNAL, f"the {self.name} model is not answering on this instance"))
+        self._pending.clear()
+        self._by_key.clear()
+        self._set_depth()
+        if self._on_stall is not None:
+            self._on_stall(self.name, True)
+
+    def _recover(self) -> None:
+        log.warning("%s model call returned after stalling %.1f s; serving again", self.name,
+                    time.monotonic() - self.stalled_since + (self.call_timeout_s or 0))
+        self.stalled_since = None
+        if self._on_stall is not None:
+            self._on_stall(self.name, False)
 
     def _set_depth(self) -> None:
         if self._metrics is not None:

@@ -15,7 +15,7 @@ while draining, HTTP requests other than ``/health``, ``/ready`` and
 the balancer may retry them elsewhere); and a WebSocket handshake that carries
 the ``X-Voice-Balancer`` header (set by our nginx config only) is refused with
 HTTP 503 instead of being accepted and closed with 1013 whenever the instance
-is full or draining, so nginx's ``proxy_next_upstream http_503`` retries it on
+is full, draining or has a stalled model, so nginx's ``proxy_next_upstream http_503`` retries it on
 another instance. Direct clients, without the header, keep the contract's
 ``overloaded``/1013 close. :func:`run_cli` (which calls :func:`serve`) is what both ``__main__`` modules run.
 """
@@ -33,6 +33,7 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import RETRY_AFTER_S, ErrorCode
+from .memory import tune_malloc
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def _runtime(app) -> object | None:
 
 
 class BalancerGate:
-    """Refuse what a draining or full instance should not take, in a way a balancer can retry."""
+    """Refuse what a draining, stalled or full instance should not take, in a way a balancer can retry."""
 
     def __init__(self, app: ASGIApp, state_of: ASGIApp) -> None:
         self.app = app
@@ -62,7 +63,7 @@ class BalancerGate:
             if (scope["type"] == "websocket" and not admission.accepting
                     and BALANCER_HEADER in dict(scope.get("headers") or [])
                     and "websocket.http.response" in scope.get("extensions", {})):
-                await self._refuse_handshake(receive, send, "draining" if admission.draining else "full")
+                await self._refuse_handshake(receive, send, admission.state)
                 return
         await self.app(scope, receive, send)
 
@@ -138,32 +139,6 @@ def serve(app, *, host: str, port: int, drain_timeout_s: float, log_level: str, 
         timeout_graceful_shutdown=int(drain_timeout_s) + 5, access_log=False, **uvicorn_options,
     )
     DrainingServer(config, app, drain_timeout_s).run()
-
-
-M_MMAP_THRESHOLD = -3
-M_ARENA_MAX = -8
-
-
-def tune_malloc(arenas: int = 2, mmap_threshold_bytes: int = 256 * 1024) -> bool:
-    """Keep a long-running process's memory flat (glibc only; a no-op elsewhere).
-
-    Audio, features and model buffers of every size are allocated and freed all day by several threads. glibc
-    then grows one heap arena per thread and, after the first large free, raises its mmap threshold so later
-    large buffers land in those heaps, where fragmentation keeps them: RSS creeps up (seen in the soak: +16 % in
-    8 minutes). A fixed threshold sends every buffer over 256 KiB to mmap, returned to the system when freed,
-    and two arenas bound the per-thread heaps.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(M_ARENA_MAX, arenas)) and bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold_bytes))
-    except (OSError, AttributeError):
-        return False
 
 
 def run_cli(name: str, doc: str, load, create_app, ws_max_size_of, argv: list[str] | None = None) -> int:

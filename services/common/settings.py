@@ -114,5 +114,7 @@ class ServerSettings(Section):
     """API keys (``name:key`` or ``key``, 16+ characters); empty with no file: no authentication."""
     api_keys_file: str | None = None
     """A file with one key a line (``name:key``), read at start-up; for systemd EnvironmentFile or secrets."""
+    heap_trim_interval_s: float = Field(30.0, ge=0)
+    """How often freed heap memory is handed back to the system (glibc ``malloc_trim``); 0 turns it off."""
     log_level: str = "info"
     log_json: bool = True

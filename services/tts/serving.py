@@ -95,18 +95,21 @@ class TtsRuntime:
         store = VoiceStore(settings.voices.store_dir)
         v = settings.voices
         catalog = VoiceCatalog(engine, store, default=v.default, aliases=v.openai_aliases, cache_size=v.cache_size)
+        admission = Admission(settings.server.max_connections)
+        watch = {"metrics": metrics, "call_timeout_s": settings.scheduler.call_timeout_s,
+                 "on_stall": admission.set_stalled}
         vad_model = vad = None
         if engine.can_clone:
             from ..asr.vad import SileroVad
 
             vad_model = SileroVad()
-            vad = Scheduler("vad", _vad_batch(vad_model), max_batch=4, max_pending=16, metrics=metrics)
+            vad = Scheduler("vad", _vad_batch(vad_model), max_batch=4, max_pending=16, **watch)
         t = settings.text
         runtime = cls(
             settings=settings, engine=engine,
             scheduler=Scheduler("tts", lambda jobs: run_jobs(engine, jobs), max_batch=1,
-                                max_pending=settings.scheduler.max_pending, metrics=metrics),
-            store=store, voices=catalog, admission=Admission(settings.server.max_connections), metrics=metrics,
+                                max_pending=settings.scheduler.max_pending, **watch),
+            store=store, voices=catalog, admission=admission, metrics=metrics,
             chunker_options=ChunkerOptions(t.first_piece_min_chars, t.first_piece_max_chars, t.min_piece_chars,
                                            t.max_piece_chars),
             vad_model=vad_model, vad=vad,

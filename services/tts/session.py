@@ -45,6 +45,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..common import logs
 from ..common.admission import refuse, session_slot
 from ..common.errors import ErrorCode, ServiceError
+from ..common.tasks import TaskSet
 from .formats import WireEncoder
 from .protocol import (Cancel, Cancelled, Closed, Done, End, Flush, Ready, Segment, StreamParams, Text,
                        parse_client_message, parse_stream_params)
@@ -199,7 +200,7 @@ class TtsSession:
         self.job_cancel: threading.Event | None = None
         self.speaker: asyncio.Task | None = None
         self._cancel_started = 0.0
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet(self.id)
         self._gone = asyncio.Event()
         self._failed = asyncio.Event()  # _fail: the session ends now, whatever the writer is doing
         self._draining = False
@@ -227,10 +228,10 @@ class TtsSession:
         log.info("session started", extra={"voice": self.voice.id, "sample_rate": self.out_rate_hz,
                                            "encoding": self.params.encoding.value})
         self.outbox.put(0, Ready(self.id, self.voice.id, self.out_rate_hz, self.params.encoding.value))
-        writer = self._spawn(self._write(), "writer")
-        self._spawn(self._read(), "reader")
-        self.speaker = self._spawn(self._speak(self.work, self.generation), "speaker")
-        self._spawn(self._watch_drain(), "drain")
+        writer = self._tasks.spawn(self._write(), "writer")
+        self._tasks.spawn(self._read(), "reader")
+        self.speaker = self._tasks.spawn(self._speak(self.work, self.generation), "speaker")
+        self._tasks.spawn(self._watch_drain(), "drain")
         gone = asyncio.ensure_future(self._gone.wait())
         failed = asyncio.ensure_future(self._failed.wait())
         try:
@@ -243,19 +244,11 @@ class TtsSession:
             failed.cancel()
             if self.job_cancel is not None:
                 self.job_cancel.set()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._tasks.cancel_all()
             if self._failed.is_set() and not _writer_finished(writer):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.ws.close(1011), timeout=1.0)
             log.info("session ended", extra={"segments": self.segment_index})
-
-    def _spawn(self, coro, name: str) -> asyncio.Task:
-        task = asyncio.create_task(coro, name=f"{name}-{self.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     # -- reader ---------------------------------------------------------------------------
     async def _read(self) -> None:
@@ -361,7 +354,7 @@ class TtsSession:
         self.outbox.put(self.generation, Cancelled())
         self.runtime.metrics.cancels.inc()
         self._cancel_started = started
-        self.speaker = self._spawn(self._speak(self.work, self.generation), "speaker")
+        self.speaker = self._tasks.spawn(self._speak(self.work, self.generation), "speaker")
 
     # -- draining (SIGTERM, services/common/serve.py) ---------------------------------------
     async def _watch_drain(self) -> None:

@@ -132,6 +132,9 @@ class SchedulerSettings(Section):
     ``server.max_connections + server.max_http_synthesis`` (checked at start-up): each session and each
     admitted HTTP request waits for at most one piece at a time, so a live session is never refused
     because HTTP clients filled the queue."""
+    call_timeout_s: float = Field(120.0, gt=0)
+    """A model call (one batch) that has not returned after this long is treated as hung: its requests fail
+    with ``internal``, the instance refuses new work and ``/ready`` says 503 ``stalled`` until it returns."""
 
 
 class ServerSettings(common_settings.ServerSettings):

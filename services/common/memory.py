@@ -1,0 +1,130 @@
+"""Process memory policy: the cyclic collector, glibc malloc settings and a periodic heap trim.
+
+A service allocates and frees audio, feature and model buffers of every size
+all day from several threads (the event loop, one owner thread per model and the
+libraries' own pools). glibc keeps freed memory inside its heaps unless it sits
+at the very top of one, so resident memory drifts up with fragmentation although
+nothing is live (measured in the ASR soak: 407 MB resident after five minutes,
+361 MB after one ``malloc_trim``; the live size had not grown).
+:func:`tune_malloc` bounds the number of heap arenas and sends buffers over
+256 KiB to mmap (returned to the system when freed); :class:`HeapTrimmer`
+calls ``malloc_trim(0)`` every ``interval_s`` in a worker thread, which hands the
+free pages inside every arena back to the system. Both are no-ops where the C
+library is not glibc. :func:`freeze_startup_heap` moves everything loaded at
+start-up (models, libraries: some 70 000 objects) out of the cyclic collector's
+reach, so a full collection scans only what sessions created: it pauses the
+event loop for well under a millisecond instead of 30-110 ms, and it runs often
+enough that garbage in reference cycles (a session's buffers, a codec's native
+state) does not wait minutes for the next full pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+
+
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - both exist only in glibc
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def tune_malloc(arenas: int = 2, mmap_threshold_bytes: int = 256 * 1024) -> bool:
+    """Bound glibc's heap arenas and fix its mmap threshold (see the module docstring); False if not glibc.
+
+    Without a fixed threshold glibc raises it after the first large free, so later large buffers land in the
+    heaps too, and without a bound it grows one arena per thread.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(M_ARENA_MAX, arenas)) and bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold_bytes))
+
+
+def freeze_startup_heap() -> int:
+    """Collect once, then freeze every object alive now (``gc.freeze``); returns how many were frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
+def resident_bytes() -> int | None:
+    """This process's resident set size (VmRSS), or None where /proc is not available."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class HeapTrimmer:
+    """Calls ``malloc_trim(0)`` every ``interval_s`` seconds, off the event loop (0 turns it off).
+
+    Trimming takes each arena's lock in turn for a few milliseconds; a model thread allocating meanwhile waits
+    that long. ``last_released_bytes`` and ``trims`` say what it did (also logged at debug level).
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.trims = 0
+        self.last_released_bytes = 0
+        self._libc = _glibc() if interval_s > 0 else None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._libc is not None
+
+    def trim(self) -> int:
+        """One trim, blocking; returns the resident bytes it handed back (0 where unknown)."""
+        if self._libc is None:
+            return 0
+        before = resident_bytes()
+        started = time.perf_counter()
+        self._libc.malloc_trim(0)
+        after = resident_bytes()
+        self.trims += 1
+        self.last_released_bytes = max(0, before - after) if before is not None and after is not None else 0
+        log.debug("heap trimmed", extra={"released_mb": round(self.last_released_bytes / 2**20, 1),
+                                         "resident_mb": None if after is None else round(after / 2**20, 1),
+                                         "took_ms": round((time.perf_counter() - started) * 1000, 1)})
+        return self.last_released_bytes
+
+    def start(self) -> None:
+        if self.enabled and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="heap-trimmer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await asyncio.to_thread(self.trim)
+            except Exception:  # noqa: BLE001 - trimming is an optimisation; the service goes on without it
+                log.exception("heap trim failed")
