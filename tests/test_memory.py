@@ -1,0 +1,60 @@
+"""Process memory policy (services/common/memory.py) on this machine's glibc."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+
+import pytest
+
+from services.common.memory import HeapTrimmer, freeze_startup_heap, resident_bytes
+
+glibc = pytest.mark.skipif(not HeapTrimmer(1).enabled, reason="needs glibc")
+
+
+@glibc
+def test_trim_hands_free_pages_inside_the_heap_back_to_the_system():
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    size, count = 100_000, 1500  # below the mmap threshold: these land in the heap
+    blocks = [libc.malloc(size) for _ in range(count)]
+    for block in blocks:
+        ctypes.memset(block, 1, size)  # resident
+    for block in blocks[:-1]:  # the last one pins the heap's top, so free() alone gives nothing back
+        libc.free(block)
+    trimmer = HeapTrimmer(30)
+    try:
+        before = resident_bytes()
+        released = trimmer.trim()
+        after = resident_bytes()
+    finally:
+        libc.free(blocks[-1])
+    assert trimmer.trims == 1
+    assert released >= 100 * 2**20, (before, after)  # ~150 MB were free but resident
+    assert after < before
+
+
+def test_trimmer_runs_on_its_period_and_zero_turns_it_off():
+    assert not HeapTrimmer(0).enabled
+
+    async def run() -> int:
+        trimmer = HeapTrimmer(0.05)
+        trimmer.start()
+        await asyncio.sleep(0.4)
+        await trimmer.stop()
+        return trimmer.trims
+
+    trims = asyncio.run(run())
+    if HeapTrimmer(1).enabled:
+        assert trims >= 3
+
+
+def test_freeze_moves_the_start_up_heap_out_of_the_collectors_reach():
+    try:
+        frozen = freeze_startup_heap()
+        assert frozen == gc.get_freeze_count() > 1000
+        assert len(gc.get_objects(generation=2)) < 100  # a full collection has (almost) nothing left to scan
+    finally:
+        gc.unfreeze()
