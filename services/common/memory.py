@@ -1,16 +1,17 @@
-"""Process memory policy: the cyclic collector, glibc malloc settings and a periodic heap trim.
+"""Process memory policy: the cyclic collector and a periodic heap trim.
 
 A service allocates and frees audio, feature and model buffers of every size
 all day from several threads (the event loop, one owner thread per model and the
 libraries' own pools). glibc keeps freed memory inside its heaps unless it sits
 at the very top of one, so resident memory stays above what is live (measured
 in the ASR soak: one ``malloc_trim`` took a process from 407 to 361 MB; under
-load the periodic trim hands back 10-25 MB each time).
-:func:`tune_malloc` bounds the number of heap arenas and sends buffers over
-256 KiB to mmap (returned to the system when freed); :class:`HeapTrimmer`
-calls ``malloc_trim(0)`` every ``interval_s`` in a worker thread, which hands the
-free pages inside every arena back to the system. Both are no-ops where the C
-library is not glibc. :func:`freeze_startup_heap` moves everything loaded at
+load the periodic trim hands back 10-25 MB each time). :class:`HeapTrimmer`
+calls ``malloc_trim(0)`` every ``interval_s`` in a worker thread, which hands
+the free pages inside every arena back to the system (a no-op where the C
+library is not glibc). glibc's other defaults are kept on purpose: bounding it
+to two arenas made the ASR threads contend for the allocator's locks and tripled
+time-to-final under load (560-730 ms p50 against 156-221 ms, same soak).
+:func:`freeze_startup_heap` moves everything loaded at
 start-up (models, libraries: some 70 000 objects) out of the cyclic collector's
 reach, so a full collection scans only what sessions created: it pauses the
 event loop for well under a millisecond instead of 30-110 ms, and it runs often
@@ -30,32 +31,16 @@ import time
 
 log = logging.getLogger(__name__)
 
-M_MMAP_THRESHOLD = -3
-M_ARENA_MAX = -8
-
-
 def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if not name:
         return None
     try:
         libc = ctypes.CDLL(name)
-        libc.mallopt, libc.malloc_trim  # noqa: B018 - both exist only in glibc
+        libc.malloc_trim  # noqa: B018 - glibc only
     except (OSError, AttributeError):
         return None
     return libc
-
-
-def tune_malloc(arenas: int = 2, mmap_threshold_bytes: int = 256 * 1024) -> bool:
-    """Bound glibc's heap arenas and fix its mmap threshold (see the module docstring); False if not glibc.
-
-    Without a fixed threshold glibc raises it after the first large free, so later large buffers land in the
-    heaps too, and without a bound it grows one arena per thread.
-    """
-    libc = _glibc()
-    if libc is None:
-        return False
-    return bool(libc.mallopt(M_ARENA_MAX, arenas)) and bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold_bytes))
 
 
 def freeze_startup_heap() -> int:

@@ -33,7 +33,6 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import RETRY_AFTER_S, ErrorCode
-from .memory import tune_malloc
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +171,6 @@ def run_cli(name: str, doc: str, load, create_app, ws_max_size_of, argv: list[st
     except (SettingsError, ValueError) as exc:  # bad settings, a missing api_keys_file, a short key
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
-    tune_malloc()
     s = settings.server
     # SIGTERM drains open sessions first; proxy headers are trusted from FORWARDED_ALLOW_IPS (default
     # loopback), so clients' real addresses come through nginx.
