@@ -68,8 +68,7 @@ class Admission:
         if self.draining:
             raise ServiceError(ErrorCode.OVERLOADED, "this instance is shutting down; try another")
         if self.stalled:
-            raise ServiceError(ErrorCode.OVERLOADED, f"the {', '.join(sorted(self.stalled))} model is not "
-                                                     "answering on this instance; try again later or another one")
+            raise stalled_refusal(self.stalled)
         if self.active >= self.max_sessions:
             raise ServiceError(
                 ErrorCode.OVERLOADED, f"all {self.max_sessions} session slots are in use; try again later"
@@ -88,6 +87,12 @@ class Admission:
             return True
         except asyncio.TimeoutError:
             return False
+
+
+def stalled_refusal(models) -> ServiceError:
+    """What a new session or request is told while a model is stalled (retryable on another instance)."""
+    return ServiceError(ErrorCode.OVERLOADED, f"the {', '.join(sorted(models))} model is not answering on this "
+                                              "instance; try again later or another instance")
 
 
 async def refuse(ws, metrics, err: ServiceError) -> None:

@@ -11,11 +11,10 @@ the free pages inside every arena back to the system (a no-op where the C
 library is not glibc). glibc's other defaults are kept on purpose: bounding it
 to two arenas made the ASR threads contend for the allocator's locks and tripled
 time-to-final under load (560-730 ms p50 against 156-221 ms, same soak).
-:func:`freeze_startup_heap` moves everything loaded at
-start-up (models, libraries: some 70 000 objects) out of the cyclic collector's
-reach, so a full collection scans only what sessions created: it pauses the
-event loop for well under a millisecond instead of 30-110 ms, and it runs often
-enough that garbage in reference cycles (a session's buffers, a codec's native
+:func:`freeze_startup_heap` moves everything loaded at start-up (models,
+libraries: some 70 000 objects) out of the cyclic collector's reach, so a full
+collection scans only what sessions created: it pauses the event loop for well
+under a millisecond instead of 30-110 ms, and it runs often enough that garbage in reference cycles (a session's buffers, a codec's native
 state) does not wait minutes for the next full pass.
 """
 
@@ -30,6 +29,7 @@ import logging
 import time
 
 log = logging.getLogger(__name__)
+
 
 def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")

@@ -3,7 +3,8 @@
 One :class:`Metrics` object per app (its own registry, so several apps can live
 in one test process) holds the instruments both services share: sessions,
 refusals, errors by code, per-model queue depth, batch size, inference time and
-stalls, and the process's own figures (resident memory, CPU time, open files). Services add their own instruments through :meth:`Metrics.histogram` and
+stalls, and the process's own figures (resident memory, CPU time, open files).
+Services add their own instruments through :meth:`Metrics.histogram` and
 friends. ``render()`` gives the text for ``GET /metrics``.
 """
 

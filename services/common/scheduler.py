@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from .admission import stalled_refusal
 from .errors import ErrorCode, ServiceError
 from .metrics import Metrics
 
@@ -141,7 +142,7 @@ class Scheduler(Generic[Req, Res]):
         if self._closed or self._wakeup is None:
             raise ServiceError(ErrorCode.OVERLOADED, f"the {self.name} model is not running")
         if self.stalled_since is not None:
-            raise self._stall_refusal()
+            raise stalled_refusal([self.name])
         old = self._by_key.get(replace_key) if replace_key is not None else None
         if old is not None:
             self._remove(old)
@@ -239,7 +240,6 @@ class Scheduler(Generic[Req, Res]):
                 await self._wakeup.wait()
                 continue
             started = time.perf_counter()
-            call = done = None
             try:
                 call = loop.run_in_executor(self._executor, self._run_isolated, [e.request for e in batch])
                 if self.call_timeout_s is not None:
@@ -280,10 +280,6 @@ class Scheduler(Generic[Req, Res]):
                 )
             else:
                 entry.future.set_result(result)
-
-    def _stall_refusal(self) -> ServiceError:
-        return ServiceError(ErrorCode.OVERLOADED, f"the {self.name} model is not answering on this instance; "
-                                                  "try again later or another instance")
 
     def _stall(self, batch: list[_Entry]) -> None:
         """The running call passed ``call_timeout_s``: nobody waits on it any longer (see the module docstring)."""
