@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import gc
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from services.common.memory import HeapTrimmer, freeze_startup_heap, resident_bytes
+from services.common.memory import HeapTrimmer, freeze_startup_heap, limit_arenas, resident_bytes
 
 glibc = pytest.mark.skipif(not HeapTrimmer(1).enabled, reason="needs glibc")
 
@@ -58,3 +61,49 @@ def test_freeze_moves_the_start_up_heap_out_of_the_collectors_reach():
         assert len(gc.get_objects(generation=2)) < 100  # a full collection has (almost) nothing left to scan
     finally:
         gc.unfreeze()
+
+
+ARENAS_SCRIPT = """
+import ctypes, sys, tempfile, threading
+from services.common.memory import limit_arenas
+limit_arenas(int(sys.argv[1]))
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+together = threading.Barrier(9)
+def work():
+    block = libc.malloc(4096)
+    together.wait()  # all eight threads are alive at once, each has allocated
+    together.wait()
+    libc.free(block)
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+together.wait()
+with tempfile.NamedTemporaryFile(suffix=".xml") as out:
+    f = libc.fopen(out.name.encode(), b"w")
+    libc.malloc_info(0, f)
+    libc.fclose(f)
+    print(open(out.name).read().count("<heap nr="))
+together.wait()
+for t in threads:
+    t.join()
+"""
+
+
+@glibc
+def test_arena_cap_bounds_the_heaps_threads_allocate_from():
+    """Eight threads allocating at once: glibc gives each its own arena (up to 8 per core) unless capped."""
+    def heaps(cap: int) -> int:
+        done = subprocess.run([sys.executable, "-c", ARENAS_SCRIPT, str(cap)], capture_output=True, text=True,
+                              timeout=60, cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout)
+
+    assert heaps(2) == 2
+    assert heaps(0) > 2  # glibc's default: a new arena per thread while under 8 per core
+    assert not limit_arenas(0)

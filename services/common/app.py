@@ -1,7 +1,7 @@
 """The application shell both services share: lifespan, error mapping, operations routes, middleware.
 
 :func:`build_app` takes a service's settings, a blocking ``load_runtime`` callable
-and its router. The lifespan loads the runtime once, off the event loop, starts
+and its router. The lifespan caps glibc's heap arenas, loads the runtime once, off the event loop, starts
 its schedulers, publishes it on ``app.state.runtime`` (where routes, ``/ready``
 and the middleware find it), freezes the start-up heap and trims the heap every
 ``server.heap_trim_interval_s`` (:mod:`services.common.memory`), and on
@@ -22,7 +22,7 @@ from fastapi import APIRouter, FastAPI
 
 from .auth import ApiKeyAuth, ApiKeys
 from .http import BodySizeLimit, install_error_handlers, ops_router
-from .memory import HeapTrimmer, freeze_startup_heap
+from .memory import HeapTrimmer, freeze_startup_heap, limit_arenas
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def build_app(*, title: str, description: str, settings: Any, load_runtime: Call
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        limit_arenas(server.malloc_arena_max)  # before the model threads exist
         runtime = await asyncio.to_thread(load_runtime)
         await runtime.start()
         app.state.runtime = runtime

@@ -1,21 +1,30 @@
-"""Process memory policy: the cyclic collector and a periodic heap trim.
+"""Process memory policy: glibc's arenas, the cyclic collector and a periodic heap trim.
 
 A service allocates and frees audio, feature and model buffers of every size
 all day from several threads (the event loop, one owner thread per model and the
-libraries' own pools). glibc keeps freed memory inside its heaps unless it sits
-at the very top of one, so resident memory stays above what is live (measured
-in the ASR soak: one ``malloc_trim`` took a process from 407 to 361 MB; under
-load the periodic trim hands back 10-25 MB each time). :class:`HeapTrimmer`
-calls ``malloc_trim(0)`` every ``interval_s`` in a worker thread, which hands
-the free pages inside every arena back to the system (a no-op where the C
-library is not glibc). glibc's other defaults are kept on purpose: bounding it
-to two arenas made the ASR threads contend for the allocator's locks and tripled
-time-to-final under load (560-730 ms p50 against 156-221 ms, same soak).
+libraries' own pools). glibc gives threads separate heaps ("arenas", by default
+up to 8 per core) and keeps freed memory inside them unless it sits at the very
+top of one, so resident memory stays above what is live and each arena
+fragments on its own. :func:`limit_arenas` caps the arena count
+(``server.malloc_arena_max``, default 4). Measured in 10-minute soaks of both
+services on 2 cores (ASR RSS per minute once level, ASR time-to-final p50 per
+minute): glibc's default 424-438 MB, 133-265 ms; 4 arenas (two runs) 426-461
+MB, 119-294 ms; 2 arenas 366-390 MB, 159-408 ms, the model threads then waiting
+on each other's malloc locks. So on 2 cores the cap costs nothing and saves
+nothing; it bounds many-core hosts, where glibc allows 8 arenas per core (128
+on 16 cores; not measured there). A fixed mmap threshold, also tried,
+is not used: mapping and zeroing every large buffer afresh made time-to-final
+three times slower (525-872 ms).
+:class:`HeapTrimmer` calls ``malloc_trim(0)`` every ``interval_s`` in a worker
+thread, which hands the free pages inside every arena back to the system (one
+trim took a loaded ASR process from 407 to 361 MB; under load each hands back
+10-25 MB). Both are no-ops where the C library is not glibc.
 :func:`freeze_startup_heap` moves everything loaded at start-up (models,
 libraries: some 70 000 objects) out of the cyclic collector's reach, so a full
 collection scans only what sessions created: it pauses the event loop for well
-under a millisecond instead of 30-110 ms, and it runs often enough that garbage in reference cycles (a session's buffers, a codec's native
-state) does not wait minutes for the next full pass.
+under a millisecond instead of 30-110 ms, and it runs often enough that garbage
+in reference cycles (a session's buffers, a codec's native state) does not wait
+minutes for the next full pass.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ import time
 
 log = logging.getLogger(__name__)
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
 
 def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
@@ -37,10 +48,19 @@ def _glibc() -> ctypes.CDLL | None:
         return None
     try:
         libc = ctypes.CDLL(name)
-        libc.malloc_trim  # noqa: B018 - glibc only
+        libc.malloc_trim, libc.mallopt  # noqa: B018 - glibc only
     except (OSError, AttributeError):
         return None
     return libc
+
+
+def limit_arenas(count: int) -> bool:
+    """Cap glibc's malloc arenas at ``count`` (0 keeps glibc's default); True when a cap was set.
+
+    Call it before the threads that will allocate start: a thread keeps the arena it first got.
+    """
+    libc = _glibc() if count > 0 else None
+    return libc is not None and bool(libc.mallopt(M_ARENA_MAX, count))
 
 
 def freeze_startup_heap() -> int:

@@ -116,5 +116,8 @@ class ServerSettings(Section):
     """A file with one key a line (``name:key``), read at start-up; for systemd EnvironmentFile or secrets."""
     heap_trim_interval_s: float = Field(30.0, ge=0)
     """How often freed heap memory is handed back to the system (glibc ``malloc_trim``); 0 turns it off."""
+    malloc_arena_max: int = Field(4, ge=0, le=64)
+    """glibc's ``M_ARENA_MAX``: how many heaps the threads allocate from (0: glibc's default, 8 per core).
+    More arenas, less lock contention and more memory held in fragments (RELIABILITY.md, "Memory")."""
     log_level: str = "info"
     log_json: bool = True
