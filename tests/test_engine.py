@@ -61,3 +61,28 @@ def test_select_takes_rows_of_an_encoder_output():
     rows = np.arange(24, dtype=np.float32).reshape(3, 2, 4)
     picked = np.asarray(_select(ctranslate2.StorageView.from_array(rows), [0, 2]))
     assert np.array_equal(picked, rows[[0, 2]])
+
+
+def test_only_greedy_decodes_get_a_generation_budget(engine, jfk):
+    """Beam search keeps Whisper's full length (a budget changed its results: streaming WER 3.0 % -> 4.6 %);
+    greedy partials are capped at 8 tokens a second (+16)."""
+    model = engine._model.model
+    seen: list[tuple[int, int]] = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def generate(self, encoded, prompts, **kw):
+            seen.append((kw["beam_size"], kw["max_length"]))
+            return model.generate(encoded, prompts, **kw)
+
+    audio = jfk.astype(np.float32)[: 16000 * 4] / 32768
+    engine._model.model = Recording()
+    try:
+        engine.decode_batch([DecodeRequest(audio, beam_size=5)])
+        engine.decode_batch([DecodeRequest(audio, beam_size=1)])
+    finally:
+        engine._model.model = model
+    prompt = 2  # tiny.en: <|startoftranscript|><|notimestamps|>
+    assert seen == [(5, engine._model.max_length - prompt), (1, 8 * 4 + 16)]
