@@ -1,12 +1,12 @@
 """The application shell both services share: lifespan, error mapping, operations routes, middleware.
 
 :func:`build_app` takes a service's settings, a blocking ``load_runtime`` callable
-and its router. The lifespan caps glibc's heap arenas, loads the runtime once, off the event loop, starts
-its schedulers, publishes it on ``app.state.runtime`` (where routes, ``/ready``
-and the middleware find it), freezes the start-up heap and trims the heap every
-``server.heap_trim_interval_s`` (:mod:`services.common.memory`), and on
-shutdown stops taking sessions, lets open ones finish within
-``server.drain_timeout_s`` and stops the schedulers. API keys
+and its router. The lifespan caps glibc's heap arenas, loads the runtime once,
+off the event loop, starts its schedulers, publishes it on ``app.state.runtime``
+(where routes, ``/ready`` and the middleware find it), freezes the start-up heap
+and trims the heap every ``server.heap_trim_interval_s``
+(:mod:`services.common.memory`), and on shutdown stops taking sessions, lets open
+ones finish within ``server.drain_timeout_s`` and stops the schedulers. API keys
 are checked first, then the body-size limit, then the routes.
 """
 
