@@ -93,14 +93,11 @@ class StreamingSettings(Section):
     """An utterance is cut here (reason: max_length); Whisper's window is 30 s."""
 
 
-class SchedulerSettings(Section):
+class SchedulerSettings(common_settings.SchedulerSettings):
     max_batch: int = Field(8, ge=1, le=64)
     """Requests decoded together (across sessions)."""
     max_pending: int = Field(128, ge=1)
     """Requests waiting for the model before new ones are refused (overloaded)."""
-    call_timeout_s: float = Field(120.0, gt=0)
-    """A model call (one batch) that has not returned after this long is treated as hung: its requests fail
-    with ``internal``, the instance refuses new work and ``/ready`` says 503 ``stalled`` until it returns."""
 
 
 class ServerSettings(common_settings.ServerSettings):

@@ -5,6 +5,8 @@ Each service declares its settings as pydantic models (field docs live there).
 variables named ``PREFIX_SECTION__KEY`` (``ASR_SERVER__PORT=8011``), validates
 everything once at start-up and raises :class:`SettingsError` with one line per
 problem, naming the key, so a typo in a unit file fails loudly.
+:class:`SchedulerSettings` and :class:`ServerSettings` hold the fields both
+services' ``scheduler`` and ``server`` sections share; each service subclasses them.
 """
 
 from __future__ import annotations
@@ -93,6 +95,14 @@ def load_settings(
             env = env_prefix.upper() + "_" + "__".join(str(p).upper() for p in err["loc"])
             lines.append(f"  {key} (env {env}): {err['msg']}")
         raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
+
+
+class SchedulerSettings(Section):
+    """What every model scheduler has; each service adds its batching and queue limits."""
+
+    call_timeout_s: float = Field(120.0, gt=0)
+    """A model call (one batch) that has not returned after this long is treated as hung: its requests fail
+    with ``internal``, the instance refuses new work and ``/ready`` says 503 ``stalled`` until it returns."""
 
 
 class ServerSettings(Section):

@@ -126,15 +126,12 @@ class TextSettings(Section):
         return self
 
 
-class SchedulerSettings(Section):
+class SchedulerSettings(common_settings.SchedulerSettings):
     max_pending: int = Field(64, ge=1)
     """Pieces waiting for the model before new ones are refused (overloaded). Must be at least
     ``server.max_connections + server.max_http_synthesis`` (checked at start-up): each session and each
     admitted HTTP request waits for at most one piece at a time, so a live session is never refused
     because HTTP clients filled the queue."""
-    call_timeout_s: float = Field(120.0, gt=0)
-    """A model call (one batch) that has not returned after this long is treated as hung: its requests fail
-    with ``internal``, the instance refuses new work and ``/ready`` says 503 ``stalled`` until it returns."""
 
 
 class ServerSettings(common_settings.ServerSettings):
