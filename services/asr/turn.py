@@ -174,6 +174,7 @@ class SmartTurnModel:
         options.inter_op_num_threads = 1
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_cpu_mem_arena = False  # see services/common/memory.py: the arena only grows
         self._session = ort.InferenceSession(
             str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
         )

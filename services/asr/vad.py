@@ -59,6 +59,7 @@ class SileroVad:
         opts.inter_op_num_threads = 1
         opts.intra_op_num_threads = threads
         opts.log_severity_level = 4
+        opts.enable_cpu_mem_arena = False  # see services/common/memory.py: the arena only grows
         self._session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"], sess_options=opts)
 
     def probabilities(self, stream: VadStream, samples: np.ndarray) -> np.ndarray:

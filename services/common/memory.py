@@ -15,6 +15,13 @@ nothing; it bounds many-core hosts, where glibc allows 8 arenas per core (128
 on 16 cores; not measured there). A fixed mmap threshold, also tried,
 is not used: mapping and zeroing every large buffer afresh made time-to-final
 three times slower (525-872 ms).
+onnxruntime's CPU arena is the other long-lived pool: it grows to the largest
+batch a session has run, doubling its regions, and never gives memory back, so
+the ASR process stepped up by 16 and 32 MB regions whenever Smart Turn or the
+VAD met a bigger batch than before (``/proc/PID/smaps`` sampled through a
+soak: anonymous memory 58 -> 161 MB in 15 minutes; 75 MB flat without it). The VAD and Smart Turn sessions therefore run without it
+(``enable_cpu_mem_arena = False``); their buffers come from malloc and go back
+with the trim below.
 :class:`HeapTrimmer` calls ``malloc_trim(0)`` every ``interval_s`` in a worker
 thread, which hands the free pages inside every arena back to the system (one
 trim took a loaded ASR process from 407 to 361 MB; under load each hands back
