@@ -133,7 +133,7 @@ print(round((settled() - before) / 2**20, 1))
 @glibc
 def test_a_big_vad_or_smart_turn_batch_leaves_no_memory_behind():
     """onnxruntime's CPU arena keeps the largest batch's buffers for the life of the process (it only grows: the
-    ASR soak's steps of 16-51 MB); the VAD and Smart Turn sessions run without it, so a trim hands them back."""
+    ASR soak's steps of 16-32 MB); the VAD and Smart Turn sessions run without it, so a trim hands them back."""
     done = subprocess.run([sys.executable, "-c", ONNX_SCRIPT], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr

@@ -19,7 +19,8 @@ onnxruntime's CPU arena is the other long-lived pool: it grows to the largest
 batch a session has run, doubling its regions, and never gives memory back, so
 the ASR process stepped up by 16 and 32 MB regions whenever Smart Turn or the
 VAD met a bigger batch than before (``/proc/PID/smaps`` sampled through a
-soak: anonymous memory 58 -> 161 MB in 15 minutes; 75 MB flat without it). The VAD and Smart Turn sessions therefore run without it
+soak: anonymous memory 58 -> 161 MB in 15 minutes; 75 MB flat without it).
+The VAD and Smart Turn sessions therefore run without it
 (``enable_cpu_mem_arena = False``); their buffers come from malloc and go back
 with the trim below.
 :class:`HeapTrimmer` calls ``malloc_trim(0)`` every ``interval_s`` in a worker
