@@ -63,6 +63,14 @@ def test_freeze_moves_the_start_up_heap_out_of_the_collectors_reach():
         gc.unfreeze()
 
 
+def run_fresh(script: str, *args: str) -> str:
+    """Run ``script`` in a fresh interpreter from the repository root (process-wide allocator state); its stdout."""
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 ARENAS_SCRIPT = """
 import ctypes, sys, tempfile, threading
 from services.common.memory import limit_arenas
@@ -98,14 +106,8 @@ for t in threads:
 @glibc
 def test_arena_cap_bounds_the_heaps_threads_allocate_from():
     """Eight threads allocating at once: glibc gives each its own arena (up to 8 per core) unless capped."""
-    def heaps(cap: int) -> int:
-        done = subprocess.run([sys.executable, "-c", ARENAS_SCRIPT, str(cap)], capture_output=True, text=True,
-                              timeout=60, cwd=Path(__file__).resolve().parents[1])
-        assert done.returncode == 0, done.stderr
-        return int(done.stdout)
-
-    assert heaps(2) == 2
-    assert heaps(0) > 2  # glibc's default: a new arena per thread while under 8 per core
+    assert int(run_fresh(ARENAS_SCRIPT, "2")) == 2
+    assert int(run_fresh(ARENAS_SCRIPT, "0")) > 2  # glibc's default: a new arena per thread while under 8 per core
     assert not limit_arenas(0)
 
 
@@ -134,8 +136,5 @@ print(round((settled() - before) / 2**20, 1))
 def test_a_big_vad_or_smart_turn_batch_leaves_no_memory_behind():
     """onnxruntime's CPU arena keeps the largest batch's buffers for the life of the process (it only grows: the
     ASR soak's steps of 16-32 MB); the VAD and Smart Turn sessions run without it, so a trim hands them back."""
-    done = subprocess.run([sys.executable, "-c", ONNX_SCRIPT], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[1])
-    assert done.returncode == 0, done.stderr
-    left_mb = float(done.stdout)  # 296 MB with onnxruntime's arena on, 0 without (measured here)
+    left_mb = float(run_fresh(ONNX_SCRIPT))  # 296 MB with onnxruntime's arena on, 0 without (measured here)
     assert left_mb < 16, f"{left_mb} MB still resident after a 16 x 8 s Smart Turn batch"

@@ -17,7 +17,8 @@ the ``X-Voice-Balancer`` header (set by our nginx config only) is refused with
 HTTP 503 instead of being accepted and closed with 1013 whenever the instance
 is full, draining or has a stalled model, so nginx's ``proxy_next_upstream
 http_503`` retries it on another instance. Direct clients, without the header,
-keep the contract's ``overloaded``/1013 close. :func:`run_cli` (which calls :func:`serve`) is what both ``__main__`` modules run.
+keep the contract's ``overloaded``/1013 close. :func:`run_cli` (which calls
+:func:`serve`) is what both ``__main__`` modules run.
 """
 
 from __future__ import annotations
