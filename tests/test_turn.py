@@ -161,6 +161,7 @@ def test_probabilities_match_pipecat_analyzer(model: SmartTurnModel, clips: dict
     from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 
     analyzer = LocalSmartTurnAnalyzerV3(sample_rate=16000)
+    analyzer._session = model._session  # the same int8 kernels (see SmartTurnModel): this compares the features
     audios = list(clips.values()) + [np.concatenate(list(clips.values()))]  # + one longer than 8 s
     ours = model.predict(audios)
     theirs = [analyzer._predict_endpoint(a)["probability"] for a in audios]
