@@ -38,8 +38,8 @@ import pytest
 import websockets
 
 from inprocess import InProcessServer
-from services.asr.outbox import CloseRequest, Outbox, OutboxFull
-from services.asr.protocol import Partial
+from services.asr.protocol import Partial, merge_partials
+from services.common.outbox import CloseRequest, Outbox, OutboxFull
 from services.common.errors import ErrorCode, ServiceError
 from services.tts.voices import VoiceCatalog, VoiceStore
 
@@ -50,7 +50,7 @@ IDLE_S = 1.5
 
 @pytest.fixture(scope="module")
 def piper(tmp_path_factory):
-    from services.tts.engine import PiperEngine
+    from services.tts.piper import PiperEngine
     from services.tts.settings import load
 
     return PiperEngine.from_settings(load(engine={"cpu_threads": 2}))
@@ -173,14 +173,14 @@ def test_slow_reader_holds_synthesis_back(tts_slow):
 
 def test_asr_outbox_merges_partials_and_is_bounded():
     async def go():
-        box = Outbox(limit=8)
+        box = Outbox(limit=8, merge=merge_partials)
         for i in range(100):  # a client that does not read: the utterance's partials replace each other
-            box.put_partial(Partial(0, f"text {i}", "", i / 10))
+            box.put(Partial(0, f"text {i}", "", i / 10))
         assert len(box) == 1 and (await box.get()).text == "text 99"
         for i in range(8):
-            box.put_partial(Partial(i, "x", "", 0.0))  # different utterances do not merge
+            box.put(Partial(i, "x", "", 0.0))  # different utterances do not merge
         with pytest.raises(OutboxFull):
-            box.put_partial(Partial(99, "x", "", 0.0))
+            box.put(Partial(99, "x", "", 0.0))
         box.put(ServiceError(ErrorCode.OVERLOADED, "slow"), force=True)  # errors and closes still go out
         box.put(CloseRequest(1013), force=True)
         assert len(box) == 10

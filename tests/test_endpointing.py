@@ -1,7 +1,8 @@
 """Event sequences of the VAD state machine and the endpointer, fed synthetic probabilities (no model)."""
 
 from services.asr.endpointing import CheckTurn, Ended, EndpointOptions, Endpointer, EndReason, Resumed, Speculate, Started, TurnMode
-from services.asr.vad import DetectorOptions, SpeechDetector, SpeechState, WINDOW_SAMPLES
+from services.asr.endpointing import DetectorOptions, SpeechDetector, SpeechState
+from services.common.vad import VAD_WINDOW_SAMPLES as WINDOW_SAMPLES
 
 DET = DetectorOptions(threshold=0.5, neg_threshold=0.35, min_speech_ms=96, speech_pad_ms=192)
 

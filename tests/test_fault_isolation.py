@@ -272,7 +272,7 @@ class FaultyVoice:
 @pytest.fixture(scope="module")
 def faulty_tts(tmp_path_factory):
     from services.tts.app import create_app
-    from services.tts.engine import EMBEDDED_VOICE, PiperEngine
+    from services.tts.piper import EMBEDDED_VOICE, PiperEngine
     from services.tts.settings import load
 
     settings = load(voices={"store_dir": str(tmp_path_factory.mktemp("voices"))},

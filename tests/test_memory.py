@@ -115,7 +115,7 @@ ONNX_SCRIPT = """
 import ctypes
 import numpy as np
 from services.asr.turn import SmartTurnModel
-from services.asr.vad import SileroVad, VadStream
+from services.common.vad import SileroVad, VadStream
 from services.common.memory import resident_bytes
 libc = ctypes.CDLL("libc.so.6")
 rng = np.random.default_rng(0)

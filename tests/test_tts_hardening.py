@@ -22,7 +22,7 @@ from conftest import DATA, read_wav, running
 from services.common.audio import decode_file
 from services.common.errors import ErrorCode, ServiceError
 from services.common.scheduler import Scheduler
-from services.tts.formats import FileEncoder
+from services.tts.formats import AudioEncoder
 from services.tts.text import ChunkerOptions
 from services.tts.voices import VoiceStore
 from test_tts_cloning import Server, wav_bytes
@@ -246,34 +246,35 @@ def test_damaged_conditionals_give_a_clear_error(tmp_path):
 def test_session_queues_are_bounded_by_count():
     """The outbox and the work queue refuse past their limit (the session then ends with overloaded; an
     end-to-end flood of bad frames would need megabytes of loopback socket buffers filled first)."""
+    from services.common.outbox import CloseRequest, Outbox, OutboxFull
     from services.tts.protocol import Closed, Done
-    from services.tts.session import QueueFull, _Audio, _CloseRequest, _Mark, _Outbox, _Piece, _Work
+    from services.tts.speaker import Audio, Mark, Piece, audio_bytes, droppable, merge_marks
 
     async def go():
-        outbox = _Outbox(limit_items=4)
+        outbox = Outbox(4, size_of=audio_bytes, droppable=droppable)
         for _ in range(4):
-            outbox.put(0, ServiceError(ErrorCode.BAD_MESSAGE, "bad frame"))
-        for item in (ServiceError(ErrorCode.BAD_MESSAGE, "bad frame"), Done(), _Audio(b"xx")):
-            with pytest.raises(QueueFull):
-                outbox.put(0, item)
-        for item in (ServiceError(ErrorCode.OVERLOADED, "full"), _CloseRequest(1013), Closed()):
-            outbox.put(0, item)  # what ends the session is never refused
+            outbox.put(ServiceError(ErrorCode.BAD_MESSAGE, "bad frame"))
+        for item in (ServiceError(ErrorCode.BAD_MESSAGE, "bad frame"), Done(), Audio(b"xx")):
+            with pytest.raises(OutboxFull):
+                outbox.put(item)
+        for item in (ServiceError(ErrorCode.OVERLOADED, "full"), CloseRequest(1013), Closed()):
+            outbox.put(item)  # what ends the session is never refused
         assert len(outbox) == 7
         outbox.clear()
-        assert len(outbox) == 0 and outbox.audio_bytes == 0
+        assert len(outbox) == 0 and outbox.bytes == 0
 
-        work = _Work(limit=3)
+        work = Outbox(3, merge=merge_marks)
         for _ in range(100):
-            work.put_nowait(_Mark(done=True))  # a burst of flushes: one mark
+            work.put(Mark(done=True))  # a burst of flushes: one mark
         assert len(work) == 1
-        work.put_nowait(_Piece("Hello.", 0.0, True))
-        work.put_nowait(_Mark(done=True))
-        work.put_nowait(_Mark(done=True, end=True))  # merged into the waiting mark, keeping end
+        work.put(Piece("Hello.", 0.0, True))
+        work.put(Mark(done=True))
+        work.put(Mark(done=True, end=True))  # merged into the waiting mark, keeping end
         assert len(work) == 3
-        with pytest.raises(QueueFull):
-            work.put_nowait(_Piece("More.", 0.0, False))
-        assert isinstance(await work.get(), _Mark) and isinstance(await work.get(), _Piece)
-        assert await work.get() == _Mark(done=True, end=True) and work.empty()
+        with pytest.raises(OutboxFull):
+            work.put(Piece("More.", 0.0, False))
+        assert isinstance(await work.get(), Mark) and isinstance(await work.get(), Piece)
+        assert await work.get() == Mark(done=True, end=True) and work.empty()
 
     run(go(), 10)
 
@@ -289,7 +290,7 @@ def test_decode_file_stops_past_max_duration():
 
 
 def test_file_encoder_close_while_encoding_is_safe():
-    encoder = FileEncoder("mp3", 22050)
+    encoder = AudioEncoder("mp3", 22050)
     chunk = (np.sin(np.arange(2205) / 10) * 0.3).astype(np.float32)
     stop = threading.Event()
     out = []

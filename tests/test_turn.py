@@ -21,7 +21,6 @@ import pytest
 from services.asr.turn import (
     N_FRAMES,
     N_MELS,
-    WINDOW_SAMPLES,
     SmartTurnModel,
     TurnDecision,
     TurnPolicy,
@@ -29,6 +28,7 @@ from services.asr.turn import (
     last_window,
     log_mel_features,
 )
+from services.asr.turn import TURN_WINDOW_SAMPLES as WINDOW_SAMPLES
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data" / "turns"

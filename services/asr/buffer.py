@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..common.audio import SAMPLE_RATE_HZ
+
 
 class SampleBuffer:
-    def __init__(self, capacity: int = 16000 * 8) -> None:
+    def __init__(self, capacity: int = SAMPLE_RATE_HZ * 8) -> None:
         self._data = np.zeros(capacity, dtype=np.float32)
         self._base = 0  # absolute index of _data[0]
         self._len = 0

@@ -1,11 +1,14 @@
 """Where utterances begin and end: the rules shared by live streams and files.
 
-:class:`Endpointer` wraps the VAD :class:`~.vad.SpeechDetector` and applies the
-session's turn-detection mode to its pauses. It is synchronous and counts
+:class:`SpeechDetector` turns the shared VAD's per-window speech probabilities
+(one window = 32 ms) into the states quiet, starting, speaking and stopping,
+with thresholds in milliseconds, and reports when speech starts and how long
+the current pause has lasted. :class:`Endpointer` wraps it and applies the
+session's turn-detection mode to its pauses. Both are synchronous and count
 samples only, so the same audio always yields the same utterances; the live
 session and ``POST /v1/transcribe`` (which runs it in ``vad`` mode) share it,
 which is why a stream and an upload of the same audio give the same text.
-It asks its caller to act through small action objects:
+The endpointer asks its caller to act through small action objects:
 
 * :class:`Started` - an utterance begins (pre-roll included);
 * :class:`Speculate` - the pause has reached ``end_pad_ms``: the utterance's
@@ -23,8 +26,125 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .vad import SAMPLE_RATE_HZ, DetectorOptions, Silence, SpeechDetector, SpeechResumed, SpeechStarted
+from ..common.audio import SAMPLE_RATE_HZ
+from ..common.vad import VAD_WINDOW_MS, VAD_WINDOW_SAMPLES
 
+
+# -- the speech state machine ------------------------------------------------------------------
+
+class SpeechState(enum.Enum):
+    QUIET = "quiet"
+    STARTING = "starting"
+    SPEAKING = "speaking"
+    STOPPING = "stopping"
+
+
+@dataclass(frozen=True)
+class DetectorOptions:
+    threshold: float = 0.5
+    neg_threshold: float = 0.35
+    min_speech_ms: int = 96
+    speech_pad_ms: int = 192
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    start_sample: int  # first sample of the utterance, pre-roll included
+
+
+@dataclass(frozen=True)
+class Silence:
+    silence_ms: int  # pause so far, counted from the end of the last voiced window
+    speech_end_sample: int
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    pass
+
+
+DetectorEvent = SpeechStarted | Silence | SpeechResumed
+
+
+class SpeechDetector:
+    """quiet -> starting -> speaking <-> stopping -> (utterance ended by the caller) -> quiet.
+
+    Fed one probability per window in stream order. While stopping it emits a
+    :class:`Silence` event for every window, so callers can act at whatever
+    pause lengths they choose.
+    """
+
+    def __init__(self, options: DetectorOptions) -> None:
+        self.options = options
+        self.state = SpeechState.QUIET
+        self.windows_seen = 0
+        self._start_window = 0
+        self._voiced_run = 0
+        self.speech_end_sample = 0
+        self._floor_sample = 0  # an utterance never starts before the previous one ended
+
+    @property
+    def position_sample(self) -> int:
+        return self.windows_seen * VAD_WINDOW_SAMPLES
+
+    def push(self, probability: float) -> list[DetectorEvent]:
+        o = self.options
+        index = self.windows_seen
+        self.windows_seen += 1
+        voiced = probability >= o.threshold
+        unvoiced = probability < o.neg_threshold
+        events: list[DetectorEvent] = []
+        if self.state is SpeechState.QUIET:
+            if voiced:
+                self.state = SpeechState.STARTING
+                self._start_window = index
+                self._voiced_run = 1
+        elif self.state is SpeechState.STARTING:
+            if voiced:
+                self._voiced_run += 1
+            elif unvoiced:
+                self.state = SpeechState.QUIET
+            if self.state is SpeechState.STARTING and self._voiced_run * VAD_WINDOW_MS >= o.min_speech_ms:
+                self.state = SpeechState.SPEAKING
+                pad = o.speech_pad_ms * SAMPLE_RATE_HZ // 1000
+                start = max(self._floor_sample, self._start_window * VAD_WINDOW_SAMPLES - pad)
+                self.speech_end_sample = self.position_sample
+                events.append(SpeechStarted(start))
+        elif self.state is SpeechState.SPEAKING:
+            if unvoiced:
+                self.state = SpeechState.STOPPING
+                self.speech_end_sample = index * VAD_WINDOW_SAMPLES
+                events.append(Silence(VAD_WINDOW_MS, self.speech_end_sample))
+            else:
+                self.speech_end_sample = self.position_sample
+        elif self.state is SpeechState.STOPPING:
+            if voiced:
+                self.state = SpeechState.SPEAKING
+                self.speech_end_sample = self.position_sample
+                events.append(SpeechResumed())
+            else:
+                silence_ms = (self.position_sample - self.speech_end_sample) * 1000 // SAMPLE_RATE_HZ
+                events.append(Silence(int(silence_ms), self.speech_end_sample))
+        return events
+
+    def end_utterance(self, at_sample: int) -> None:
+        """The caller closed the utterance at ``at_sample``.
+
+        A pause or a quiet stream goes back to quiet; speech that is still going
+        on (a cut at the length limit, a commit mid-word) starts the next
+        utterance right at the cut.
+        """
+        self._floor_sample = at_sample
+        if self.state in (SpeechState.STOPPING, SpeechState.STARTING):
+            self.state = SpeechState.QUIET
+        self._voiced_run = 0
+
+    @property
+    def in_speech(self) -> bool:
+        return self.state in (SpeechState.SPEAKING, SpeechState.STOPPING)
+
+
+# -- utterances ----------------------------------------------------------------------------------
 
 class TurnMode(str, enum.Enum):
     SMART_TURN = "smart_turn"
@@ -118,7 +238,7 @@ class Endpointer:
                 actions.extend(self._on_silence(event))
         if self.start_sample is not None and self.position_sample - self.start_sample >= self._max_samples:
             cut = self.start_sample + self._max_samples
-            if self.detector.state.value == "stopping":
+            if self.detector.state is SpeechState.STOPPING:
                 cut = min(cut, self.pause_end_sample())
             actions.append(self.end(EndReason.MAX_LENGTH, cut))
             if self.detector.in_speech:  # still talking: the next utterance starts at the cut
@@ -154,7 +274,7 @@ class Endpointer:
         """Close the open utterance (the caller checks :attr:`in_utterance`)."""
         assert self.start_sample is not None
         if end_sample is None:
-            end_sample = self.pause_end_sample() if self.detector.state.value == "stopping" else self.position_sample
+            end_sample = self.pause_end_sample() if self.detector.state is SpeechState.STOPPING else self.position_sample
         ended = Ended(reason, self.start_sample, max(end_sample, self.start_sample))
         self.detector.end_utterance(ended.end_sample)
         self.start_sample = None
@@ -166,7 +286,7 @@ class Endpointer:
         after a commit, speech that is still going on opens the next utterance at the cut."""
         if self.start_sample is None:
             return []
-        speaking = self.detector.state.value == "speaking"
+        speaking = self.detector.state is SpeechState.SPEAKING
         ended = self.end(reason, now_sample if speaking else None)
         actions: list[Action] = [ended]
         if reason is EndReason.COMMIT and speaking:

@@ -31,11 +31,11 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_suppressed_tokens, merge_punctuations
 
+from ..common.audio import SAMPLE_RATE_HZ
 from ..common.errors import ErrorCode, ServiceError
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE_HZ = 16000
 HOP_SAMPLES = 160
 MAX_FRAMES = 3000  # Whisper's 30 s window
 MAX_UTTERANCE_S = 30.0
@@ -55,9 +55,10 @@ class Word:
     end: float
     probability: float
 
-    def as_dict(self) -> dict:
-        return {"word": self.word, "start": round(self.start, 3), "end": round(self.end, 3),
-                "probability": round(self.probability, 4)}
+    def as_dict(self, offset_s: float = 0.0) -> dict:
+        """The contract's word object, times shifted by ``offset_s`` (where the utterance starts)."""
+        return {"word": self.word.strip(), "start": round(self.start + offset_s, 3),
+                "end": round(self.end + offset_s, 3), "probability": round(self.probability, 4)}
 
 
 @dataclass
@@ -212,8 +213,7 @@ class WhisperEngine:
         sampling = {"sampling_temperature": temperature, "sampling_topk": 0} if temperature > 0 else {}
         # CTranslate2's max_length counts the forced prefix too. Greedy decodes (partials) get a budget of 8 tokens
         # a second (+16; speech runs at 2-5), which stops a looping partial from running to 448 tokens. Beam
-        # search (finals, files) keeps the model's full length: a budget changed its results even where no
-        # output reached it (streaming WER 3.0 % -> 4.6 % at one stream, measured with scripts/bench_asr.py).
+        # search (finals, files) keeps the model's full length: a budget changes its results (ARCHITECTURE.md).
         max_new = self._model.max_length - max(len(p) for p in prompts) + max(prefix_lens)
         if beam == 1:
             longest_s = max(r.audio.size for r in requests) / SAMPLE_RATE_HZ

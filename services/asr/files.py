@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..common.audio import SAMPLE_RATE_HZ
 from ..common.errors import ErrorCode, ServiceError
 from ..common.scheduler import Priority
-from .endpointing import Ended, Endpointer, EndReason, TurnMode
+from ..common.vad import VAD_WINDOW_SAMPLES, VadStream
+from .endpointing import Ended, Endpointer, EndReason, SpeechState, TurnMode
 from .engine import DecodeRequest, DecodeResult
 from .serving import AsrRuntime
-from .vad import SAMPLE_RATE_HZ, WINDOW_SAMPLES, VadStream
 
-VAD_CHUNK_SAMPLES = WINDOW_SAMPLES * 320  # ~10 s per VAD request keeps the shared VAD fair
+VAD_CHUNK_SAMPLES = VAD_WINDOW_SAMPLES * 320  # ~10 s per VAD request keeps the shared VAD fair
 
 
 @dataclass
@@ -58,13 +59,13 @@ async def find_utterances(runtime: AsrRuntime, audio: np.ndarray) -> list[Ended]
     endpointer = Endpointer(runtime.endpoint_options(TurnMode.VAD), runtime.detector_options())
     stream = VadStream()
     utterances: list[Ended] = []
-    usable = audio.size - audio.size % WINDOW_SAMPLES
+    usable = audio.size - audio.size % VAD_WINDOW_SAMPLES
     for start in range(0, usable, VAD_CHUNK_SAMPLES):
         chunk = audio[start:min(start + VAD_CHUNK_SAMPLES, usable)]
         for probability in await runtime.speech_probabilities(stream, chunk):
             utterances.extend(a for a in endpointer.push(float(probability)) if isinstance(a, Ended))
     if endpointer.in_utterance:
-        speaking = endpointer.detector.state.value == "speaking"
+        speaking = endpointer.detector.state is SpeechState.SPEAKING
         utterances.extend(a for a in endpointer.split(EndReason.END, audio.size if speaking else None)
                           if isinstance(a, Ended))
     return [u for u in utterances if u.end_sample > u.start_sample]
@@ -97,8 +98,7 @@ async def transcribe_audio(runtime: AsrRuntime, audio: np.ndarray, options: File
         if not text:
             continue
         offset = u.start_sample / SAMPLE_RATE_HZ
-        words = [{"word": w.word.strip(), "start": round(w.start + offset, 3), "end": round(w.end + offset, 3),
-                  "probability": round(w.probability, 4)} for w in result.words]
+        words = [w.as_dict(offset) for w in result.words]
         segments.append(Segment(len(segments), round(offset, 3), round(u.end_sample / SAMPLE_RATE_HZ, 3), text, words,
                                 result.avg_logprob, result.no_speech_prob))
     detected = next((r.language for r in results), language or runtime.settings.model.language)

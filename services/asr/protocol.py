@@ -4,18 +4,24 @@ Every message the socket carries is one of the small classes here, with a
 ``type`` literal; :func:`parse_client_message` is the one place incoming text
 is parsed and :func:`parse_stream_params` the one place query parameters are.
 Field names follow the contract (``shared/contract/API.md``) exactly.
+:func:`merge_partials` is the outbox rule for a slow reader: a newer partial of
+an utterance replaces the one still waiting.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from ..common.audio import Encoding, parse_encoding, parse_sample_rate
-from ..common.protocol import Event
+from ..common.audio import SAMPLE_RATE_HZ, Encoding, parse_encoding, parse_sample_rate
 from ..common.errors import ErrorCode, ServiceError
+from ..common import protocol as common
+from ..common.protocol import Closed, End, Event, parse_message, shown
 from .endpointing import EndReason, TurnMode
+
+__all__ = ["Closed", "Commit", "End", "Final", "Partial", "Ready", "SpeechStart", "StreamParams", "merge_partials",
+           "parse_client_message", "parse_stream_params"]
 
 
 # -- client -> server ----------------------------------------------------------
@@ -25,34 +31,19 @@ class Commit:
     type: Literal["commit"] = "commit"
 
 
-@dataclass(frozen=True)
-class End:
-    type: Literal["end"] = "end"
-
-
 ClientMessage = Commit | End
-_CLIENT_TYPES: dict[str, type] = {"commit": Commit, "end": End}
+_CLIENT_TYPES = {"commit": lambda data: Commit(), "end": lambda data: End()}
 
 
 def parse_client_message(text: str) -> ClientMessage:
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, ValueError):
-        raise ServiceError(ErrorCode.BAD_MESSAGE, "text frames must be JSON objects") from None
-    if not isinstance(data, dict):
-        raise ServiceError(ErrorCode.BAD_MESSAGE, "text frames must be JSON objects")
-    kind = data.get("type")
-    cls = _CLIENT_TYPES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise ServiceError(ErrorCode.BAD_MESSAGE, f"unknown message type {kind!r}; expected 'commit' or 'end'")
-    return cls()
+    return parse_message(text, _CLIENT_TYPES)
 
 
 # -- query parameters ------------------------------------------------------------
 
 @dataclass(frozen=True)
 class StreamParams:
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE_HZ
     encoding: Encoding = Encoding.PCM_S16LE
     language: str | None = None  # None: the configured default
     partials: bool = True
@@ -67,7 +58,7 @@ def parse_stream_params(query: dict[str, str]) -> tuple[StreamParams, list[Servi
     """Audio parameters are fatal when wrong (``bad_audio``); the others fall
     back to their default with a non-fatal ``bad_message`` warning."""
     warnings: list[ServiceError] = []
-    sample_rate = parse_sample_rate(query.get("sample_rate", "16000"))
+    sample_rate = parse_sample_rate(query.get("sample_rate", str(SAMPLE_RATE_HZ)))
     encoding = parse_encoding(query.get("encoding", "pcm_s16le"))
     partials = True
     raw = query.get("partials")
@@ -77,7 +68,7 @@ def parse_stream_params(query: dict[str, str]) -> tuple[StreamParams, list[Servi
         elif raw.lower() in _FALSE:
             partials = False
         else:
-            warnings.append(ServiceError(ErrorCode.BAD_MESSAGE, f"partials must be true or false, got {raw!r}; using true"))
+            warnings.append(ServiceError(ErrorCode.BAD_MESSAGE, f"partials must be true or false, got {shown(raw)}; using true"))
     turn = TurnMode.SMART_TURN
     raw = query.get("turn_detection")
     if raw is not None:
@@ -85,25 +76,15 @@ def parse_stream_params(query: dict[str, str]) -> tuple[StreamParams, list[Servi
             turn = TurnMode(raw)
         except ValueError:
             warnings.append(ServiceError(
-                ErrorCode.BAD_MESSAGE, f"turn_detection must be smart_turn, vad or none, got {raw!r}; using smart_turn"))
+                ErrorCode.BAD_MESSAGE, f"turn_detection must be smart_turn, vad or none, got {shown(raw)}; using smart_turn"))
     language = query.get("language") or None
     return StreamParams(sample_rate, encoding, language, partials, turn), warnings
 
 
 # -- server -> client ---------------------------------------------------------------
 
-
-
-def _t(samples: int, rate: int = 16000) -> float:
-    return round(samples / rate, 3)
-
-
 @dataclass
-class Ready(Event):
-    type: ClassVar[str] = "ready"
-    session_id: str
-    sample_rate: int
-    encoding: str
+class Ready(common.Ready):
     language: str
     model: str
 
@@ -141,9 +122,11 @@ class Final(Event):
         return json.dumps(body, ensure_ascii=False)
 
 
-@dataclass
-class Closed(Event):
-    type: ClassVar[str] = "closed"
-
-
 ServerEvent = Ready | SpeechStart | Partial | Final | Closed
+
+
+def merge_partials(waiting: Any, new: Any) -> Partial | None:
+    """Outbox merge rule: a new partial replaces the waiting partial of the same utterance."""
+    if isinstance(new, Partial) and isinstance(waiting, Partial) and waiting.utterance == new.utterance:
+        return new
+    return None

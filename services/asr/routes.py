@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile, WebSocket
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from ..common.audio import decode_file
+from ..common.audio import SAMPLE_RATE_HZ, decode_file
 from ..common.errors import ErrorCode, ServiceError
 from ..common.http import runtime_of
 from .files import FileOptions, as_contract_json, as_srt, as_verbose_json, as_vtt, transcribe_audio
@@ -34,7 +34,7 @@ async def _read_upload(runtime: AsrRuntime, file: UploadFile):
     limit = runtime.settings.server.max_upload_bytes
     if len(data) > limit:
         raise ServiceError(ErrorCode.TOO_LARGE, f"file of {len(data)} bytes exceeds the limit of {limit}")
-    return await asyncio.to_thread(decode_file, data, 16000)
+    return await asyncio.to_thread(decode_file, data, SAMPLE_RATE_HZ)
 
 
 class ResponseFormat(str, enum.Enum):

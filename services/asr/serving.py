@@ -17,13 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..common.admission import Admission
+from ..common.audio import SAMPLE_RATE_HZ
 from ..common.metrics import Metrics
 from ..common.scheduler import Priority, Scheduler
-from .endpointing import EndpointOptions, TurnMode
+from ..common.vad import SileroVad, VadJob, VadStream
+from .endpointing import DetectorOptions, EndpointOptions, TurnMode
 from .engine import AsrEngine, DecodeRequest, DecodeResult, WhisperEngine, frames_bucket
 from .settings import AsrSettings
 from .turn import SmartTurnModel, TurnDecision, TurnPolicy
-from .vad import DetectorOptions, SileroVad, VadJob, VadStream
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class AsrRuntime:
         decision = self.policy.decide(probability, silence_ms)
         self.metrics.turn_checks.labels(decision=decision.value).inc()
         log.debug("turn check", extra={"silence_ms": silence_ms, "probability": round(probability, 3),
-                                       "decision": decision.value, "audio_s": round(audio.size / 16000, 2)})
+                                       "decision": decision.value, "audio_s": round(audio.size / SAMPLE_RATE_HZ, 2)})
         return decision
 
     async def decode_final(self, request: DecodeRequest, priority: Priority = Priority.URGENT,

@@ -25,12 +25,13 @@ import numpy as np
 import onnxruntime as ort
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..common.audio import SAMPLE_RATE_HZ
+
 __all__ = [
     "MODEL_FILENAME",
     "N_FRAMES",
     "N_MELS",
-    "SAMPLE_RATE_HZ",
-    "WINDOW_SAMPLES",
+    "TURN_WINDOW_SAMPLES",
     "SmartTurnModel",
     "TurnDecision",
     "TurnPolicy",
@@ -39,13 +40,12 @@ __all__ = [
     "log_mel_features",
 ]
 
-SAMPLE_RATE_HZ = 16000
 WINDOW_SECONDS = 8
-WINDOW_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE_HZ  # 128000
+TURN_WINDOW_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE_HZ  # 128000: the audio the model sees
 N_MELS = 80
 N_FFT = 400
 HOP_LENGTH = 160
-N_FRAMES = WINDOW_SAMPLES // HOP_LENGTH  # 800
+N_FRAMES = TURN_WINDOW_SAMPLES // HOP_LENGTH  # 800
 MODEL_FILENAME = "smart-turn-v3.2-cpu.onnx"
 _MODEL_SUBPATH = ("audio", "turn", "smart_turn", "data", MODEL_FILENAME)
 # Same epsilon as transformers' zero_mean_unit_var_norm / pipecat's vendored copy.
@@ -127,9 +127,9 @@ def last_window(audio: np.ndarray) -> np.ndarray:
     x = np.asarray(audio, dtype=np.float32)
     if x.ndim != 1:
         raise ValueError(f"expected 1-D mono audio, got shape {x.shape}")
-    if x.size >= WINDOW_SAMPLES:
-        return np.ascontiguousarray(x[-WINDOW_SAMPLES:])
-    return np.pad(x, (WINDOW_SAMPLES - x.size, 0))
+    if x.size >= TURN_WINDOW_SAMPLES:
+        return np.ascontiguousarray(x[-TURN_WINDOW_SAMPLES:])
+    return np.pad(x, (TURN_WINDOW_SAMPLES - x.size, 0))
 
 
 def log_mel_features(audio: np.ndarray) -> np.ndarray:
@@ -174,7 +174,7 @@ class SmartTurnModel:
         options.inter_op_num_threads = 1
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.enable_cpu_mem_arena = False  # see services/common/memory.py: the arena only grows
+        options.enable_cpu_mem_arena = False  # the arena keeps the largest batch's buffers for good (RELIABILITY.md)
         # The model is int8. x86 CPUs without VNNI (AVX2, AVX-512F) saturate 16-bit sums in u8s8 products, which
         # moved scores by up to 0.27 on an AVX2 machine; this promotes them to 16 bits, so every CPU gives the
         # reference scores (at ~20 % more time per check).

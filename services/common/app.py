@@ -6,8 +6,10 @@ off the event loop, starts its schedulers, publishes it on ``app.state.runtime``
 (where routes, ``/ready`` and the middleware find it), freezes the start-up heap
 and trims the heap every ``server.heap_trim_interval_s``
 (:mod:`services.common.memory`), and on shutdown stops taking sessions, lets open
-ones finish within ``server.drain_timeout_s`` and stops the schedulers. API keys
-are checked first, then the body-size limit, then the routes.
+ones finish within ``server.drain_timeout_s`` and stops the schedulers.
+:func:`install_middleware` is the one place the middleware stack is assembled
+(the app that is served and the app a test builds are the same): the balancer
+gate first, then API keys, then the body-size limit, then the routes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fastapi import APIRouter, FastAPI
 from .auth import ApiKeyAuth, ApiKeys
 from .http import BodySizeLimit, install_error_handlers, ops_router
 from .memory import HeapTrimmer, freeze_startup_heap, limit_arenas
+from .serve import BalancerGate
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,12 @@ def build_app(*, title: str, description: str, settings: Any, load_runtime: Call
     install_error_handlers(app)
     app.include_router(ops_router())
     app.include_router(router)
-    app.add_middleware(BodySizeLimit, max_bytes=server.max_upload_bytes + 64 * 1024)
-    app.add_middleware(ApiKeyAuth, keys=keys)  # added last: runs first
+    install_middleware(app, server, keys)
     return app
+
+
+def install_middleware(app: FastAPI, server: Any, keys: ApiKeys) -> None:
+    """The middleware every app runs with, outermost first: BalancerGate, ApiKeyAuth, BodySizeLimit."""
+    app.add_middleware(BodySizeLimit, max_bytes=server.max_upload_bytes + 64 * 1024)
+    app.add_middleware(ApiKeyAuth, keys=keys)
+    app.add_middleware(BalancerGate)  # added last: runs first

@@ -17,6 +17,7 @@ import numpy as np
 import soxr
 
 from .errors import ErrorCode, ServiceError
+from .protocol import shown
 
 
 class Encoding(str, enum.Enum):
@@ -28,6 +29,8 @@ class Encoding(str, enum.Enum):
         return 2 if self is Encoding.PCM_S16LE else 1
 
 
+SAMPLE_RATE_HZ = 16000
+"""The rate every speech model here takes (Whisper, Silero VAD, Smart Turn): streams are resampled to it."""
 MIN_RATE_HZ = 8000
 MAX_RATE_HZ = 48000
 
@@ -37,7 +40,7 @@ def parse_encoding(value: str) -> Encoding:
         return Encoding(value)
     except ValueError:
         raise ServiceError(
-            ErrorCode.BAD_AUDIO, f"unsupported encoding {value!r}: use pcm_s16le or mulaw"
+            ErrorCode.BAD_AUDIO, f"unsupported encoding {shown(value)}: use pcm_s16le or mulaw"
         ) from None
 
 
@@ -45,7 +48,7 @@ def parse_sample_rate(value: str | int) -> int:
     try:
         rate = int(value)
     except (TypeError, ValueError):
-        raise ServiceError(ErrorCode.BAD_AUDIO, f"sample_rate must be an integer, got {value!r}") from None
+        raise ServiceError(ErrorCode.BAD_AUDIO, f"sample_rate must be an integer, got {shown(value)}") from None
     if not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
         raise ServiceError(
             ErrorCode.BAD_AUDIO, f"sample_rate {rate} out of range {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz"
@@ -142,7 +145,7 @@ def resample(samples: np.ndarray, in_rate_hz: int, out_rate_hz: int) -> np.ndarr
 
 # --- files ---------------------------------------------------------------------
 
-def decode_file(data: bytes, sample_rate_hz: int = 16000, max_duration_s: float | None = None) -> np.ndarray:
+def decode_file(data: bytes, sample_rate_hz: int = SAMPLE_RATE_HZ, max_duration_s: float | None = None) -> np.ndarray:
     """Decode any FFmpeg-readable audio to mono float32 at ``sample_rate_hz``.
 
     With ``max_duration_s``, decoding stops as soon as the audio is longer than that and ``bad_audio``

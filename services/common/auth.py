@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +21,10 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import ErrorCode
+from .errors import ErrorCode, ServiceError, send_http_error
+from .http import OPS_PATHS
 
 log = logging.getLogger(__name__)
-
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 client_name: contextvars.ContextVar[str | None] = contextvars.ContextVar("client", default=None)
 
@@ -101,7 +99,7 @@ class ApiKeyAuth:
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope.get("path") in OPEN_PATHS:
+        if scope["type"] not in ("http", "websocket") or scope.get("path") in OPS_PATHS:
             await self.app(scope, receive, send)
             return
         if not self.keys.enabled:
@@ -134,11 +132,8 @@ _MESSAGE = "a valid API key is required: send 'Authorization: Bearer KEY' (or ?a
 
 
 async def _refuse_http(send: Send) -> None:
-    body = json.dumps({"error": {"code": ErrorCode.UNAUTHORIZED.value, "message": _MESSAGE}}).encode()
-    await send({"type": "http.response.start", "status": 401,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"www-authenticate", b'Bearer realm="voice-services"')]})
-    await send({"type": "http.response.body", "body": body})
+    await send_http_error(send, ServiceError(ErrorCode.UNAUTHORIZED, _MESSAGE),
+                          [(b"www-authenticate", b'Bearer realm="voice-services"')])
 
 
 async def _refuse_ws(receive: Receive, send: Send) -> None:
@@ -146,6 +141,5 @@ async def _refuse_ws(receive: Receive, send: Send) -> None:
     if message["type"] != "websocket.connect":
         return
     await send({"type": "websocket.accept"})
-    await send({"type": "websocket.send",
-                "text": json.dumps({"type": "error", "code": ErrorCode.UNAUTHORIZED.value, "message": _MESSAGE})})
+    await send({"type": "websocket.send", "text": ServiceError(ErrorCode.UNAUTHORIZED, _MESSAGE).to_json()})
     await send({"type": "websocket.close", "code": 1008})

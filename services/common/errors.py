@@ -2,17 +2,22 @@
 
 Every failure a client can see is a :class:`ServiceError` carrying an
 :class:`ErrorCode`. The code alone decides the HTTP status, the WebSocket close
-code and whether a WebSocket session must end; the edges (HTTP exception
-handlers, session writers) translate with :func:`http_response` and the
-``close_code``/``fatal`` properties. Nothing matches on message strings.
+code and whether a WebSocket session must end; the edges translate with
+:meth:`ServiceError.to_json` (the WebSocket ``error`` event),
+:func:`http_response` and :func:`send_http_error` (the contract's HTTP body,
+from a route or from ASGI middleware), and the ``close_code``/``fatal``
+properties. This module is the only place either shape is written. Nothing
+matches on message strings.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Sequence
 
 from starlette.responses import JSONResponse
+from starlette.types import Send
 
 
 class ErrorCode(str, enum.Enum):
@@ -73,6 +78,10 @@ class ServiceError(Exception):
     def event(self) -> dict:
         return {"type": "error", "code": self.code.value, "message": self.message}
 
+    def body(self) -> dict:
+        """The contract's HTTP error body."""
+        return {"error": {"code": self.code.value, "message": self.message}}
+
     def to_json(self) -> str:
         """The WebSocket ``error`` event as a text frame."""
         return json.dumps(self.event(), ensure_ascii=False)
@@ -81,10 +90,24 @@ class ServiceError(Exception):
         return f"ServiceError({self.code.value!r}, {self.message!r})"
 
 
-def http_response(error: ServiceError) -> JSONResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if error.code is ErrorCode.OVERLOADED else None
-    return JSONResponse(
-        {"error": {"code": error.code.value, "message": error.message}},
-        status_code=error.http_status,
-        headers=headers,
-    )
+def _headers(error: ServiceError) -> dict[str, str]:
+    return {"Retry-After": str(RETRY_AFTER_S)} if error.code is ErrorCode.OVERLOADED else {}
+
+
+def http_response(error: ServiceError, status: int | None = None,
+                  headers: dict[str, str] | None = None) -> JSONResponse:
+    """The error as a response (``status``: the framework's own, where it differs from the code's)."""
+    return JSONResponse(error.body(), status_code=status or error.http_status,
+                        headers={**_headers(error), **(headers or {})} or None)
+
+
+async def send_http_error(send: Send, error: ServiceError, headers: Sequence[tuple[bytes, bytes]] = (),
+                          websocket: bool = False) -> None:
+    """The error as a raw ASGI response, for middleware that answers before the app (``websocket``: a
+    refused WebSocket handshake, ``websocket.http.response``)."""
+    body = json.dumps(error.body()).encode()
+    prefix = "websocket.http.response" if websocket else "http.response"
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            *((k.lower().encode(), v.encode()) for k, v in _headers(error).items()), *headers]
+    await send({"type": f"{prefix}.start", "status": error.http_status, "headers": head})
+    await send({"type": f"{prefix}.body", "body": body})

@@ -5,14 +5,14 @@ errors, the framework's own HTTP errors (malformed multipart, unknown route,
 wrong method) and unexpected exceptions into the contract's JSON error body (the one
 place that happens). :class:`BodySizeLimit` refuses an upload over the limit
 with 413 before it is read, whether or not it declares a Content-Length.
-``ops_router`` serves ``/health``, ``/ready`` and ``/metrics`` from the runtime
-on ``app.state.runtime`` (anything with ``admission``, ``metrics`` and
-``ready``). :func:`runtime_of` is how a route fetches that runtime.
+``ops_router`` serves the operations paths (:data:`OPS_PATHS`: ``/health``,
+``/ready`` and ``/metrics``, which no key, drain or gate ever refuses) from the
+runtime on ``app.state.runtime`` (anything with ``admission`` and ``metrics``).
+:func:`runtime_of` is how a route fetches that runtime.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -22,10 +22,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ErrorCode, ServiceError, http_response
+from .errors import ErrorCode, ServiceError, http_response, send_http_error
 from .metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
+
+OPS_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 _FRAMEWORK_CODES = {404: ErrorCode.NOT_FOUND, 413: ErrorCode.TOO_LARGE, 415: ErrorCode.UNSUPPORTED_MEDIA,
                     422: ErrorCode.INVALID_PARAMETER}
@@ -63,8 +65,7 @@ def install_error_handlers(app: FastAPI, upload_fields: tuple[str, ...] = ("file
         code = _FRAMEWORK_CODES.get(exc.status_code, ErrorCode.INTERNAL if exc.status_code >= 500
                                     else ErrorCode.BAD_REQUEST)
         count(code.value)
-        return JSONResponse({"error": {"code": code.value, "message": str(exc.detail)}}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return http_response(ServiceError(code, str(exc.detail)), exc.status_code, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -120,12 +121,9 @@ class BodySizeLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"error": {"code": ErrorCode.TOO_LARGE.value,
-                                     "message": f"request body exceeds the limit of {self.max_bytes} bytes"}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await send_http_error(send, ServiceError(ErrorCode.TOO_LARGE, f"request body exceeds the limit of "
+                                                                      f"{self.max_bytes} bytes"),
+                              [(b"connection", b"close")])
 
 
 class _TooLarge(Exception):

@@ -1,38 +1,19 @@
 """Process memory policy: glibc's arenas, the cyclic collector and a periodic heap trim.
 
 A service allocates and frees audio, feature and model buffers of every size
-all day from several threads (the event loop, one owner thread per model and the
-libraries' own pools). glibc gives threads separate heaps ("arenas", by default
-up to 8 per core) and keeps freed memory inside them unless it sits at the very
-top of one, so resident memory stays above what is live and each arena
-fragments on its own. :func:`limit_arenas` caps the arena count
-(``server.malloc_arena_max``, default 4). Measured in 10-minute soaks of both
-services on 2 cores (ASR RSS per minute once level, ASR time-to-final p50 per
-minute): glibc's default 424-438 MB, 133-265 ms; 4 arenas (two runs) 426-461
-MB, 119-294 ms; 2 arenas 366-390 MB, 159-408 ms, the model threads then waiting
-on each other's malloc locks. So on 2 cores the cap costs nothing and saves
-nothing; it bounds many-core hosts, where glibc allows 8 arenas per core (128
-on 16 cores; not measured there). A fixed mmap threshold, also tried,
-is not used: mapping and zeroing every large buffer afresh made time-to-final
-three times slower (525-872 ms).
-onnxruntime's CPU arena is the other long-lived pool: it grows to the largest
-batch a session has run, doubling its regions, and never gives memory back, so
-the ASR process stepped up by 16 and 32 MB regions whenever Smart Turn or the
-VAD met a bigger batch than before (``/proc/PID/smaps`` sampled through a
-soak: anonymous memory 58 -> 161 MB in 15 minutes; 75 MB flat without it).
-The VAD and Smart Turn sessions therefore run without it
-(``enable_cpu_mem_arena = False``); their buffers come from malloc and go back
-with the trim below.
-:class:`HeapTrimmer` calls ``malloc_trim(0)`` every ``interval_s`` in a worker
-thread, which hands the free pages inside every arena back to the system (one
-trim took a loaded ASR process from 407 to 361 MB; under load each hands back
-10-25 MB). Both are no-ops where the C library is not glibc.
+all day from several threads; this module owns the three process-wide rules
+that keep its resident memory at the level of what is live:
+:func:`limit_arenas` caps glibc's malloc arenas (``server.malloc_arena_max``;
+each arena fragments on its own, and glibc allows 8 per core);
 :func:`freeze_startup_heap` moves everything loaded at start-up (models,
-libraries: some 70 000 objects) out of the cyclic collector's reach, so a full
-collection scans only what sessions created: it pauses the event loop for well
-under a millisecond instead of 30-110 ms, and it runs often enough that garbage
-in reference cycles (a session's buffers, a codec's native state) does not wait
-minutes for the next full pass.
+libraries) out of the cyclic collector's reach, so full collections scan only
+what sessions created and run often enough that garbage in reference cycles
+does not wait minutes; :class:`HeapTrimmer` calls ``malloc_trim(0)`` every
+``server.heap_trim_interval_s`` in a worker thread, handing the free pages
+inside every arena back to the system. All are no-ops where the C library is
+not glibc. (The onnxruntime sessions of the VAD and Smart Turn run without
+onnxruntime's CPU arena for the same reason; the measurements behind each
+choice are in RELIABILITY.md, "Soak", and ARCHITECTURE.md, "Memory".)
 """
 
 from __future__ import annotations

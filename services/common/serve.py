@@ -17,14 +17,15 @@ the ``X-Voice-Balancer`` header (set by our nginx config only) is refused with
 HTTP 503 instead of being accepted and closed with 1013 whenever the instance
 is full, draining or has a stalled model, so nginx's ``proxy_next_upstream
 http_503`` retries it on another instance. Direct clients, without the header,
-keep the contract's ``overloaded``/1013 close. :func:`run_cli` (which calls
-:func:`serve`) is what both ``__main__`` modules run.
+keep the contract's ``overloaded``/1013 close. It is added to every app by
+:func:`services.common.app.build_app`, so tests and production run the same
+stack. :func:`run_cli` (which calls :func:`serve`) is what both ``__main__``
+modules run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -33,12 +34,12 @@ from types import FrameType
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import RETRY_AFTER_S, ErrorCode
+from .errors import ErrorCode, ServiceError, send_http_error
+from .http import OPS_PATHS
 
 log = logging.getLogger(__name__)
 
 BALANCER_HEADER = b"x-voice-balancer"
-OPS_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 def _runtime(app) -> object | None:
@@ -47,44 +48,29 @@ def _runtime(app) -> object | None:
 
 
 class BalancerGate:
-    """Refuse what a draining, stalled or full instance should not take, in a way a balancer can retry."""
+    """ASGI middleware: refuse what a draining, stalled or full instance should not take, in a way a balancer
+    can retry. The runtime is read from the app on the scope (Starlette puts it there)."""
 
-    def __init__(self, app: ASGIApp, state_of: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.state_of = state_of  # the FastAPI app whose state carries the runtime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        runtime = _runtime(self.state_of)
+        runtime = _runtime(scope.get("app"))
         admission = getattr(runtime, "admission", None)
         if admission is not None and scope["type"] in ("http", "websocket") and scope["path"] not in OPS_PATHS:
             if scope["type"] == "http" and admission.draining:
-                await self._refuse_http(send, "this instance is shutting down; try another")
+                await send_http_error(send, ServiceError(ErrorCode.OVERLOADED,
+                                                         "this instance is shutting down; try another"))
                 return
             if (scope["type"] == "websocket" and not admission.accepting
                     and BALANCER_HEADER in dict(scope.get("headers") or [])
                     and "websocket.http.response" in scope.get("extensions", {})):
-                await self._refuse_handshake(receive, send, admission.state)
+                await receive()  # websocket.connect
+                await send_http_error(send, ServiceError(
+                    ErrorCode.OVERLOADED, f"this instance is {admission.state}; the balancer retries another"),
+                    websocket=True)
                 return
         await self.app(scope, receive, send)
-
-    @staticmethod
-    def _body(message: str) -> bytes:
-        return json.dumps({"error": {"code": ErrorCode.OVERLOADED.value, "message": message}}).encode()
-
-    def _headers(self, body: bytes) -> list[tuple[bytes, bytes]]:
-        return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(RETRY_AFTER_S).encode())]
-
-    async def _refuse_http(self, send: Send, message: str) -> None:
-        body = self._body(message)
-        await send({"type": "http.response.start", "status": 503, "headers": self._headers(body)})
-        await send({"type": "http.response.body", "body": body})
-
-    async def _refuse_handshake(self, receive: Receive, send: Send, why: str) -> None:
-        await receive()  # websocket.connect
-        body = self._body(f"this instance is {why}; the balancer retries another")
-        await send({"type": "websocket.http.response.start", "status": 503, "headers": self._headers(body)})
-        await send({"type": "websocket.http.response.body", "body": body})
 
 
 class DrainingServer(uvicorn.Server):
@@ -134,7 +120,7 @@ def serve(app, *, host: str, port: int, drain_timeout_s: float, log_level: str, 
     ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are trusted, so the real client address reaches the app.
     """
     config = uvicorn.Config(
-        BalancerGate(app, app), host=host, port=port, log_config=None, log_level=log_level,
+        app, host=host, port=port, log_config=None, log_level=log_level,
         proxy_headers=True, forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
         timeout_graceful_shutdown=int(drain_timeout_s) + 5, access_log=False, **uvicorn_options,
     )

@@ -118,6 +118,8 @@ class ServerSettings(Section):
     """Largest HTTP body (413 above)."""
     idle_timeout_s: float = Field(30.0, gt=0)
     """A session that sends nothing for this long is closed (timeout/1000)."""
+    max_message_bytes: int = Field(64 * 1024, ge=1024)
+    """Largest WebSocket text message accepted, in UTF-8 bytes (too_large/1009 above)."""
     drain_timeout_s: float = Field(30.0, ge=0)
     """On SIGTERM, how long open sessions may take to finish their utterance or reply."""
     api_keys: list[str] = Field(default_factory=list)

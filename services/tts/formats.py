@@ -1,16 +1,16 @@
-"""Turning synthesized audio into bytes: wire encodings and file formats.
+"""Turning synthesized audio into bytes, for sockets and HTTP responses alike.
 
-:class:`WireEncoder` converts one stream's audio (float32 chunks at the voice's
-rate) into the session's encoding (``pcm_s16le`` or G.711 ``mulaw``) at the
-requested rate, resampling with soxr; it is per stream, never shared.
-:func:`file_encoder` gives an incremental encoder for an HTTP response format:
-``wav`` (a streaming header, then PCM), raw ``pcm``, ``mulaw``, and, through
-PyAV (FFmpeg), ``mp3``, ``flac``, ``opus`` (in Ogg) and ``aac`` (ADTS), each
-producing bytes as audio comes in so responses stream. Both are called on the
-model's worker thread (or a ``to_thread`` worker), never on the event loop; a
-:class:`FileEncoder` is locked so that closing it from the loop while a chunk
-is being encoded (the client left) is safe, and encoding after close yields
-nothing.
+:class:`AudioEncoder` is the one encoder: float32 chunks at the voice's rate in,
+bytes of one format at the output rate out, incrementally, so responses and
+streams carry audio as it is made. Formats: raw ``pcm`` (16-bit little-endian;
+the WebSocket's ``pcm_s16le``), G.711 ``mulaw``, ``wav`` (a streaming header,
+then PCM), and, through PyAV (FFmpeg), ``mp3``, ``flac``, ``opus`` (in Ogg) and
+``aac`` (ADTS). Each piece of text gets a fresh soxr resampler (its tail is
+flushed by :meth:`AudioEncoder.end_piece`); a container spans the whole
+response. It is called on the model's worker thread (or a ``to_thread``
+worker), never on the event loop; it is locked so that closing it from the loop
+while a chunk is being encoded (the client left) is safe, and encoding after
+close yields nothing.
 """
 
 from __future__ import annotations
@@ -23,38 +23,8 @@ import numpy as np
 
 from ..common.audio import Encoding, StreamResampler, float_to_pcm16, pcm16_to_mulaw, wav_header
 
-
-class WireEncoder:
-    """Resample + encode the chunks of one stream. Call :meth:`end_piece` after each piece's last chunk."""
-
-    def __init__(self, encoding: Encoding, out_rate_hz: int) -> None:
-        self.encoding = encoding
-        self.out_rate_hz = out_rate_hz
-        self._resampler: StreamResampler | None = None
-
-    def encode(self, samples: np.ndarray, in_rate_hz: int) -> bytes:
-        if self._resampler is None or self._resampler.in_rate_hz != in_rate_hz:
-            tail = self.end_piece()
-            self._resampler = StreamResampler(in_rate_hz, self.out_rate_hz)
-            return tail + self._pack(self._resampler.process(samples))
-        return self._pack(self._resampler.process(samples))
-
-    def end_piece(self) -> bytes:
-        """Flush the resampler's tail; the next chunk starts a fresh resampler."""
-        if self._resampler is None:
-            return b""
-        tail = self._resampler.process(np.zeros(0, dtype=np.float32), last=True)
-        self._resampler = None
-        return self._pack(tail)
-
-    def reset(self) -> None:
-        self._resampler = None
-
-    def _pack(self, samples: np.ndarray) -> bytes:
-        if samples.size == 0:
-            return b""
-        pcm = float_to_pcm16(samples)
-        return pcm16_to_mulaw(pcm) if self.encoding is Encoding.MULAW else pcm.astype("<i2").tobytes()
+WIRE_FORMATS = {Encoding.PCM_S16LE: "pcm", Encoding.MULAW: "mulaw"}
+"""The WebSocket encodings as formats of :class:`AudioEncoder`."""
 
 
 class _Sink(io.RawIOBase):
@@ -89,8 +59,8 @@ MEDIA_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm", "mulaw": "audio/basic",
                **{k: v[2] for k, v in _CONTAINERS.items()}}
 
 
-class FileEncoder:
-    """Incremental encoder of one HTTP response: float32 chunks at ``rate_hz`` in, bytes out."""
+class AudioEncoder:
+    """Incremental encoder of one response or stream: float32 chunks in, bytes at ``rate_hz`` out."""
 
     def __init__(self, fmt: str, rate_hz: int) -> None:
         self._lock = threading.Lock()
@@ -99,6 +69,7 @@ class FileEncoder:
         self.media_type = MEDIA_TYPES[fmt]
         spec = _CONTAINERS.get(fmt)
         self.rate_hz = spec[3] if spec is not None and spec[3] else rate_hz
+        self._resampler: StreamResampler | None = None  # this piece's
         self._container = None
         if spec is not None:
             self._sink = _Sink()
@@ -109,23 +80,26 @@ class FileEncoder:
     def start(self) -> bytes:
         return wav_header(self.rate_hz) if self.format == "wav" else b""
 
-    def encode(self, samples: np.ndarray) -> bytes:
-        """``samples``: mono float32 at :attr:`rate_hz`."""
-        if samples.size == 0:
-            return b""
-        pcm = float_to_pcm16(samples)
+    def encode(self, samples: np.ndarray, in_rate_hz: int | None = None) -> bytes:
+        """``samples``: mono float32 at ``in_rate_hz`` (default: the output rate), resampled as needed."""
         with self._lock:
             if self._closed:
                 return b""
-            if self._container is None:
-                return pcm16_to_mulaw(pcm) if self.format == "mulaw" else pcm.astype("<i2").tobytes()
-            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate = self.rate_hz
-            for packet in self._stream.encode(frame):
-                self._container.mux(packet)
-            return self._sink.take()
+            if in_rate_hz is not None and in_rate_hz != self.rate_hz:
+                if self._resampler is None or self._resampler.in_rate_hz != in_rate_hz:
+                    head = self._end_piece()
+                    self._resampler = StreamResampler(in_rate_hz, self.rate_hz)
+                    return head + self._pack(self._resampler.process(samples))
+                samples = self._resampler.process(samples)
+            return self._pack(samples)
+
+    def end_piece(self) -> bytes:
+        """The resampler's tail after a piece's last chunk; the next chunk starts a fresh resampler."""
+        with self._lock:
+            return b"" if self._closed else self._end_piece()
 
     def finish(self) -> bytes:
+        """The container's last bytes (after the last piece)."""
         with self._lock:
             if self._container is None or self._closed:
                 return b""
@@ -144,3 +118,22 @@ class FileEncoder:
                 except Exception:  # noqa: BLE001 - abandoning a half-written response
                     pass
                 self._container = None
+
+    def _end_piece(self) -> bytes:
+        if self._resampler is None:
+            return b""
+        tail = self._resampler.process(np.zeros(0, dtype=np.float32), last=True)
+        self._resampler = None
+        return self._pack(tail)
+
+    def _pack(self, samples: np.ndarray) -> bytes:
+        if samples.size == 0:
+            return b""
+        pcm = float_to_pcm16(samples)
+        if self._container is None:
+            return pcm16_to_mulaw(pcm) if self.format == "mulaw" else pcm.astype("<i2").tobytes()
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.rate_hz
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        return self._sink.take()

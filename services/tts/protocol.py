@@ -9,15 +9,19 @@ Field names follow the contract (``shared/contract/API.md``) exactly.
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
 from ..common.audio import Encoding, parse_encoding, parse_sample_rate
-from ..common.protocol import Event
 from ..common.errors import ErrorCode, ServiceError
+from ..common import protocol as common
+from ..common.protocol import Closed, End, Event, parse_message
+
+__all__ = ["Cancel", "Cancelled", "Closed", "Done", "End", "Flush", "Ready", "Segment", "SpeechFormat",
+           "SpeechRequest", "StreamParams", "SynthesizeFormat", "SynthesizeRequest", "Text", "parse_client_message",
+           "parse_stream_params"]
 
 # -- client -> server ----------------------------------------------------------
 
@@ -38,33 +42,27 @@ class Cancel:
     type: Literal["cancel"] = "cancel"
 
 
-@dataclass(frozen=True)
-class End:
-    type: Literal["end"] = "end"
-
-
 ClientMessage = Text | Flush | Cancel | End
-_SIMPLE: dict[str, type] = {"flush": Flush, "cancel": Cancel, "end": End}
+
+
+def _text(data: dict) -> Text:
+    text = data.get("text")
+    if not isinstance(text, str):
+        raise ServiceError(ErrorCode.BAD_MESSAGE, "a text message needs a string field 'text'")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # JSON allows "\ud800"; nothing downstream can speak or encode it
+        raise ServiceError(ErrorCode.BAD_MESSAGE, "the text is not valid Unicode (a lone surrogate); "
+                                                  "message ignored") from None
+    return Text(text)
+
+
+_CLIENT_TYPES = {"text": _text, "flush": lambda data: Flush(), "cancel": lambda data: Cancel(),
+                 "end": lambda data: End()}
 
 
 def parse_client_message(raw: str) -> ClientMessage:
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, ValueError):
-        raise ServiceError(ErrorCode.BAD_MESSAGE, "text frames must be JSON objects") from None
-    if not isinstance(data, dict):
-        raise ServiceError(ErrorCode.BAD_MESSAGE, "text frames must be JSON objects")
-    kind = data.get("type")
-    if kind == "text":
-        text = data.get("text")
-        if not isinstance(text, str):
-            raise ServiceError(ErrorCode.BAD_MESSAGE, "a text message needs a string field 'text'")
-        return Text(text)
-    cls = _SIMPLE.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise ServiceError(ErrorCode.BAD_MESSAGE,
-                           f"unknown message type {repr(kind)[:60]}; expected 'text', 'flush', 'cancel' or 'end'")
-    return cls()
+    return parse_message(raw, _CLIENT_TYPES)
 
 
 # -- query parameters ------------------------------------------------------------
@@ -87,23 +85,9 @@ def parse_stream_params(query: dict[str, str]) -> StreamParams:
 
 # -- server -> client ---------------------------------------------------------------
 
-
-
-
 @dataclass
-class Ready(Event):
-    type: ClassVar[str] = "ready"
-    session_id: str
+class Ready(common.Ready):
     voice: str
-    sample_rate: int
-    encoding: str
-
-
-@dataclass
-class Segment(Event):
-    type: ClassVar[str] = "segment"
-    index: int
-    text: str
 
 
 @dataclass
@@ -117,8 +101,10 @@ class Cancelled(Event):
 
 
 @dataclass
-class Closed(Event):
-    type: ClassVar[str] = "closed"
+class Segment(Event):
+    type: ClassVar[str] = "segment"
+    index: int
+    text: str
 
 
 ServerEvent = Ready | Segment | Done | Cancelled | Closed

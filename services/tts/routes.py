@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..common.errors import ErrorCode, ServiceError
 from ..common.http import runtime_of
-from .formats import FileEncoder
+from .formats import AudioEncoder
 from .protocol import SpeechFormat, SpeechRequest, SynthesizeFormat, SynthesizeRequest
 from .serving import TtsRuntime
 from .session import TtsSession
@@ -89,7 +89,7 @@ async def _streaming(runtime: TtsRuntime, text: str, voice: str | None, fmt: str
 
     try:
         prepared = await prepare(runtime, text, voice)
-        encoder = await asyncio.to_thread(FileEncoder, fmt, rate_hz or runtime.native_rate_hz(prepared.voice))
+        encoder = await asyncio.to_thread(AudioEncoder, fmt, rate_hz or runtime.native_rate_hz(prepared.voice))
         chunks = stream_audio(runtime, prepared, encoder, speed)
         try:
             first = await chunks.__anext__()  # errors before the first audio still get their status

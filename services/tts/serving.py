@@ -1,20 +1,22 @@
 """The shared runtime of one TTS process: the engine, its scheduler, the voices, and the calls sessions make.
 
-Built once in the app's lifespan and injected into every route (no module
-globals). The engine is owned by one :class:`~services.common.scheduler.Scheduler`:
-each request is one piece of text, so sessions take turns piece by piece
-(FIFO across sessions, one piece in flight per session), a barge-in drops a
-session's queued piece before it costs compute, and synthesis runs on the
-scheduler's worker thread, never on the event loop. Audio chunks come back to
-the event loop through ``call_soon_threadsafe`` while a piece is still being
-synthesized; a caller's ``encode`` step (resampling, wire or container
-encoding) runs on the worker thread too, so the loop only moves bytes. HTTP
-synthesis and cloning take a slot of their own admission (``http_admission``,
-refused at once with ``overloaded``), and ``scheduler.max_pending`` covers
-every session plus every HTTP slot, so HTTP load can never make the scheduler
-refuse a live session's next piece. Cloning (validate the reference off the
-loop, compute conditionals on the same model thread at ``NORMAL`` priority,
-write to the store) lives here too.
+Built once in the app's lifespan (:meth:`TtsRuntime.load` builds the configured
+engine) and injected into every route (no module globals). The engine is owned
+by one :class:`~services.common.scheduler.Scheduler`: each request is one piece
+of text, so sessions take turns piece by piece (FIFO across sessions, one piece
+in flight per session), a barge-in drops a session's queued piece before it
+costs compute, and synthesis runs on the scheduler's worker thread, never on
+the event loop. A piece's audio is a *pulled* stream: ``async for data in
+runtime.stream(voice, text, encoder)`` reads a bounded :class:`AudioPipe` that
+the worker thread fills as the engine makes chunks, already resampled and
+encoded there (the loop only moves bytes); leaving the loop early withdraws or
+stops the piece. The WebSocket session and both HTTP routes consume it the same
+way. HTTP synthesis and cloning take a slot of their own admission
+(``http_admission``, refused at once with ``overloaded``), and
+``scheduler.max_pending`` covers every session plus every HTTP slot, so HTTP
+load can never make the scheduler refuse a live session's next piece. Cloning
+(validate the reference off the loop, compute conditionals on the same model
+thread at ``NORMAL`` priority, write to the store) lives here too.
 """
 
 from __future__ import annotations
@@ -22,20 +24,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ..common.admission import Admission
-from ..common.audio import decode_file, resample
+from ..common.audio import SAMPLE_RATE_HZ, decode_file, resample
 from ..common.errors import ErrorCode, ServiceError
 from ..common.metrics import Metrics
 from ..common.scheduler import Priority, Scheduler
-from .engine import CloneJob, SynthesisJob, SynthesisResult, TtsEngine, load_engine, run_jobs
+from ..common.vad import SileroVad, speech_seconds
+from .engine import CloneJob, SynthesisJob, SynthesisResult, TtsEngine, run_jobs
+from .formats import AudioEncoder
 from .settings import TtsSettings
 from .text import ChunkerOptions
 from .voices import ResolvedVoice, VoiceCatalog, VoiceInfo, VoiceStore, check_name, check_reference
@@ -43,13 +46,73 @@ from .voices import ResolvedVoice, VoiceCatalog, VoiceInfo, VoiceStore, check_na
 log = logging.getLogger(__name__)
 
 REFERENCE_RATE_HZ = 24000
-VAD_RATE_HZ = 16000
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 
-ChunkCallback = Callable[[Any, int], None]
-"""Called on the event loop with each chunk (samples, or what ``encode`` made of them) and its rate."""
-ChunkEncoder = Callable[[np.ndarray, int], Any]
-"""Called on the model's worker thread with each chunk's samples and rate."""
+
+def load_engine(settings: TtsSettings) -> TtsEngine:
+    """Build the configured engine (blocking; once at start-up)."""
+    if settings.engine.name == "chatterbox":
+        from .chatterbox import ChatterboxEngine
+
+        return ChatterboxEngine.from_settings(settings)
+    from .piper import PiperEngine
+
+    return PiperEngine.from_settings(settings)
+
+
+class AudioPipe:
+    """One piece's encoded audio, from the model's worker thread to an ``async for`` on the event loop.
+
+    At most ``limit_s`` seconds of audio wait in it: a consumer that falls that far behind (which the callers'
+    own bounds keep from happening) gets ``overloaded`` and the piece is stopped, so the worker thread never
+    blocks on a consumer and memory stays bounded."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit_s: float, job: SynthesisJob) -> None:
+        self._loop = loop
+        self._limit_s = limit_s
+        self._job = job
+        self._chunks: deque[tuple[bytes, float]] = deque()
+        self._seconds = 0.0
+        self._ready = asyncio.Event()
+        self._ended = False
+        self._error: BaseException | None = None
+
+    def feed(self, data: bytes, seconds: float) -> None:
+        """Worker thread: hand one encoded chunk over."""
+        if data:
+            self._loop.call_soon_threadsafe(self._put, data, seconds)
+
+    def end(self, error: BaseException | None = None) -> None:
+        """Event loop: no more chunks (``error``: the piece failed)."""
+        self._ended = True
+        self._error = self._error or error
+        self._ready.set()
+
+    def _put(self, data: bytes, seconds: float) -> None:
+        if self._ended:
+            return
+        self._chunks.append((data, seconds))
+        self._seconds += seconds
+        if self._seconds > self._limit_s:
+            self._job.cancelled.set()
+            self.end(ServiceError(ErrorCode.OVERLOADED, f"more than {self._limit_s:g} s of audio waiting to be "
+                                                        f"taken; the piece was stopped"))
+        self._ready.set()
+
+    def __aiter__(self) -> "AudioPipe":
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._chunks:
+            if self._ended:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._ready.clear()
+            await self._ready.wait()
+        data, seconds = self._chunks.popleft()
+        self._seconds -= seconds
+        return data
 
 
 class TtsMetrics(Metrics):
@@ -79,8 +142,8 @@ class TtsRuntime:
     metrics: TtsMetrics
     chunker_options: ChunkerOptions
     http_admission: Admission | None = None
-    vad_model: object | None = None
-    vad: Scheduler | None = None
+    vad_model: SileroVad | None = None
+    vad: Scheduler[np.ndarray, float] | None = None
 
     def __post_init__(self) -> None:
         if self.http_admission is None:
@@ -100,10 +163,9 @@ class TtsRuntime:
                  "on_stall": admission.set_stalled}
         vad_model = vad = None
         if engine.can_clone:
-            from ..asr.vad import SileroVad
-
             vad_model = SileroVad()
-            vad = Scheduler("vad", _vad_batch(vad_model), max_batch=4, max_pending=16, **watch)
+            vad = Scheduler("vad", lambda batch: [speech_seconds(vad_model, audio) for audio in batch], max_batch=4,
+                            max_pending=16, **watch)
         t = settings.text
         runtime = cls(
             settings=settings, engine=engine,
@@ -132,27 +194,29 @@ class TtsRuntime:
     def native_rate_hz(self, voice: ResolvedVoice) -> int:
         return self.engine.sample_rate_hz(None if voice.cloned else voice.id)
 
-    async def synthesize(self, voice: ResolvedVoice, text: str, on_chunk: ChunkCallback, *, speed: float = 1.0,
-                         cancelled: threading.Event | None = None,
-                         encode: ChunkEncoder | None = None) -> SynthesisResult:
-        """Synthesize one piece; ``on_chunk`` runs on the event loop for each chunk, before this returns.
+    async def stream(self, voice: ResolvedVoice, text: str, encoder: AudioEncoder, *,
+                     speed: float = 1.0) -> AsyncIterator[bytes]:
+        """One piece's audio in ``encoder``'s format, as the engine makes it (see the module docstring).
 
-        ``encode(samples, rate_hz)``, if given, runs on the model's worker thread for each chunk and
-        ``on_chunk`` receives its result: blocking conversion never runs on the event loop."""
-        loop = asyncio.get_running_loop()
-
-        def sink(samples: np.ndarray, rate_hz: int) -> None:  # worker thread
-            payload = encode(samples, rate_hz) if encode is not None else samples
-            loop.call_soon_threadsafe(on_chunk, payload, rate_hz)
-
-        job = SynthesisJob(text, voice.id, voice.conditionals, sink=sink, speed=speed)
-        if cancelled is not None:
-            job.cancelled = cancelled
+        The resampler's tail comes last (the encoder then starts the next piece afresh); a failure is raised
+        after the audio made before it. Leaving the loop early (a barge-in, a client that left) withdraws the
+        piece if it is still waiting and stops it between chunks if it is running."""
+        job = SynthesisJob(text, voice.id, voice.conditionals, speed=speed)
+        pipe = AudioPipe(asyncio.get_running_loop(), self.settings.server.max_piece_audio_s, job)
+        job.sink = lambda samples, rate_hz: pipe.feed(encoder.encode(samples, rate_hz), samples.size / rate_hz)
+        job.on_done = lambda: pipe.feed(encoder.end_piece(), 0.0)
+        synthesis = asyncio.ensure_future(self._synthesize(job))
+        synthesis.add_done_callback(lambda task: pipe.end(None if task.cancelled() else task.exception()))
         try:
-            result: SynthesisResult = await self.scheduler.submit(job)
-        except asyncio.CancelledError:
-            job.cancelled.set()  # stop between chunks if it is running now
-            raise
+            async for data in pipe:
+                yield data
+        finally:
+            if not synthesis.done():
+                job.cancelled.set()  # stops between chunks if it is running now
+                synthesis.cancel()  # withdrawn if it is still waiting
+
+    async def _synthesize(self, job: SynthesisJob) -> SynthesisResult:
+        result: SynthesisResult = await self.scheduler.submit(job)
         self.metrics.pieces.inc()
         if result.audio_s > 0:
             self.metrics.audio_seconds.inc(result.audio_s)
@@ -195,7 +259,7 @@ class TtsRuntime:
 
         def checked_16k() -> np.ndarray:
             check_reference(audio, REFERENCE_RATE_HZ, float("inf"), **limits)
-            return resample(audio, REFERENCE_RATE_HZ, VAD_RATE_HZ)
+            return resample(audio, REFERENCE_RATE_HZ, SAMPLE_RATE_HZ)
 
         speech_s = await self._speech_seconds(await asyncio.to_thread(checked_16k))
         duration_s = await asyncio.to_thread(check_reference, audio, REFERENCE_RATE_HZ, speech_s, **limits)
@@ -210,17 +274,3 @@ class TtsRuntime:
     async def _speech_seconds(self, audio_16k: np.ndarray) -> float:
         assert self.vad is not None
         return await self.vad.submit(audio_16k)
-
-
-def _vad_batch(model) -> Callable[[list[np.ndarray]], list[float]]:
-    from ..asr.vad import WINDOW_MS, WINDOW_SAMPLES, VadStream
-
-    def run(batch: list[np.ndarray]) -> list[float]:
-        out = []
-        for audio in batch:
-            usable = audio[: audio.size - audio.size % WINDOW_SAMPLES]
-            probabilities = model.probabilities(VadStream(), usable)  # fresh state per recording
-            out.append(float((probabilities >= 0.5).sum()) * WINDOW_MS / 1000)
-        return out
-
-    return run

@@ -138,7 +138,6 @@ class ServerSettings(common_settings.ServerSettings):
     port: int = Field(8002, ge=1, le=65535)
     max_connections: int = Field(32, ge=1)
     max_message_bytes: int = Field(256 * 1024, ge=1024)
-    """Largest WebSocket message accepted, in UTF-8 bytes (too_large/1009 above)."""
     max_http_synthesis: int = Field(8, ge=1)
     """Concurrent HTTP synthesis and cloning requests (/v1/synthesize, /v1/audio/speech, POST /v1/voices);
     more are refused at once with 503 overloaded and Retry-After."""
@@ -153,6 +152,10 @@ class ServerSettings(common_settings.ServerSettings):
     drain_timeout_s: float = Field(20.0, ge=0)
     max_buffered_audio_s: float = Field(30.0, gt=0)
     """Audio queued for a slow client before synthesis of the next piece waits (backpressure)."""
+    max_piece_audio_s: float = Field(120.0, gt=0)
+    """Audio of one piece that may wait between the engine and its consumer (an HTTP client reading
+    slowly holds one piece's audio); past it the piece is stopped with ``overloaded``. A piece is at most
+    ``text.max_piece_chars``, so this only stops an engine that runs away."""
 
 
 class TtsSettings(Section):

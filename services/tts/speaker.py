@@ -1,0 +1,115 @@
+"""The work of one synthesis stream: pieces of text in, segments and audio out.
+
+A :class:`Speaker` belongs to one session and speaks what the session's reader
+queued - :class:`Piece` s of text and flush :class:`Mark` s - one at a time,
+in order, into the session's outbox: a ``segment`` event, then the piece's
+audio pulled from ``runtime.stream`` (resampled and encoded on the model's
+worker thread), then ``done`` for a flush mark, ``closed`` and the close for an
+``end``. Before each piece it waits for room in the outbox's audio budget, so a
+slow reader holds synthesis back instead of filling memory. Everything it
+queues carries its *generation*: after a barge-in the session starts a new
+generation and a new :meth:`Speaker.speak` task, and nothing of the old one
+reaches the client. While the instance drains, the speaker closes the session
+with 1001 once nothing is being or waiting to be spoken. The same encoder
+serves every piece of the session. The speaker holds the session's outbox and
+chunker, never the session itself (no reference cycle keeps a session alive).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from ..common.outbox import CloseRequest, Outbox
+from .formats import AudioEncoder
+from .protocol import Closed, Done, Segment
+from .serving import TtsRuntime
+from .text import TextChunker
+from .voices import ResolvedVoice
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+    ready_at: float  # perf_counter when it was cut
+    first: bool  # nothing else was waiting or speaking: its first audio is a time-to-first-audio
+
+
+@dataclass(frozen=True)
+class Mark:
+    done: bool = True
+    end: bool = False
+
+
+@dataclass(frozen=True)
+class Audio:
+    data: bytes
+    first_of: Piece | None = None  # set on a piece's first audio when it measures time to first audio
+
+
+def merge_marks(waiting: Any, new: Any) -> Mark | None:
+    """Work-queue merge rule: a mark right behind a waiting mark joins it (a burst of flushes costs one ``done``)."""
+    if isinstance(new, Mark) and isinstance(waiting, Mark):
+        return Mark(done=waiting.done or new.done, end=waiting.end or new.end)
+    return None
+
+
+def droppable(item: Any) -> bool:
+    """What a barge-in drops from the outbox: the cancelled text's audio, segments and dones."""
+    return isinstance(item, (Audio, Segment, Done))
+
+
+def audio_bytes(item: Any) -> int:
+    return len(item.data) if isinstance(item, Audio) else 0
+
+
+class Speaker:
+    def __init__(self, runtime: TtsRuntime, voice: ResolvedVoice, encoder: AudioEncoder, outbox: Outbox,
+                 chunker: TextChunker) -> None:
+        self.runtime = runtime
+        self.voice = voice
+        self.encoder = encoder
+        self.outbox = outbox
+        self.chunker = chunker
+        self.segments = 0
+        self.speaking = False
+        self.draining = False
+
+    def leave_if_drained(self, work: Outbox, generation: int) -> bool:
+        """While draining, close (after everything queued) once nothing is being or waiting to be spoken."""
+        if self.draining and not self.speaking and work.empty() and not self.chunker.pending:
+            self.outbox.put(CloseRequest(1001), generation=generation)
+            return True
+        return False
+
+    async def speak(self, work: Outbox, generation: int) -> None:
+        """Speak ``work`` until an ``end`` mark (or until cancelled). Raises ``OutboxFull`` for a client that
+        does not read, ``ServiceError`` when synthesis fails."""
+        outbox = self.outbox
+        while True:
+            item = await work.get()
+            if isinstance(item, Mark):
+                if item.done:
+                    outbox.put(Done(), generation=generation)
+                if item.end:
+                    outbox.put(Closed(), generation=generation)
+                    outbox.put(CloseRequest(1000), generation=generation)
+                    return
+                if self.leave_if_drained(work, generation):
+                    return
+                continue
+            await outbox.wait_room()  # a slow reader holds synthesis back (bounded buffer)
+            if generation != outbox.generation:
+                return
+            self.speaking = True
+            outbox.put(Segment(self.segments, item.text), generation=generation)
+            self.segments += 1
+            first = item if item.first else None
+            async with contextlib.aclosing(self.runtime.stream(self.voice, item.text, self.encoder)) as audio:
+                async for data in audio:
+                    outbox.put(Audio(data, first), generation=generation)
+                    first = None
+            self.speaking = not work.empty()
+            if self.leave_if_drained(work, generation):
+                return
