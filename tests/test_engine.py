@@ -86,3 +86,14 @@ def test_only_greedy_decodes_get_a_generation_budget(engine, jfk):
         engine._model.model = model
     prompt = 2  # tiny.en: <|startoftranscript|><|notimestamps|>
     assert seen == [(5, engine._model.max_length - prompt), (1, 8 * 4 + 16)]
+
+
+def test_auto_compute_type_avoids_saturating_int8():
+    from services.asr.engine import resolve_compute_type
+
+    assert resolve_compute_type("int8", "cpu") == "int8" and resolve_compute_type("float16", "cuda") == "float16"
+    assert resolve_compute_type("auto", "cuda") == "float16"
+    assert resolve_compute_type("auto", "cpu", "x86_64", {"avx2", "avx512f"}) == "float32"  # saturating int8
+    assert resolve_compute_type("auto", "cpu", "x86_64", {"avx2", "avx512f", "avx512_vnni"}) == "int8"
+    assert resolve_compute_type("auto", "cpu", "x86_64", {"avx2", "avx_vnni"}) == "int8"
+    assert resolve_compute_type("auto", "cpu", "aarch64", set()) == "int8"

