@@ -114,6 +114,25 @@ def test_upload_over_the_limit(asr_service):
     _error(_post(asr_service, files={"file": ("big.wav", bytes(4_200_000))}), 413, "too_large")
 
 
+def test_a_chunked_upload_over_the_limit_is_413_too(asr_service):
+    """No Content-Length (chunked transfer): the body is counted as it arrives. The multipart parser used to
+    report the cut-off body as its own 400."""
+    boundary = "voiceboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.wav\"\r\n"
+            f"Content-Type: audio/wav\r\n\r\n").encode()
+
+    def body():
+        yield head
+        for _ in range(80):  # 5.2 MB, over the test instance's 4 MB
+            yield bytes(65536)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = httpx.post(asr_service.http + "/v1/transcribe", content=body(), timeout=60,
+                   headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert "content-length" not in {k.lower() for k in r.request.headers}
+    _error(r, 413, "too_large")
+
+
 def test_invalid_parameters(asr_service):
     with open(JFK, "rb") as f:
         data = f.read()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import audioop  # stdlib reference G.711 encoder, independent of ours
 import json
+import time
 
 import httpx
 import numpy as np
@@ -244,3 +245,32 @@ def test_max_length_cuts_a_long_utterance_and_goes_on(tmp_path, jfk):
     assert finals[-1]["reason"] == "end"
     words = normalise(result.final_text)
     assert len(set(words) & set(JFK_WORDS)) >= 0.85 * len(set(JFK_WORDS))
+
+
+def test_a_byte_now_and_then_does_not_keep_a_session_alive(asr_service):
+    """Idle means no audio, not no frames: one byte every second is 1/32000 of real time, and used to reset the
+    idle timer forever (a cheap way to hold every slot). The test instance's idle timeout is 4 s."""
+    async def go():
+        async with websockets.connect(asr_service.ws + "/v1/stream/asr") as ws:
+            started = time.monotonic()
+            assert json.loads(await ws.recv())["type"] == "ready"
+            events = []
+
+            async def trickle():
+                while True:
+                    await ws.send(b"\x00")
+                    await asyncio.sleep(1.0)
+
+            sender = asyncio.create_task(trickle())
+            try:
+                async for message in ws:
+                    events.append(json.loads(message))
+            except websockets.ConnectionClosed:
+                pass
+            finally:
+                sender.cancel()
+            return events, ws.close_code, time.monotonic() - started
+
+    events, code, took = asyncio.run(asyncio.wait_for(go(), 30))
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "timeout" and code == 1000
+    assert took < 8

@@ -87,6 +87,20 @@ def test_websocket_key_by_header_or_query_and_refusal_with_1008(secured_asr):
     assert ALICE not in log and BOB not in log
 
 
+def test_a_key_in_the_query_counts_only_on_a_websocket_and_only_by_its_plain_name(secured_asr):
+    """Query strings end up in proxies' access logs: plain HTTP never takes a key from one, and a
+    percent-encoded name (which the log redaction would not match) is no key either."""
+    r = httpx.post(f"{secured_asr.http}/v1/transcribe?api_key={ALICE}", files={"file": ("a.wav", b"RIFF")},
+                   timeout=30)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+
+    async def go():
+        async with websockets.connect(f"{secured_asr.ws}/v1/stream/asr?api%5Fkey={ALICE}") as ws:
+            return json.loads(await ws.recv()), await _closed(ws)
+    event, code = asyncio.run(go())
+    assert event["code"] == "unauthorized" and code == 1008
+
+
 async def _closed(ws) -> int | None:
     try:
         await asyncio.wait_for(ws.recv(), 5)

@@ -254,13 +254,17 @@ def test_finished_asr_sessions_are_freed_without_the_cyclic_collector(jfk):
 
         async def two_streams():
             # faster than real time with partials on: partials supersede each other in the Whisper queue
-            return await asyncio.gather(*(stream(url, audio, speed=4.0) for _ in range(2)))
+            return await asyncio.gather(*(stream(url, audio, speed=2.0) for _ in range(2)))
 
         gc.collect()
         gc.disable()
         try:
             results = asyncio.run(two_streams())
             wait_for_no_sessions(server, 10)
+            rt = server.runtime
+            deadline = time.monotonic() + 10  # a batch still running holds its requests until it returns
+            while any(s.busy or s.depth for s in (rt.whisper, rt.vad, rt.turn)) and time.monotonic() < deadline:
+                time.sleep(0.05)
             time.sleep(0.2)
             alive = [o for o in gc.get_objects() if type(o).__name__ in ("AsrSession", "DecodeRequest", "SampleBuffer")]
         finally:
@@ -270,3 +274,47 @@ def test_finished_asr_sessions_are_freed_without_the_cyclic_collector(jfk):
         assert server.runtime.metrics.registry.get_sample_value(
             "asr_sessions_total") == 2
         assert not alive, f"left for the cyclic collector: {sorted(type(o).__name__ for o in alive)}"
+
+
+def _masked_text_frame(payload: bytes) -> bytes:
+    """One client->server WebSocket text frame (clients must mask), built by hand: no library reads for us."""
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_a_client_flooding_bad_frames_without_reading_is_closed_within_the_outbox_bound(caplog):
+    """Each bad frame is answered with a bad_message error. A client that sends thousands and reads nothing
+    used to get every error queued past the outbox bound (they were forced), and its session lived on; now
+    they count against server.outbound_queue and the session fails with overloaded."""
+    from services.asr.app import create_app
+    from services.asr.settings import load
+
+    bound = 32
+    caplog.set_level("INFO", logger="services.common.session")
+    app = create_app(load(server={"log_level": "warning", "outbound_queue": bound, "idle_timeout_s": 60}))
+    with InProcessServer(app, send_buffer_bytes=4096) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", server.port))
+        try:
+            key = base64.b64encode(os.urandom(16))
+            sock.sendall(b"GET /v1/stream/asr HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            assert sock.recv(12) == b"HTTP/1.1 101"
+            frame = _masked_text_frame(json.dumps({"type": "x" * 2000}).encode())
+            sent = 0
+            try:
+                for _ in range(3000):  # ~6 MB of bad frames; the answers would be ~250 KB of errors
+                    sock.sendall(frame)
+                    sent += 1
+            except (socket.timeout, OSError):
+                pass  # the server stopped reading us: fine
+            wait_for_no_sessions(server, 25)  # the client still holds its end open and reads nothing
+        finally:
+            sock.close()
+    assert sent > bound
+    failures = [r for r in caplog.records if r.getMessage() == "session failed"]
+    assert failures and failures[0].code == "overloaded", [r.getMessage() for r in caplog.records]

@@ -215,6 +215,24 @@ def test_locust_smoke_run_through_nginx_has_no_failures(cluster, tmp_path):
     assert int(rows[("TTS-WS", "time_to_first_audio")]["Request Count"]) >= 1
 
 
+def test_no_key_reaches_nginx_access_log(cluster, speech):
+    """Browsers put their key in the WebSocket URL (?api_key=...): nginx's access log records the path only."""
+    secret = "not-a-real-key-but-logged-if-leaky"
+
+    async def go():
+        return await stream(f"{cluster.ws}/v1/stream/asr?api_key={secret}", speech["wizard"], speed=0,
+                            timeout_s=60)
+
+    assert asyncio.run(go()).close_code == 1000
+    log = cluster.tmp / "nginx" / "access.log"
+    deadline = time.monotonic() + 10
+    while "/v1/stream/asr" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "nothing was logged"
+        time.sleep(0.2)
+    text = log.read_text()
+    assert secret not in text and "api_key" not in text
+
+
 def test_killing_an_asr_instance_leaves_the_other_sessions_and_new_ones_working(cluster, speech):
     victim, survivor = cluster.asr
 

@@ -53,12 +53,17 @@ def test_systemd_units_verify(tmp_path):
 
 def test_units_stop_timeout_exceeds_drain_and_harden():
     from services.asr.settings import load as load_asr
+    from services.common.serve import GRACEFUL_SHUTDOWN_S
     from services.tts.settings import load as load_tts
 
     for svc, settings in (("asr", load_asr()), ("tts", load_tts())):
         lines = dict(line.split("=", 1) for line in (UNITS / f"voice-agent-{svc}@.service").read_text().splitlines()
                      if "=" in line and not line.startswith("#") and not line.startswith("EnvironmentFile"))
-        assert float(lines["TimeoutStopSec"]) > settings.server.drain_timeout_s + 5
+        # the drain, then uvicorn's grace, then margin: systemd must not SIGKILL a draining instance
+        assert float(lines["TimeoutStopSec"]) >= settings.server.drain_timeout_s + GRACEFUL_SHUTDOWN_S + 10
+        # the service reports readiness and feeds the watchdog; memory and threads are capped
+        assert lines["Type"] == "notify" and lines["NotifyAccess"] == "main" and int(lines["WatchdogSec"]) > 0
+        assert lines["MemoryMax"] and lines["MemoryHigh"] and int(lines["TasksMax"]) > 0
         for key, value in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
                            ("PrivateTmp", "yes"), ("User", "voice"), ("Restart", "on-failure")):
             assert lines[key] == value, (svc, key)
@@ -84,3 +89,10 @@ def test_nginx_configs_pass_nginx_t(tmp_path):
         assert run.returncode == 0, run.stderr
     assert "least_conn" in rendered and "proxy_next_upstream error timeout http_502 http_503" in rendered
     assert "client_max_body_size 101m" in rendered and "client_max_body_size 21m" in rendered
+    # a POST is never replayed on another instance; no shipped access log records a query string (keys)
+    assert "non_idempotent" not in rendered and "non_idempotent" not in standalone
+    for config in (rendered, standalone):
+        log_lines = [line for line in config.splitlines() if "access_log" in line or "log_format" in line
+                     or line.strip().startswith("'$")]
+        assert all("voice_services" in line for line in log_lines if "access_log" in line), log_lines
+        assert not any(v in line for line in log_lines for v in ("$request ", "$request_uri", "$args", "$query"))

@@ -101,3 +101,23 @@ def test_speculation_is_voided_by_resumed_speech():
     ep = Endpointer(EndpointOptions(mode=TurnMode.VAD, vad_silence_ms=600), DET)
     actions = feed(ep, [0.9] * 10 + [0.0] * 5 + [0.9] * 3)
     assert [type(a) for _, a in actions] == [Started, Speculate, Resumed]
+
+
+def test_a_length_cut_voids_the_turn_check_of_the_same_window():
+    """The length cut and a pause checkpoint can fall in one window. The cut closes the utterance inside
+    push(); a CheckTurn returned beside it made the processor end an utterance that was already closed
+    (an assertion: internal/1011, and the cut utterance's final lost)."""
+    cuts = 0
+    for speech_windows in range(24, 40):
+        ep = Endpointer(EndpointOptions(mode=TurnMode.SMART_TURN, turn_checkpoints_ms=(192,), max_silence_ms=800,
+                                        max_utterance_ms=1024), DET)
+        ended = []
+        for p in [0.9] * speech_windows + [0.0] * 40:
+            actions = ep.push(p)
+            kinds = {type(a) for a in actions}
+            assert not (kinds & {CheckTurn, Speculate} and Ended in kinds), (speech_windows, actions)
+            cuts += any(isinstance(a, Ended) and a.reason is EndReason.MAX_LENGTH for a in actions)
+            ended += [a for a in actions if isinstance(a, Ended)]
+        assert ended and not ep.in_utterance  # every utterance got its end, hence its final
+        assert all(e.end_sample > e.start_sample for e in ended)
+    assert cuts

@@ -252,3 +252,50 @@ def test_stop_does_not_wait_for_a_hung_call():
         engine.gate.set()
         return took
     assert asyncio.run(go()) < 1.0
+
+
+def test_the_bulk_lane_runs_after_live_work_and_never_takes_its_room():
+    """File work (BULK) has its own bound: a full bulk lane refuses more file work, never a live request;
+    and whatever waits, live requests go first."""
+    async def go():
+        engine = Recorder()
+        s = await _started(engine, max_batch=4, max_pending=2, max_bulk_pending=3)
+        blocker = await _block(engine, s)
+        files = [asyncio.create_task(s.submit(f"file{i}", priority=Priority.BULK, batch_key="f")) for i in range(3)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(ServiceError) as refused:
+            await s.submit("file3", priority=Priority.BULK, batch_key="f")  # the bulk lane is full
+        live = [asyncio.create_task(s.submit(f"final{i}", priority=Priority.URGENT, batch_key="l")) for i in range(2)]
+        await asyncio.sleep(0.05)  # ... but both live requests were taken
+        engine.gate.set()
+        results = await asyncio.gather(blocker, *live, *files)
+        await s.stop()
+        return refused.value, results, engine.batches
+    refused, results, batches = asyncio.run(go())
+    assert refused.code is ErrorCode.OVERLOADED and "file lane" in refused.message
+    assert results[1:3] == ["done:final0", "done:final1"]
+    assert batches[1] == ["final0", "final1"] and batches[2] == ["file0", "file1", "file2"]  # no live stream open
+
+
+def test_while_live_streams_are_open_bulk_work_runs_one_at_a_time_in_its_share():
+    """With live_active() true, a bulk batch holds one request (a running batch cannot be interrupted, so a
+    live final waits at most one file segment), and after a bulk call of d seconds the next waits
+    d x (1/share - 1): live work has the rest of the model's time."""
+    import time
+
+    class Slow(Recorder):
+        def __call__(self, requests):
+            time.sleep(0.1)
+            return super().__call__(requests)
+
+    async def go():
+        engine = Slow()
+        s = await _started(engine, max_batch=4, bulk_share=0.25, live_active=lambda: True)
+        started = time.monotonic()
+        results = await asyncio.gather(*(s.submit(f"file{i}", priority=Priority.BULK) for i in range(3)))
+        took = time.monotonic() - started
+        await s.stop()
+        return results, engine.batches, took
+    results, batches, took = asyncio.run(go())
+    assert batches == [["file0"], ["file1"], ["file2"]] and results == ["done:file0", "done:file1", "done:file2"]
+    assert took >= 0.3 + 2 * 0.3 * 0.9  # three calls of 0.1 s, each followed by 0.3 s left to live work

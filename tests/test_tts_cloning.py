@@ -140,8 +140,9 @@ def test_failure_and_cancel_leave_the_model_clean():
 # -- the cloning API over a real server -------------------------------------------------------
 
 class Server:
-    def __init__(self, store: Path) -> None:
-        settings = load(voices={"store_dir": str(store), "min_speech_s": 1.0}, server={"log_level": "warning"})
+    def __init__(self, store: Path, **voices) -> None:
+        settings = load(voices={"store_dir": str(store), "min_speech_s": 1.0, **voices},
+                        server={"log_level": "warning"})
         self.app = create_app(settings, engine=ChatterboxEngine(FakeChatterbox(), FakeConds))
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None,
@@ -235,3 +236,21 @@ def test_cloning_api_end_to_end(tmp_path):
         r = httpx.post(server.http + "/v1/synthesize", json={"text": "Hello.", "voice": ida})
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
         assert httpx.get(server.http + "/v1/voices/..%2F..%2Fetc").status_code == 404
+
+
+def test_max_voices_holds_when_clone_requests_race(tmp_path):
+    """Eight clone requests at once against a store that takes three: the count used to be checked before
+    the request's first await, so every one of them passed it."""
+    jfk, rate = read_wav(DATA / "asr" / "jfk.wav")
+    data = wav_bytes(jfk, rate)
+
+    async def race(server: Server) -> list[int]:
+        async with httpx.AsyncClient(base_url=server.http, timeout=60) as client:
+            responses = await asyncio.gather(*(client.post("/v1/voices", files={"file": ("ref.wav", data)},
+                                                           data={"name": f"v{i}"}) for i in range(8)))
+        return sorted(r.status_code for r in responses)
+
+    with Server(tmp_path / "voices", max_voices=3) as server:
+        statuses = asyncio.run(race(server))
+        assert statuses == [201] * 3 + [422] * 5, statuses
+        assert len(httpx.get(server.http + "/v1/voices", timeout=10).json()) == 3  # the fake has no built-in voice

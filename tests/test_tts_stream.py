@@ -203,6 +203,25 @@ def test_too_large_message_closes_1009(tts):
     assert got.of("error")[0]["code"] == "too_large" and got.close_code == 1009
 
 
+def test_a_lone_surrogate_in_text_is_a_bad_message_and_the_session_goes_on(tts):
+    """JSON may carry "\\ud800" (half a UTF-16 pair): Python parses it into a string nothing can encode. It
+    used to end the session with no error event; it is refused like any bad message, and speech goes on."""
+    async def go():
+        async with websockets.connect(tts.ws + "/v1/stream/tts") as ws:
+            got = Received()
+            await recv_until(ws, got, "ready")
+            await ws.send('{"type": "text", "text": "broken \\ud800 text. "}')
+            await ws.send(json.dumps({"type": "text", "text": "Hello there."}))
+            await ws.send(json.dumps({"type": "end"}))
+            return await recv_until(ws, got, None)
+
+    got = asyncio.run(go())
+    errors = got.of("error")
+    assert [e["code"] for e in errors] == ["bad_message"] and "surrogate" in errors[0]["message"]
+    assert [s["text"] for s in got.of("segment")] == ["Hello there."] and len(got.audio) > 0
+    assert got.types[-2:] == ["done", "closed"] and got.close_code == 1000
+
+
 def test_ops_endpoints(tts):
     assert httpx.get(tts.http + "/health").status_code == 200
     ready = httpx.get(tts.http + "/ready")

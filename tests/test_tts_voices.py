@@ -54,7 +54,7 @@ def test_failed_write_leaves_nothing(tmp_path):
 
     with pytest.raises(RuntimeError):
         store.create("bob", "chatterbox", 5.0, np.zeros(RATE * 5, np.float32), RATE, broken)
-    assert list(tmp_path.iterdir()) == []
+    assert [p for p in tmp_path.iterdir() if p.name != ".lock"] == []  # the store's lock file stays
     assert store.list() == []
 
 
@@ -165,3 +165,33 @@ def test_names():
     for bad in ("", "   ", "x" * 101, "a\x00b"):
         with pytest.raises(ServiceError):
             check_name(bad)
+
+
+def test_max_voices_holds_when_clones_race_across_instances(tmp_path):
+    """Eight clones race for a store that holds three, each through its own VoiceStore (as separate instances
+    sharing the directory would): the count and the write happen under one lock, so exactly three land."""
+    import threading
+
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def slow_conditionals(path):
+        Path(path).write_bytes(b"conds")
+
+    def clone(i: int) -> None:
+        store = VoiceStore(tmp_path)  # an instance of its own
+        barrier.wait()
+        try:
+            store.create(f"v{i}", "chatterbox", 5.0, np.full(24000 * 3, 0.1, np.float32), 24000, slow_conditionals,
+                         max_voices=3)
+            outcomes.append("created")
+        except ServiceError as err:
+            outcomes.append(err.code.value)
+
+    threads = [threading.Thread(target=clone, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["created"] * 3 + ["invalid_parameter"] * 5
+    assert len(VoiceStore(tmp_path).list()) == 3

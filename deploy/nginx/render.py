@@ -32,9 +32,12 @@ def _servers(addresses: list[str], max_fails: int, fail_timeout_s: int) -> str:
     return "\n".join(f"    server {a} max_fails={max_fails} fail_timeout={fail_timeout_s}s;" for a in addresses)
 
 
+ACCESS_LOG = "/var/log/nginx/voice-services.access.log"
+
+
 def render_site(asr: list[str], tts: list[str], *, listen: str = "8080", max_fails: int = 3,
                 fail_timeout_s: int = 10, stream_timeout_s: int = 3600, asr_body_mb: int = 101,
-                tts_body_mb: int = 21, file_timeout_s: int = 900) -> str:
+                tts_body_mb: int = 21, file_timeout_s: int = 900, access_log: str = ACCESS_LOG) -> str:
     """The ``http``-context part: upstreams, the upgrade map and one ``server``."""
     if not asr or not tts:
         raise ValueError("at least one ASR and one TTS instance are needed")
@@ -54,8 +57,10 @@ def render_site(asr: list[str], tts: list[str], *, listen: str = "8080", max_fai
         # A refused handshake (503 from a full or draining instance) or a dead instance: try the next one.
         proxy_next_upstream error timeout http_502 http_503;
         proxy_next_upstream_tries 0;"""
-    http_retry = """        # 503 from a draining instance means nothing was done: retry elsewhere (the body is buffered).
-        proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+    http_retry = """        # A POST is never replayed once an instance has it (a timeout may mean it is still working there):
+        # only a failed connection moves on; a draining or full instance's 503 reaches the client with
+        # Retry-After.
+        proxy_next_upstream error timeout http_502 http_503;
         proxy_next_upstream_timeout 30s;"""
     return f"""# Voice services behind nginx: {len(asr)} ASR + {len(tts)} TTS instances.
 # Rendered by deploy/nginx/render.py; LOAD_BALANCING.md explains every choice.
@@ -64,6 +69,10 @@ map $http_upgrade $voice_connection_upgrade {{
     default upgrade;
     ''      '';
 }}
+
+# The path without its query string: a browser's ?api_key=... never reaches the access log.
+log_format voice_services '$remote_addr [$time_local] "$request_method $uri $server_protocol" $status '
+                          '$body_bytes_sent $request_time "$http_user_agent" $upstream_addr';
 
 upstream voice_asr {{
     zone voice_asr 64k;          # shared by all workers: least_conn and failures counted once
@@ -83,6 +92,7 @@ server {{
     listen {listen};
     server_name _;
     client_body_buffer_size 1m;
+    access_log {access_log} voice_services;
 
     # nginx itself is up (the instances' /health, /ready and /metrics are read on their own ports).
     location = /health {{
@@ -153,7 +163,6 @@ events {{
 }}
 
 http {{
-    access_log {run_dir}/access.log;
     client_body_temp_path {run_dir}/client_body;
     proxy_temp_path {run_dir}/proxy;
     fastcgi_temp_path {run_dir}/fastcgi;
@@ -186,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", help="worker user (--standalone, when nginx starts as root; e.g. root)")
     args = parser.parse_args(argv)
     site = render_site(_addresses(args.asr), _addresses(args.tts), listen=args.listen, max_fails=args.max_fails,
-                       fail_timeout_s=args.fail_timeout, stream_timeout_s=args.stream_timeout)
+                       fail_timeout_s=args.fail_timeout, stream_timeout_s=args.stream_timeout,
+                       access_log=f"{args.standalone}/access.log" if args.standalone else ACCESS_LOG)
     sys.stdout.write(render_standalone(site, args.standalone, workers=args.workers, user=args.user) if args.standalone else site)
     return 0
 

@@ -240,6 +240,8 @@ class Endpointer:
             cut = self.start_sample + self._max_samples
             if self.detector.state is SpeechState.STOPPING:
                 cut = min(cut, self.pause_end_sample())
+            # The cut closes the utterance now: a turn check or speculation of this same window is void.
+            actions = [a for a in actions if not isinstance(a, (CheckTurn, Speculate))]
             actions.append(self.end(EndReason.MAX_LENGTH, cut))
             if self.detector.in_speech:  # still talking: the next utterance starts at the cut
                 self.start_sample = cut

@@ -1,11 +1,15 @@
-"""Transcription of whole files (``POST /v1/transcribe``, ``POST /v1/audio/transcriptions``).
+"""Transcription of uploaded files (``POST /v1/transcribe``, ``POST /v1/audio/transcriptions``).
 
-The audio is cut into utterances by the same :class:`~.endpointing.Endpointer`
-the live streams use, in ``vad`` mode, and every utterance is decoded through
-the shared Whisper scheduler exactly like a stream's final (same request, same
-batching rule): so streaming a file with ``turn_detection=vad`` and uploading
-it give the same text. Also owns the response formats (json, text, srt, vtt,
-verbose_json).
+The file is decoded window by window (``server.file_window_s``, off the event
+loop) and cut into utterances by the same :class:`~.endpointing.Endpointer`
+the live streams use, in ``vad`` mode; every utterance is decoded through the
+shared Whisper scheduler exactly like a stream's final (same request, same
+batching rule), so streaming a file with ``turn_detection=vad`` and uploading it
+give the same text. One upload holds at most a window, its open utterance and
+``scheduler.max_batch`` utterances waiting for Whisper, whatever the file's
+length; its model requests run in the schedulers' bulk lane, after live work.
+Cancelling the transcription (the client left) withdraws everything it queued.
+Also owns the response formats (json, text, srt, vtt, verbose_json).
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..common.audio import SAMPLE_RATE_HZ
+from ..common.audio import SAMPLE_RATE_HZ, AudioFileReader
 from ..common.errors import ErrorCode, ServiceError
 from ..common.scheduler import Priority
 from ..common.vad import VAD_WINDOW_SAMPLES, VadStream
+from .buffer import SampleBuffer
 from .endpointing import Ended, Endpointer, EndReason, SpeechState, TurnMode
 from .engine import DecodeRequest, DecodeResult
 from .serving import AsrRuntime
@@ -55,45 +60,60 @@ class Transcript:
     processing_ms: float
 
 
-async def find_utterances(runtime: AsrRuntime, audio: np.ndarray) -> list[Ended]:
-    endpointer = Endpointer(runtime.endpoint_options(TurnMode.VAD), runtime.detector_options())
-    stream = VadStream()
-    utterances: list[Ended] = []
-    usable = audio.size - audio.size % VAD_WINDOW_SAMPLES
-    for start in range(0, usable, VAD_CHUNK_SAMPLES):
-        chunk = audio[start:min(start + VAD_CHUNK_SAMPLES, usable)]
-        for probability in await runtime.speech_probabilities(stream, chunk):
-            utterances.extend(a for a in endpointer.push(float(probability)) if isinstance(a, Ended))
-    if endpointer.in_utterance:
-        speaking = endpointer.detector.state is SpeechState.SPEAKING
-        utterances.extend(a for a in endpointer.split(EndReason.END, audio.size if speaking else None)
-                          if isinstance(a, Ended))
-    return [u for u in utterances if u.end_sample > u.start_sample]
-
-
-async def transcribe_audio(runtime: AsrRuntime, audio: np.ndarray, options: FileOptions) -> Transcript:
+async def transcribe_file(runtime: AsrRuntime, reader: AudioFileReader, options: FileOptions) -> Transcript:
     started = time.perf_counter()
     try:
         language = runtime.resolve_language(options.language)
     except ValueError as exc:
         raise ServiceError(ErrorCode.INVALID_PARAMETER, str(exc)) from None
-    duration = audio.size / SAMPLE_RATE_HZ
-    limit = runtime.settings.server.max_upload_duration_s
-    if duration > limit:
-        raise ServiceError(ErrorCode.TOO_LARGE, f"audio of {duration:.0f} s exceeds the limit of {limit:.0f} s")
-    utterances = await find_utterances(runtime, audio)
-    window = asyncio.Semaphore(max(2, runtime.settings.scheduler.max_batch))
+    s = runtime.settings
+    endpointer = Endpointer(runtime.endpoint_options(TurnMode.VAD), runtime.detector_options())
+    stream = VadStream()
+    buffer = SampleBuffer()
+    vad_position = 0
+    in_flight = asyncio.Semaphore(max(2, s.scheduler.max_batch))
+    decodes: list[tuple[Ended, asyncio.Task]] = []
+    keep_back = (s.vad.speech_pad_ms + s.vad.min_speech_ms) * SAMPLE_RATE_HZ // 1000 + 4 * VAD_WINDOW_SAMPLES
 
-    async def decode(u: Ended, prompt: str | None) -> DecodeResult:
-        async with window:
-            request = DecodeRequest(audio=audio[u.start_sample:u.end_sample], beam_size=runtime.settings.model.beam_size,
-                                    word_timestamps=options.word_timestamps, language=language, prompt=prompt,
-                                    temperature=options.temperature)
-            return await runtime.decode_final(request, priority=Priority.NORMAL)
+    async def decode(ended: Ended, audio: np.ndarray, prompt: str | None) -> DecodeResult:
+        try:
+            request = DecodeRequest(audio=audio, beam_size=s.model.beam_size, word_timestamps=options.word_timestamps,
+                                    language=language, prompt=prompt, temperature=options.temperature)
+            return await runtime.decode_final(request, priority=Priority.BULK)
+        finally:
+            in_flight.release()
 
-    results = await asyncio.gather(*(decode(u, options.prompt if i == 0 else None) for i, u in enumerate(utterances)))
+    async def submit(actions) -> None:
+        for ended in (a for a in actions if isinstance(a, Ended) and a.end_sample > a.start_sample):
+            await in_flight.acquire()  # at most max_batch utterances of this upload wait for Whisper
+            prompt = options.prompt if not decodes else None
+            task = asyncio.ensure_future(decode(ended, buffer.slice(ended.start_sample, ended.end_sample), prompt))
+            decodes.append((ended, task))
+
+    try:
+        window = int(s.server.file_window_s * SAMPLE_RATE_HZ)
+        while (chunk := await asyncio.to_thread(reader.read, window)) is not None:
+            buffer.append(chunk)
+            while (windows := min(VAD_CHUNK_SAMPLES, buffer.end - vad_position) // VAD_WINDOW_SAMPLES) > 0:
+                audio = buffer.slice(vad_position, vad_position + windows * VAD_WINDOW_SAMPLES)
+                vad_position += windows * VAD_WINDOW_SAMPLES
+                for probability in await runtime.speech_probabilities(stream, audio, Priority.BULK):
+                    await submit(endpointer.push(float(probability)))
+            keep = vad_position - keep_back
+            if endpointer.in_utterance:
+                keep = min(keep, endpointer.start_sample)
+            buffer.discard_before(keep)
+        if endpointer.in_utterance:
+            speaking = endpointer.detector.state is SpeechState.SPEAKING
+            await submit(endpointer.split(EndReason.END, buffer.end if speaking else None))
+        results = await asyncio.gather(*(task for _, task in decodes))
+    finally:
+        for _, task in decodes:
+            task.cancel()
+    if reader.samples == 0:
+        raise ServiceError(ErrorCode.BAD_AUDIO, "the file contains no audio samples")
     segments: list[Segment] = []
-    for u, result in zip(utterances, results):
+    for (u, _), result in zip(decodes, results):
         text = result.text.strip()
         if not text:
             continue
@@ -101,7 +121,8 @@ async def transcribe_audio(runtime: AsrRuntime, audio: np.ndarray, options: File
         words = [w.as_dict(offset) for w in result.words]
         segments.append(Segment(len(segments), round(offset, 3), round(u.end_sample / SAMPLE_RATE_HZ, 3), text, words,
                                 result.avg_logprob, result.no_speech_prob))
-    detected = next((r.language for r in results), language or runtime.settings.model.language)
+    duration = reader.samples / SAMPLE_RATE_HZ
+    detected = next((r.language for r in results), language or s.model.language)
     runtime.metrics.file_seconds.inc(duration)
     return Transcript(" ".join(s.text for s in segments), detected, round(duration, 3), segments,
                       round((time.perf_counter() - started) * 1000, 1))

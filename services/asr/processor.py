@@ -105,6 +105,11 @@ class AudioProcessor:
     def in_utterance(self) -> bool:
         return self.utterance is not None
 
+    @property
+    def idle(self) -> bool:
+        """No utterance open and none starting: nothing accepted is waiting for a final."""
+        return self.utterance is None and self.endpointer.detector.state is SpeechState.QUIET
+
     # -- what the session calls ----------------------------------------------------------------
     async def audio(self, frame: bytes) -> None:
         samples = self.decoder.decode(frame)
@@ -170,7 +175,7 @@ class AudioProcessor:
                 return
             audio = self.buffer.slice(u.start_sample, self.endpointer.position_sample)
             decision = await self.runtime.turn_decision(audio, action.silence_ms)
-            if decision is TurnDecision.COMPLETE and self.utterance is u:
+            if decision is TurnDecision.COMPLETE and self.utterance is u and self.endpointer.in_utterance:
                 self._finish(self.endpointer.end(EndReason.TURN, action.end_sample))
         elif isinstance(action, Ended):
             self._finish(action)

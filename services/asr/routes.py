@@ -2,7 +2,9 @@
 
 Each route fetches the shared runtime, builds what it needs and awaits it: the
 stream route hands the socket to :class:`~.session.AsrSession`; the file routes
-decode the upload and call :func:`~.files.transcribe_audio`, then format.
+take a file-transcription slot (503 at once when all are busy), open the upload
+for windowed decoding and await :func:`~.files.transcribe_file` until it is
+done or the client leaves, then format.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile, WebSocket
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from ..common.audio import SAMPLE_RATE_HZ, decode_file
+from ..common.audio import SAMPLE_RATE_HZ, AudioFileReader
 from ..common.errors import ErrorCode, ServiceError
-from ..common.http import runtime_of
-from .files import FileOptions, as_contract_json, as_srt, as_verbose_json, as_vtt, transcribe_audio
+from ..common.http import runtime_of, until_disconnected
+from .files import FileOptions, Transcript, as_contract_json, as_srt, as_verbose_json, as_vtt, transcribe_file
 from .serving import AsrRuntime
 from .session import AsrSession
 
@@ -29,12 +31,17 @@ async def stream_asr(ws: WebSocket) -> None:
     await AsrSession.serve(ws, runtime_of(ws.app))
 
 
-async def _read_upload(runtime: AsrRuntime, file: UploadFile):
-    data = await file.read()
-    limit = runtime.settings.server.max_upload_bytes
-    if len(data) > limit:
-        raise ServiceError(ErrorCode.TOO_LARGE, f"file of {len(data)} bytes exceeds the limit of {limit}")
-    return await asyncio.to_thread(decode_file, data, SAMPLE_RATE_HZ)
+async def _transcribe(request: Request, runtime: AsrRuntime, file: UploadFile, options: FileOptions) -> Transcript:
+    server = runtime.settings.server
+    size = file.size if file.size is not None else 0
+    if size > server.max_upload_bytes:
+        raise ServiceError(ErrorCode.TOO_LARGE, f"file of {size} bytes exceeds the limit of {server.max_upload_bytes}")
+    with runtime.http_admission.slot():  # 503 + Retry-After at once when every file slot is busy
+        reader = await asyncio.to_thread(AudioFileReader, file.file, SAMPLE_RATE_HZ, server.max_upload_duration_s)
+        try:
+            return await until_disconnected(request, transcribe_file(runtime, reader, options))
+        finally:
+            await asyncio.to_thread(reader.close)
 
 
 class ResponseFormat(str, enum.Enum):
@@ -54,8 +61,7 @@ async def transcribe(
 ) -> JSONResponse:
     """Transcribe a whole file."""
     runtime = runtime_of(request.app)
-    audio = await _read_upload(runtime, file)
-    result = await transcribe_audio(runtime, audio, FileOptions(language=language, word_timestamps=word_timestamps))
+    result = await _transcribe(request, runtime, file, FileOptions(language=language, word_timestamps=word_timestamps))
     return JSONResponse(as_contract_json(result, word_timestamps))
 
 
@@ -77,9 +83,8 @@ async def openai_transcriptions(
     if unknown:
         raise ServiceError(ErrorCode.INVALID_PARAMETER, f"unknown timestamp_granularities: {sorted(unknown)}")
     words = "word" in granularities
-    audio = await _read_upload(runtime, file)
-    result = await transcribe_audio(runtime, audio, FileOptions(language=language, word_timestamps=words,
-                                                                prompt=prompt, temperature=temperature))
+    result = await _transcribe(request, runtime, file, FileOptions(language=language, word_timestamps=words,
+                                                                   prompt=prompt, temperature=temperature))
     if response_format is ResponseFormat.text:
         return PlainTextResponse(result.text)
     if response_format is ResponseFormat.srt:

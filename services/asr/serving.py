@@ -4,7 +4,9 @@ Built once in the app's lifespan and injected into every route (no module
 globals). Each model - Whisper, Silero VAD, Smart Turn - is owned by its own
 :class:`~services.common.scheduler.Scheduler`, so its inference runs on one
 worker thread and never on the event loop. Sessions and the file route only
-call the small async methods here.
+call the small async methods here. Uploads take a slot of ``http_admission``
+(``server.max_file_jobs``) and their requests run in the schedulers' bulk lane,
+after live work and, while streams are open, in a bounded share of the time.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class AsrRuntime:
     turn: Scheduler[np.ndarray, float]
     policy: TurnPolicy
     admission: Admission
+    http_admission: Admission
     metrics: AsrMetrics
     started_at: float
 
@@ -76,13 +79,17 @@ class AsrRuntime:
             settings=settings,
             engine=engine,
             whisper=Scheduler("whisper", engine.decode_batch, max_batch=s.max_batch, max_pending=s.max_pending,
-                              **watch),
+                              max_bulk_pending=s.max_bulk_pending, bulk_share=s.bulk_share,
+                              live_active=lambda: admission.active > 0, **watch),
             vad_model=vad_model,
-            vad=Scheduler("vad", vad_model.run_batch, max_batch=32, max_pending=max(64, s.max_pending * 4), **watch),
+            vad=Scheduler("vad", vad_model.run_batch, max_batch=32, max_pending=max(64, s.max_pending * 4),
+                          max_bulk_pending=max(8, s.max_bulk_pending), live_active=lambda: admission.active > 0,
+                          **watch),
             turn_model=turn_model,
             turn=Scheduler("turn", turn_model.predict, max_batch=4, max_pending=max(32, s.max_pending), **watch),
             policy=TurnPolicy(threshold=settings.turn.threshold, min_silence_ms=settings.turn.min_silence_ms),
             admission=admission,
+            http_admission=Admission(settings.server.max_file_jobs, "file transcription"),
             metrics=metrics,
             started_at=time.time(),
         )
@@ -115,8 +122,9 @@ class AsrRuntime:
             max_utterance_ms=int(self.settings.streaming.max_utterance_s * 1000),
         )
 
-    async def speech_probabilities(self, stream: VadStream, samples: np.ndarray) -> np.ndarray:
-        return await self.vad.submit(VadJob(stream, samples), priority=Priority.URGENT)
+    async def speech_probabilities(self, stream: VadStream, samples: np.ndarray,
+                                   priority: Priority = Priority.URGENT) -> np.ndarray:
+        return await self.vad.submit(VadJob(stream, samples), priority=priority)
 
     async def turn_decision(self, audio: np.ndarray, silence_ms: int) -> TurnDecision:
         probability = await self.turn.submit(audio, priority=Priority.URGENT)

@@ -13,7 +13,13 @@ reports and drains; this module adds the ASR messages and the processor task:
 * the writer awaits each :class:`~.processor.FinalSlot` in turn, so finals keep
   their place among the events, and stamps ``latency_ms`` when it sends one.
 
-On drain (SIGTERM) the session closes with 1001 as soon as no utterance is open.
+Idle: a session that sends less than ``MIN_PROGRESS_MS`` of audio within
+``server.idle_timeout_s`` is closed (``timeout``): a byte now and then does not
+keep a slot. Drain (SIGTERM): the frames already queued are transcribed, and
+the session closes with 1001 as soon as no utterance is open (or starting); an
+utterance still open ``DRAIN_MARGIN_S`` before ``server.drain_timeout_s`` (at
+once with ``turn_detection=none``, where nothing else would end it) is ended
+with reason ``end`` and its final sent first.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from starlette.websockets import WebSocket
 from ..common.errors import ErrorCode, ServiceError
 from ..common.outbox import CloseRequest, Outbox, OutboxFull
 from ..common.session import Session
+from .endpointing import TurnMode
 from .processor import AudioProcessor, FinalSlot
 from .protocol import (Closed, Commit, End, Final, Ready, StreamParams, merge_partials, parse_client_message,
                        parse_stream_params)
@@ -45,6 +52,12 @@ class _Fatal:
 
 
 _DRAIN = object()  # inbound marker: wakes the processor to check whether a draining session can leave
+_LEAVE = object()  # inbound marker: draining and out of patience: end the open utterance now, then leave
+
+MIN_PROGRESS_MS = 100
+"""Audio a client must send within ``idle_timeout_s`` to keep its session."""
+DRAIN_MARGIN_S = 3.0
+"""Before the drain timeout, the time an open utterance's final gets to be decoded and sent."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,11 @@ class AsrSession(Session):
         self.warnings = prepared.warnings
         self.inbound: asyncio.Queue = asyncio.Queue(maxsize=server.inbound_queue_frames)
         self.processor = AudioProcessor(session_id, self.outbox, self.tasks, runtime, prepared.params, prepared.language)
+        self._progress_at = time.perf_counter()  # when the client last sent MIN_PROGRESS_MS of audio
+        self._unproductive_bytes = 0
+        self._progress_bytes = prepared.params.sample_rate * prepared.params.encoding.bytes_per_sample \
+            * MIN_PROGRESS_MS // 1000
+        self._leaving = False
 
     # -- chassis hooks: setup ------------------------------------------------------------------
     @classmethod
@@ -91,10 +109,25 @@ class AsrSession(Session):
         return {"utterances": self.processor.utterances}
 
     # -- chassis hooks: reading ------------------------------------------------------------------
+    def receive_timeout(self) -> float:
+        idle_s = self.runtime.settings.server.idle_timeout_s
+        return max(0.0, self._progress_at + idle_s - time.perf_counter())
+
+    async def on_timeout(self) -> bool:
+        idle_s = self.runtime.settings.server.idle_timeout_s
+        if time.perf_counter() - self._progress_at >= idle_s:
+            raise ServiceError(ErrorCode.TIMEOUT, f"less than {MIN_PROGRESS_MS} ms of audio in {idle_s:g} s; closing")
+        return False
+
     async def on_binary(self, data: bytes) -> bool:
         limit = self.runtime.settings.server.max_frame_bytes
         if len(data) > limit:
             raise ServiceError(ErrorCode.TOO_LARGE, f"binary frame of {len(data)} bytes exceeds the limit of {limit}")
+        if self._leaving:
+            return True  # the session is ending (drain): audio from here on is not taken
+        self._unproductive_bytes += len(data)
+        if self._unproductive_bytes >= self._progress_bytes:
+            self._progress_at, self._unproductive_bytes = time.perf_counter(), 0
         await self.inbound.put(data)  # blocks when full: backpressure
         return False
 
@@ -107,10 +140,20 @@ class AsrSession(Session):
         await self.inbound.put(_Fatal(err))  # after the accepted audio: its finals go out first
 
     def on_drain(self) -> None:
+        if self.params.turn_detection is TurnMode.NONE:  # nothing but commit/end would end its utterance
+            self.tasks.spawn(self._leave_after(0.0), "drain")
+            return
         try:
             self.inbound.put_nowait(_DRAIN)  # wake an idle processor; a busy one checks after its next item
         except asyncio.QueueFull:
             pass
+        patience = self.runtime.settings.server.drain_timeout_s - DRAIN_MARGIN_S
+        self.tasks.spawn(self._leave_after(max(0.0, patience)), "drain")
+
+    async def _leave_after(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        self._leaving = True
+        await self.inbound.put(_LEAVE)  # after the frames already queued: they are transcribed first
 
     # -- the processor task ----------------------------------------------------------------------
     async def _process(self) -> None:
@@ -131,7 +174,11 @@ class AsrSession(Session):
                     await processor.finish()
                     self.report(item.error)
                     return
-                if self.draining and not processor.in_utterance:
+                elif item is _LEAVE:
+                    await processor.finish()  # the open utterance ends now, reason end, with its final
+                    self.outbox.put(CloseRequest(1001))
+                    return
+                if self.draining and self.inbound.empty() and processor.idle:
                     self.outbox.put(CloseRequest(1001))  # draining: "going away" after the last final
                     return
         except asyncio.CancelledError:
@@ -155,11 +202,11 @@ class AsrSession(Session):
             final: Final = await item.future
         except ServiceError as err:
             await self.send_error(err)
-            await self.ws.close(err.close_code)
+            await self.close(err.close_code)
             return True
         latency_s = time.perf_counter() - item.decided_at
         final.latency_ms = round(latency_s * 1000, 1)
-        await self.ws.send_text(final.to_json())
+        await self.write(final.to_json())
         metrics = self.runtime.metrics
         metrics.time_to_final.observe(latency_s)
         metrics.finals.labels(reason=final.reason.value).inc()

@@ -99,7 +99,13 @@ class SchedulerSettings(common_settings.SchedulerSettings):
     max_batch: int = Field(8, ge=1, le=64)
     """Requests decoded together (across sessions)."""
     max_pending: int = Field(128, ge=1)
-    """Requests waiting for the model before new ones are refused (overloaded)."""
+    """Live requests (finals, partials, turn checks) waiting for a model before new ones are refused
+    (overloaded). File work has a bound of its own, so it never takes this room."""
+    max_bulk_pending: int = Field(32, ge=1)
+    """File segments waiting for Whisper (the bulk lane) before a new one waits its turn in its upload."""
+    bulk_share: float = Field(0.5, gt=0, le=1)
+    """While live streams are open, file work runs one segment at a time and takes at most this share of
+    Whisper's time; with no live stream it takes all of it."""
 
 
 class ServerSettings(common_settings.ServerSettings):
@@ -110,6 +116,13 @@ class ServerSettings(common_settings.ServerSettings):
     max_upload_bytes: int = Field(100 << 20, ge=1024)
     """Largest uploaded file (HTTP 413 above)."""
     max_upload_duration_s: float = Field(4 * 3600, gt=0)
+    """Longest audio an upload may hold (HTTP 413 as soon as its container declares more or its decoded
+    audio passes it; it is never decoded whole first)."""
+    max_file_jobs: int = Field(2, ge=1)
+    """Uploads transcribed at once; more are refused at once with 503 overloaded and Retry-After."""
+    file_window_s: float = Field(10.0, ge=1, le=60)
+    """Decoded audio an upload reads at a time. One upload holds at most this, its open utterance and the
+    utterances it has waiting for Whisper (``scheduler.max_batch``), whatever the file's length."""
     outbound_queue: int = Field(256, ge=8)
     """Events queued for a slow client before its session is closed (partials merge first)."""
     inbound_queue_frames: int = Field(64, ge=2)

@@ -7,6 +7,9 @@ finish, and so does a stalled model (a scheduler whose model call has not
 returned within its timeout, :meth:`Admission.set_stalled`) until it answers
 again. ``/ready`` reports ``accepting``. :func:`refuse` and :func:`session_slot`
 are the refusal and the accounting around a session that both services share.
+The same counter bounds HTTP work (ASR uploads, TTS synthesis): :meth:`Admission.slot`
+holds one for a request and refuses at once with ``overloaded`` (503 and
+``Retry-After``) when all are taken; a draining instance waits for both kinds.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 class Admission:
-    def __init__(self, max_sessions: int) -> None:
+    def __init__(self, max_sessions: int, what: str = "session") -> None:
         self.max_sessions = max_sessions
+        self.what = what
         self.active = 0
         self._draining = False
         self.drain_requested = asyncio.Event()
@@ -71,10 +75,19 @@ class Admission:
             raise stalled_refusal(self.stalled)
         if self.active >= self.max_sessions:
             raise ServiceError(
-                ErrorCode.OVERLOADED, f"all {self.max_sessions} session slots are in use; try again later"
+                ErrorCode.OVERLOADED, f"all {self.max_sessions} {self.what} slots are in use; try again later"
             )
         self.active += 1
         self._idle.clear()
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold a slot for the block (``overloaded`` at once when none is free)."""
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
 
     def release(self) -> None:
         self.active = max(0, self.active - 1)
@@ -87,6 +100,24 @@ class Admission:
             return True
         except asyncio.TimeoutError:
             return False
+
+
+async def drain(pools: list[Admission], timeout_s: float) -> bool:
+    """Refuse new work in every pool (sessions and HTTP work) and wait, within ``timeout_s`` in all, until
+    each is idle. True if everything finished."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    for pool in pools:
+        pool.draining = True
+    finished = True
+    for pool in pools:
+        finished = await pool.wait_idle(max(0.0, deadline - loop.time())) and finished
+    return finished
+
+
+def work_pools(runtime) -> list[Admission]:
+    """A runtime's admission pools: its sessions and, where it has them, its HTTP work slots."""
+    return [pool for pool in (runtime.admission, getattr(runtime, "http_admission", None)) if pool is not None]
 
 
 def stalled_refusal(models) -> ServiceError:

@@ -5,8 +5,10 @@ and its router. The lifespan caps glibc's heap arenas, loads the runtime once,
 off the event loop, starts its schedulers, publishes it on ``app.state.runtime``
 (where routes, ``/ready`` and the middleware find it), freezes the start-up heap
 and trims the heap every ``server.heap_trim_interval_s``
-(:mod:`services.common.memory`), and on shutdown stops taking sessions, lets open
-ones finish within ``server.drain_timeout_s`` and stops the schedulers.
+(:mod:`services.common.memory`), tells systemd it is ready and feeds its watchdog
+while no model is stalled (:mod:`services.common.watchdog`), and on shutdown stops
+taking sessions and HTTP work, lets what is open finish within
+``server.drain_timeout_s`` and stops the schedulers.
 :func:`install_middleware` is the one place the middleware stack is assembled
 (the app that is served and the app a test builds are the same): the balancer
 gate first, then API keys, then the body-size limit, then the routes.
@@ -22,10 +24,12 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
+from .admission import drain, work_pools
 from .auth import ApiKeyAuth, ApiKeys
 from .http import BodySizeLimit, install_error_handlers, ops_router
 from .memory import HeapTrimmer, freeze_startup_heap, limit_arenas
 from .serve import BalancerGate
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +50,18 @@ def build_app(*, title: str, description: str, settings: Any, load_runtime: Call
         frozen = freeze_startup_heap()
         trimmer = HeapTrimmer(server.heap_trim_interval_s)
         trimmer.start()
+        watchdog = Watchdog(runtime.admission, server.stall_exit_s)
+        watchdog.start()  # READY=1 to systemd; WATCHDOG=1 while no model is stalled
         log.info("ready", extra={"port": server.port, "max_connections": server.max_connections,
                                  "frozen_objects": frozen, **ready_extra(runtime)})
         try:
             yield
         finally:
-            runtime.admission.draining = True
-            if runtime.admission.active:
-                log.info("draining", extra={"sessions": runtime.admission.active})
-                await runtime.admission.wait_idle(server.drain_timeout_s)
+            pools = work_pools(runtime)
+            if any(pool.active for pool in pools):
+                log.info("draining", extra={"busy": [pool.active for pool in pools]})
+            await drain(pools, server.drain_timeout_s)
+            await watchdog.stop()
             await trimmer.stop()
             await runtime.stop()
             app.state.runtime = None

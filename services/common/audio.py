@@ -2,8 +2,8 @@
 
 Owns the sample formats on the wire (``pcm_s16le`` and G.711 ``mulaw``), the
 streaming byte decoder that tolerates frames split mid-sample, streaming
-resampling with soxr, and decoding whole uploaded files with PyAV (FFmpeg).
-Internally audio is mono float32 in [-1, 1].
+resampling with soxr, and decoding uploaded files with PyAV (FFmpeg) window by
+window (:class:`AudioFileReader`). Internally audio is mono float32 in [-1, 1].
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import io
 import struct
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -145,46 +146,98 @@ def resample(samples: np.ndarray, in_rate_hz: int, out_rate_hz: int) -> np.ndarr
 
 # --- files ---------------------------------------------------------------------
 
+class AudioFileReader:
+    """An uploaded file, decoded window by window: any FFmpeg-readable audio -> mono float32 at one rate.
+
+    Only the window asked for is ever decoded and held, so one upload's memory is bounded whatever the file
+    holds. With ``max_duration_s`` the file is refused with ``too_long`` (``too_large`` by default) as soon as
+    its container declares more than that, or its decoded audio passes it: a small compressed file that
+    expands to hours is never decoded whole. :meth:`read` blocks (PyAV): call it off the event loop.
+    """
+
+    def __init__(self, source: bytes | BinaryIO, sample_rate_hz: int = SAMPLE_RATE_HZ,
+                 max_duration_s: float | None = None, too_long: ErrorCode = ErrorCode.TOO_LARGE) -> None:
+        if isinstance(source, (bytes, bytearray)):
+            size, source = len(source), io.BytesIO(source)
+        else:
+            here = source.tell()
+            size = source.seek(0, io.SEEK_END) - here
+            source.seek(here)
+        if size <= 0:
+            raise ServiceError(ErrorCode.BAD_AUDIO, "the uploaded file is empty")
+        self.rate_hz = sample_rate_hz
+        self.samples = 0
+        self._limit_s = max_duration_s
+        self._max_samples = None if max_duration_s is None else int(max_duration_s * sample_rate_hz)
+        self._too_long = too_long
+        self._ended = False
+        try:
+            self._container = av.open(source, mode="r", metadata_errors="ignore")
+        except (av.FFmpegError, ValueError) as exc:
+            raise ServiceError(ErrorCode.UNSUPPORTED_MEDIA, f"cannot read the file as audio: {exc}") from None
+        if not self._container.streams.audio:
+            self.close()
+            raise ServiceError(ErrorCode.UNSUPPORTED_MEDIA, "the file has no audio stream")
+        self._frames = self._container.decode(self._container.streams.audio[0])
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate_hz)
+        declared = self.declared_s
+        if max_duration_s is not None and declared is not None and declared > max_duration_s + 1.0:
+            self.close()
+            raise self._refusal(f"the audio ({declared:.0f} s, as its container declares) is longer than the "
+                                f"limit of {max_duration_s:g} s")
+
+    @property
+    def declared_s(self) -> float | None:
+        """The duration the container declares (None where it does not)."""
+        if self._container.duration is not None and self._container.duration > 0:
+            return self._container.duration / av.time_base
+        stream = self._container.streams.audio[0]
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        return None
+
+    def read(self, max_samples: int) -> np.ndarray | None:
+        """Up to about ``max_samples`` more samples (a frame more at most); None once the file is exhausted."""
+        chunks: list[np.ndarray] = []
+        count = 0
+        try:
+            while count < max_samples and not self._ended:
+                frame = next(self._frames, None)
+                if frame is None:
+                    self._ended = True
+                for out in self._resampler.resample(frame):
+                    chunk = out.to_ndarray().reshape(-1)
+                    chunks.append(chunk)
+                    count += chunk.size
+        except (av.FFmpegError, ValueError) as exc:
+            raise ServiceError(ErrorCode.BAD_AUDIO, f"cannot decode the file: {exc}") from None
+        self.samples += count
+        if self._max_samples is not None and self.samples > self._max_samples:
+            raise self._refusal(f"the audio is longer than the limit of {self._limit_s:g} s")
+        if not chunks:
+            return None
+        return pcm16_to_float(np.concatenate(chunks))
+
+    def close(self) -> None:
+        self._container.close()
+
+    def _refusal(self, message: str) -> ServiceError:
+        return ServiceError(self._too_long, message)
+
+
 def decode_file(data: bytes, sample_rate_hz: int = SAMPLE_RATE_HZ, max_duration_s: float | None = None) -> np.ndarray:
-    """Decode any FFmpeg-readable audio to mono float32 at ``sample_rate_hz``.
-
-    With ``max_duration_s``, decoding stops as soon as the audio is longer than that and ``bad_audio``
-    is raised (a small compressed upload can hold hours of audio: it is never decoded whole)."""
-    if not data:
-        raise ServiceError(ErrorCode.BAD_AUDIO, "the uploaded file is empty")
-    max_samples = None if max_duration_s is None else int(max_duration_s * sample_rate_hz)
+    """Decode a whole (short) file to mono float32 at ``sample_rate_hz``; longer than ``max_duration_s``:
+    ``bad_audio``, found without decoding it whole."""
+    reader = AudioFileReader(data, sample_rate_hz, max_duration_s, too_long=ErrorCode.BAD_AUDIO)
     try:
-        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
-    except (av.FFmpegError, ValueError) as exc:
-        raise ServiceError(ErrorCode.UNSUPPORTED_MEDIA, f"cannot read the file as audio: {exc}") from None
-    chunks: list[np.ndarray] = []
-    total = 0
-
-    def keep(frames) -> None:
-        nonlocal total
-        for out in frames:
-            chunk = out.to_ndarray().reshape(-1)
+        chunks = []
+        while (chunk := reader.read(sample_rate_hz * 10)) is not None:
             chunks.append(chunk)
-            total += chunk.size
-        if max_samples is not None and total > max_samples:
-            raise ServiceError(ErrorCode.BAD_AUDIO, f"the audio is longer than the limit of {max_duration_s:g} s")
-
-    try:
-        with container:
-            if not container.streams.audio:
-                raise ServiceError(ErrorCode.UNSUPPORTED_MEDIA, "the file has no audio stream")
-            stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate_hz)
-            for frame in container.decode(stream):
-                keep(resampler.resample(frame))
-            keep(resampler.resample(None))
-    except ServiceError:
-        raise
-    except (av.FFmpegError, ValueError) as exc:
-        raise ServiceError(ErrorCode.BAD_AUDIO, f"cannot decode the file: {exc}") from None
+    finally:
+        reader.close()
     if not chunks:
         raise ServiceError(ErrorCode.BAD_AUDIO, "the file contains no audio samples")
-    return pcm16_to_float(np.concatenate(chunks))
+    return np.concatenate(chunks)
 
 
 def wav_header(sample_rate_hz: int, num_samples: int | None = None, channels: int = 1) -> bytes:

@@ -3,7 +3,8 @@
 Keys come from the settings (``server.api_keys``) and/or a file (``server.api_keys_file``, one key a line,
 ``#`` comments); an entry ``name:key`` names the client, otherwise the client is called ``key-<sha256 prefix>``.
 Only that name ever reaches logs and metrics, never the key. A request presents its key as
-``Authorization: Bearer KEY`` or, for WebSocket clients that cannot set headers, ``?api_key=KEY``; the key is
+``Authorization: Bearer KEY`` or, for WebSocket clients that cannot set headers, ``?api_key=KEY`` (on plain
+HTTP the query is never read, so no key lands in an access log; only the literal name counts); the key is
 compared with every configured key in constant time. ``/health``, ``/ready`` and ``/metrics`` stay open. A
 refused HTTP request gets 401 with the contract's error body; a refused WebSocket is accepted just long enough
 to send an ``unauthorized`` error event and close with 1008. With no keys configured, everything is open.
@@ -17,7 +18,7 @@ import hmac
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import unquote_plus
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -81,14 +82,22 @@ class ApiKeys:
 
 
 def presented_key(scope: Scope) -> str | None:
+    """``Authorization: Bearer KEY``; on a WebSocket only, also ``?api_key=KEY`` (browsers cannot set headers).
+
+    Plain HTTP never reads the query: a key there would land in proxies' access logs. The query parameter's
+    name must be exactly ``api_key`` (not percent-encoded), the form the log redaction matches."""
     for name, value in scope.get("headers") or []:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
-    query = parse_qs((scope.get("query_string") or b"").decode("latin-1"))
-    values = query.get("api_key")
-    return values[0] if values else None
+    if scope["type"] != "websocket":
+        return None
+    for pair in (scope.get("query_string") or b"").decode("latin-1").split("&"):
+        name, sep, value = pair.partition("=")
+        if sep and name == "api_key":
+            return unquote_plus(value)
+    return None
 
 
 class ApiKeyAuth:

@@ -13,8 +13,10 @@ runtime on ``app.state.runtime`` (anything with ``admission`` and ``metrics``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -73,6 +75,31 @@ def install_error_handlers(app: FastAPI, upload_fields: tuple[str, ...] = ("file
         return await _service_error(request, ServiceError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}"))
 
 
+T = TypeVar("T")
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` (a request whose body was read); if the client disconnects first, cancel it, so what
+    it queued stops costing model time, and raise ``bad_request`` (nobody is left to read it)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        log.info("client left; its request is cancelled", extra={"path": request.url.path})
+        raise ServiceError(ErrorCode.BAD_REQUEST, "the client closed the connection")
+    finally:
+        watcher.cancel()
+        task.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+
+
 def runtime_of(app) -> Any:
     """The runtime the lifespan put on ``app.state``; ``overloaded`` (503) while the service is starting."""
     runtime = getattr(app.state, "runtime", None)
@@ -82,7 +109,11 @@ def runtime_of(app) -> Any:
 
 
 class BodySizeLimit:
-    """ASGI middleware: HTTP bodies larger than ``max_bytes`` get 413 without being read."""
+    """ASGI middleware: HTTP bodies larger than ``max_bytes`` get 413 without being read further.
+
+    A declared Content-Length over the limit is refused before anything is read. A chunked body is counted
+    as it arrives; past the limit reading stops, and whatever the app then answers (a form parser reports the
+    interrupted body as its own 400) is replaced by the 413."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -97,28 +128,33 @@ class BodySizeLimit:
             await self._refuse(send)
             return
         received = 0
-        started = False
+        exceeded = started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    exceeded = True
                     raise _TooLarge()
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if exceeded:
+                return  # the app's own answer to the interrupted body; the 413 goes out instead
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._refuse(send)
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded and not started:
+            await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
         await send_http_error(send, ServiceError(ErrorCode.TOO_LARGE, f"request body exceeds the limit of "

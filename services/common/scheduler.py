@@ -7,6 +7,11 @@ leaves the event loop in exactly this place. The habits of TGI's router:
 * bounded: when ``max_pending`` requests wait, a new one is refused at once
   with ``overloaded``;
 * ordered: lower :class:`Priority` first (finals before partials), then FIFO;
+* two lanes: ``BULK`` requests (file work) have a bound of their own
+  (``max_bulk_pending``), so they can never make a live request be refused; they
+  run only when no live request waits, and while live streams are active
+  (``live_active()``) one at a time and for at most ``bulk_share`` of the
+  model's time;
 * merged: a request submitted with a ``replace_key`` supersedes the pending one
   with the same key (a session's stale partial), whose caller gets
   :class:`Superseded`;
@@ -28,6 +33,7 @@ leaves the event loop in exactly this place. The habits of TGI's router:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import logging
@@ -51,6 +57,7 @@ class Priority(enum.IntEnum):
     URGENT = 0  # latency-critical: a final, a turn decision
     NORMAL = 1
     BACKGROUND = 2  # mergeable or droppable: a partial
+    BULK = 3  # file work: the bulk lane (see the module docstring)
 
 
 class Superseded(Exception):
@@ -79,9 +86,14 @@ class Scheduler(Generic[Req, Res]):
         metrics: Metrics | None = None,
         call_timeout_s: float | None = None,
         on_stall: Callable[[str, bool], None] | None = None,
+        max_bulk_pending: int | None = None,
+        bulk_share: float = 1.0,
+        live_active: Callable[[], bool] = lambda: False,
     ) -> None:
         if max_batch < 1 or max_pending < 1:
             raise ValueError("max_batch and max_pending must be >= 1")
+        if not 0 < bulk_share <= 1:
+            raise ValueError("bulk_share must be in (0, 1]")
         if call_timeout_s is not None and call_timeout_s <= 0:
             raise ValueError("call_timeout_s must be > 0 (or None: no limit)")
         self.name = name
@@ -101,6 +113,11 @@ class Scheduler(Generic[Req, Res]):
         self._on_stall = on_stall
         self.stalled_since: float | None = None
         """monotonic time the running call passed its timeout; None while the model answers."""
+        self.max_bulk_pending = max_bulk_pending if max_bulk_pending is not None else max_pending
+        self.bulk_share = bulk_share
+        self._live_active = live_active
+        self._bulk_ready_at = 0.0  # monotonic: no bulk batch before this while live streams are active
+        self._running = False
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -129,6 +146,10 @@ class Scheduler(Generic[Req, Res]):
     def depth(self) -> int:
         return len(self._pending)
 
+    @property
+    def busy(self) -> bool:
+        """A batch is running on the model's thread."""
+        return self._running
     # -- submitting ------------------------------------------------------------
     async def submit(
         self,
@@ -148,12 +169,16 @@ class Scheduler(Generic[Req, Res]):
             self._remove(old)
             if not old.future.done():
                 old.future.set_exception(Superseded())
-        elif len(self._pending) >= self.max_pending and self._purge_gone() >= self.max_pending:
-            if self._metrics is not None:
-                self._metrics.refusals.labels(reason=f"{self.name}_queue_full").inc()
-            raise ServiceError(
-                ErrorCode.OVERLOADED, f"the {self.name} queue is full ({self.max_pending} waiting); try again later"
-            )
+        else:
+            bulk = priority >= Priority.BULK
+            limit = self.max_bulk_pending if bulk else self.max_pending
+            if self._lane_depth(bulk) >= limit:
+                self._purge_gone()
+            if self._lane_depth(bulk) >= limit:
+                if self._metrics is not None:
+                    self._metrics.refusals.labels(reason=f"{self.name}_{'bulk_' if bulk else ''}queue_full").inc()
+                raise ServiceError(ErrorCode.OVERLOADED, f"the {self.name} {'file lane' if bulk else 'queue'} is "
+                                                         f"full ({limit} waiting); try again later")
         entry = _Entry(int(priority), next(self._seq), request, batch_key, replace_key,
                        asyncio.get_running_loop().create_future(), max_batch)
         self._pending.append(entry)
@@ -183,11 +208,13 @@ class Scheduler(Generic[Req, Res]):
         entry.priority = min(entry.priority, int(priority))
         return True
 
-    def _purge_gone(self) -> int:
+    def _purge_gone(self) -> None:
         """Drop entries whose caller is gone (cancelled while waiting): they must not fill the queue."""
         for entry in [e for e in self._pending if e.future.done()]:
             self._remove(entry)
-        return len(self._pending)
+
+    def _lane_depth(self, bulk: bool) -> int:
+        return sum(1 for e in self._pending if (e.priority >= Priority.BULK) == bulk)
 
     # -- the owner task ----------------------------------------------------------
     def _remove(self, entry: _Entry) -> None:
@@ -198,18 +225,24 @@ class Scheduler(Generic[Req, Res]):
         if entry.replace_key is not None and self._by_key.get(entry.replace_key) is entry:
             del self._by_key[entry.replace_key]
 
-    def _take_batch(self) -> list[_Entry]:
+    def _take_batch(self) -> tuple[list[_Entry], float | None]:
+        """The next batch, or none and how long to wait before bulk work may run again (None: until woken)."""
         for entry in [e for e in self._pending if e.future.done()]:
             self._remove(entry)
         if not self._pending:
-            return []
+            return [], None
         ordered = sorted(self._pending, key=lambda e: (e.priority, e.seq))
         head = ordered[0]
-        batch = [e for e in ordered if e.batch_key == head.batch_key and e.priority == head.priority]
-        batch = batch[: min(self.max_batch, head.max_batch or self.max_batch)]
+        cap = min(self.max_batch, head.max_batch or self.max_batch)
+        if head.priority >= Priority.BULK and self._live_active():
+            wait = self._bulk_ready_at - time.monotonic()
+            if wait > 0:
+                return [], wait
+            cap = 1  # a running batch cannot be interrupted: keep a live final's wait to one file utterance
+        batch = [e for e in ordered if e.batch_key == head.batch_key and e.priority == head.priority][:cap]
         for entry in batch:
             self._remove(entry)
-        return batch
+        return batch, None
 
     def _run_isolated(self, requests: list[Req]) -> list[Any]:
         try:
@@ -233,13 +266,15 @@ class Scheduler(Generic[Req, Res]):
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while True:
-            batch = self._take_batch()
+            batch, retry_s = self._take_batch()
             self._set_depth()
             if not batch:
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), retry_s)
                 continue
             started = time.perf_counter()
+            self._running = True
             try:
                 call = loop.run_in_executor(self._executor, self._run_isolated, [e.request for e in batch])
                 if self.call_timeout_s is not None:
@@ -259,7 +294,10 @@ class Scheduler(Generic[Req, Res]):
             except Exception as exc:
                 log.exception("%s inference failed", self.name)
                 results = [_Failure(exc)] * len(batch)
+            self._running = False
             elapsed = time.perf_counter() - started
+            if batch[0].priority >= Priority.BULK:  # live work may use the rest of the time (bulk_share)
+                self._bulk_ready_at = time.monotonic() + elapsed * (1 / self.bulk_share - 1)
             self.batches_run += 1
             if self._metrics is not None:
                 self._metrics.batch_size.labels(model=self.name).observe(len(batch))

@@ -2,17 +2,21 @@
 
 uvicorn, left to itself, answers SIGTERM by closing every WebSocket with 1012
 at once, before the app's lifespan shutdown runs. :class:`DrainingServer`
-intercepts the first SIGTERM/SIGINT instead: it sets
-``runtime.admission.draining`` (``/ready`` turns 503, new sessions are
-refused, and open sessions are asked through ``admission.drain_requested`` to
-finish their current utterance or reply and leave with 1001 "going away"),
-waits for them up to ``drain_timeout_s``, and only then lets uvicorn shut down;
-the process exits 0. A second signal stops at once (uvicorn's own behaviour).
+intercepts the first SIGTERM/SIGINT instead: it sets every admission pool
+draining (``/ready`` turns 503, new sessions and HTTP work are refused, and open
+sessions are asked through ``admission.drain_requested`` to finish their
+current utterance or reply and leave with 1001 "going away"), waits up to
+``drain_timeout_s`` for the sessions *and* the HTTP work in flight (uploads,
+synthesis), and only then lets uvicorn shut down, giving what is left
+:data:`GRACEFUL_SHUTDOWN_S`; the process exits 0. A systemd unit's
+``TimeoutStopSec`` must exceed both together. A second signal stops at once
+(uvicorn's own behaviour).
 
 :class:`BalancerGate` is ASGI middleware for the same moment seen from nginx:
 while draining, HTTP requests other than ``/health``, ``/ready`` and
 ``/metrics`` get 503 ``overloaded`` with ``Retry-After`` (nothing was done, so
-the balancer may retry them elsewhere); and a WebSocket handshake that carries
+the client may retry elsewhere); so does a POST while every HTTP work slot
+(uploads, synthesis) is taken, before its body is read; and a WebSocket handshake that carries
 the ``X-Voice-Balancer`` header (set by our nginx config only) is refused with
 HTTP 503 instead of being accepted and closed with 1013 whenever the instance
 is full, draining or has a stalled model, so nginx's ``proxy_next_upstream
@@ -34,12 +38,15 @@ from types import FrameType
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .admission import drain, work_pools
 from .errors import ErrorCode, ServiceError, send_http_error
 from .http import OPS_PATHS
 
 log = logging.getLogger(__name__)
 
 BALANCER_HEADER = b"x-voice-balancer"
+GRACEFUL_SHUTDOWN_S = 5
+"""After the drain, what is still open gets this long from uvicorn before it is cut."""
 
 
 def _runtime(app) -> object | None:
@@ -61,6 +68,12 @@ class BalancerGate:
             if scope["type"] == "http" and admission.draining:
                 await send_http_error(send, ServiceError(ErrorCode.OVERLOADED,
                                                          "this instance is shutting down; try another"))
+                return
+            work = getattr(runtime, "http_admission", None)
+            if scope["type"] == "http" and scope.get("method") == "POST" and work is not None and not work.accepting:
+                # every HTTP work slot is taken: refuse before the body (an upload: up to 100 MB) is read
+                await send_http_error(send, ServiceError(
+                    ErrorCode.OVERLOADED, f"all {work.max_sessions} {work.what} slots are in use; try again later"))
                 return
             if (scope["type"] == "websocket" and not admission.accepting
                     and BALANCER_HEADER in dict(scope.get("headers") or [])
@@ -99,16 +112,16 @@ class DrainingServer(uvicorn.Server):
             self._drain = self._loop.create_task(self.drain(name), name="drain")
 
     async def drain(self, reason: str = "request") -> bool:
-        """Refuse new sessions, wait for open ones (bounded), then ask uvicorn to stop. True if all finished."""
+        """Refuse new work, wait for open sessions and HTTP work (bounded), then ask uvicorn to stop.
+        True if all finished."""
         runtime = _runtime(self.target)
         finished = True
         if runtime is not None:
-            admission = runtime.admission
-            admission.draining = True
-            log.info("draining", extra={"signal": reason, "sessions": admission.active,
+            pools = work_pools(runtime)
+            log.info("draining", extra={"signal": reason, "busy": [p.active for p in pools],
                                         "drain_timeout_s": self.drain_timeout_s})
-            finished = await admission.wait_idle(self.drain_timeout_s)
-            log.info("drained" if finished else "drain timed out", extra={"sessions": admission.active})
+            finished = await drain(pools, self.drain_timeout_s)
+            log.info("drained" if finished else "drain timed out", extra={"busy": [p.active for p in pools]})
         self.should_exit = True
         return finished
 
@@ -122,7 +135,7 @@ def serve(app, *, host: str, port: int, drain_timeout_s: float, log_level: str, 
     config = uvicorn.Config(
         app, host=host, port=port, log_config=None, log_level=log_level,
         proxy_headers=True, forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
-        timeout_graceful_shutdown=int(drain_timeout_s) + 5, access_log=False, **uvicorn_options,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, access_log=False, **uvicorn_options,
     )
     DrainingServer(config, app, drain_timeout_s).run()
 

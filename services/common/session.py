@@ -1,30 +1,23 @@
 """The session chassis: what every WebSocket session of both services does, written once.
 
-A service's session subclasses :class:`Session` and supplies only its own
-messages and its own work (ASR: the audio processor; TTS: the speaker). The
-chassis owns the rest of a connection's life:
+A service's session subclasses :class:`Session` and supplies only its messages
+and its work (ASR: the audio processor; TTS: the speaker). The chassis owns:
 
-* **accept and admission**: :meth:`Session.serve` accepts, lets the subclass
-  check the query (:meth:`Session.prepare`; a bad one is refused before a slot
-  is taken), takes an admission slot or refuses at once with ``overloaded``,
-  builds the session (:meth:`Session.open`) and runs it, giving the slot back
-  however it ends;
-* **tasks**: a *reader* (socket -> subclass hooks), a *writer* (outbox ->
-  socket, in order) and a *drain watcher*, plus the subclass's work tasks, all
-  in one :class:`~.tasks.TaskSet` that is cancelled and awaited together when
-  the session ends;
-* **reporting and failing**: :meth:`Session.report` queues an error event (a
-  fatal one is followed by a close with its code; a non-fatal one counts
-  against the outbox bound, so a client that floods bad frames without reading
-  is closed with ``overloaded``); :meth:`Session.fail` ends the session now:
-  what waits is dropped, the error and close go next, and a client that does
-  not read them gets :data:`FAIL_GRACE_S` before the socket is closed with 1011;
+* **admission**: :meth:`Session.serve` accepts, checks the query
+  (:meth:`Session.prepare`: refused before a slot is taken), takes a slot or
+  refuses at once with ``overloaded``, builds the session and runs it;
+* **tasks**: a *reader* (socket -> hooks), a *writer* (outbox -> socket, in
+  order), a *drain watcher* and the subclass's work, in one
+  :class:`~.tasks.TaskSet` cancelled and awaited together at the end;
+* **errors**: :meth:`Session.report` queues an error event (a fatal one then a
+  close; a non-fatal one counts against the outbox bound, so a client flooding
+  bad frames without reading is closed with ``overloaded``); :meth:`Session.fail`
+  ends the session now: queued items go, the error and close are next, and a
+  client that does not read them gets :data:`FAIL_GRACE_S`, then close 1011;
 * **limits**: text frames over ``server.max_message_bytes`` are ``too_large``;
-  the receive timeout is the subclass's (idle rules differ);
-* **draining**: on SIGTERM (``admission.drain_requested``) the watcher waits
-  :data:`DRAIN_GRACE_S` so what the client sent just before is read first, then
-  tells the subclass (:meth:`Session.on_drain`), which leaves once its work is
-  done.
+  a client that takes no frame for ``server.send_timeout_s`` is dropped;
+* **draining**: on SIGTERM the watcher waits :data:`DRAIN_GRACE_S` (what was
+  sent just before is read first) and calls :meth:`Session.on_drain`.
 
 Any exception in the reader or writer ends this session, never another one.
 """
@@ -74,6 +67,8 @@ class Session:
         self.draining = False
         self.max_message_bytes: int = runtime.settings.server.max_message_bytes
         self.last_input = time.perf_counter()  # when the client last sent a frame
+        self.send_timeout_s: float = runtime.settings.server.send_timeout_s
+        self._closed_by_writer = False
         self._gone = asyncio.Event()  # the client left (or the socket broke)
         self._failed = asyncio.Event()  # fail(): the session ends now
 
@@ -89,7 +84,7 @@ class Session:
         return cls(ws, runtime, prepared, session_id)  # type: ignore[call-arg]
 
     def begin(self) -> None:
-        """Queue the first events and spawn the work tasks (the reader and writer are the chassis's)."""
+        """Queue the first events and spawn the work tasks."""
 
     def receive_timeout(self) -> float:
         return self.runtime.settings.server.idle_timeout_s
@@ -123,7 +118,7 @@ class Session:
         if isinstance(item, ServiceError):
             await self.send_error(item)
         elif isinstance(item, Event):
-            await self.ws.send_text(item.to_json())
+            await self.write(item.to_json())
         else:
             raise TypeError(f"cannot send {type(item).__name__}")
         return False
@@ -166,7 +161,7 @@ class Session:
             gone.cancel()
             failed.cancel()
             await self.tasks.cancel_all()
-            if self._failed.is_set() and not (writer.done() and not writer.cancelled()):
+            if self._failed.is_set() and not self._closed_by_writer:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.ws.close(1011), timeout=1.0)
             log.info("session ended", extra=self.summary())
@@ -240,17 +235,29 @@ class Session:
             while True:
                 item = await self.outbox.get()
                 if isinstance(item, CloseRequest):
-                    await self.ws.close(item.code)
+                    await self.close(item.code)
                     return
                 if await self.send(item):
                     return
+        except asyncio.TimeoutError:
+            self.fail(ServiceError(ErrorCode.OVERLOADED, f"the client has taken nothing for "
+                                                         f"{self.send_timeout_s:g} s; closing"))
         except (WebSocketDisconnect, RuntimeError, OSError):
             self._gone.set()
         except Exception:  # noqa: BLE001 - the session ends (run() waits on the writer); log why
             log.exception("writer failed")
             self._gone.set()
 
+    async def close(self, code: int) -> None:
+        self._closed_by_writer = True
+        await asyncio.wait_for(self.ws.close(code), self.send_timeout_s)
+
+    async def write(self, frame: str | bytes) -> None:
+        """Send one frame; ``TimeoutError`` when the client takes nothing for ``send_timeout_s``."""
+        send = self.ws.send_bytes(frame) if isinstance(frame, bytes) else self.ws.send_text(frame)
+        await asyncio.wait_for(send, self.send_timeout_s)
+
     async def send_error(self, err: ServiceError) -> None:
         self.runtime.metrics.errors.labels(code=err.code.value).inc()
         log.info("error sent", extra={"code": err.code.value, "detail": err.message})
-        await self.ws.send_text(err.to_json())
+        await self.write(err.to_json())

@@ -120,12 +120,18 @@ class ServerSettings(Section):
     """A session that sends nothing for this long is closed (timeout/1000)."""
     max_message_bytes: int = Field(64 * 1024, ge=1024)
     """Largest WebSocket text message accepted, in UTF-8 bytes (too_large/1009 above)."""
+    send_timeout_s: float = Field(30.0, gt=0)
+    """A client that takes nothing we send for this long (a WebSocket frame, a chunk of a streamed HTTP
+    response) is dropped and its slot freed."""
     drain_timeout_s: float = Field(30.0, ge=0)
     """On SIGTERM, how long open sessions may take to finish their utterance or reply."""
     api_keys: list[str] = Field(default_factory=list)
     """API keys (``name:key`` or ``key``, 16+ characters); empty with no file: no authentication."""
     api_keys_file: str | None = None
     """A file with one key a line (``name:key``), read at start-up; for systemd EnvironmentFile or secrets."""
+    stall_exit_s: float = Field(300.0, ge=0)
+    """A model call stalled this long (past ``scheduler.call_timeout_s``) ends the process with status 70 so its
+    supervisor restarts it (systemd's watchdog usually acts first; 0: never)."""
     heap_trim_interval_s: float = Field(30.0, ge=0)
     """How often freed heap memory is handed back to the system (glibc ``malloc_trim``); 0 turns it off."""
     malloc_arena_max: int = Field(4, ge=0, le=64)

@@ -4,7 +4,8 @@ Each route fetches the shared runtime, builds what it needs and awaits it: the
 stream route hands the socket to :class:`~.session.TtsSession`; the synthesis
 routes check the request, pull the first audio (so an error still gets a
 status) and stream the rest, each holding one HTTP synthesis slot until its
-response ends (refused at once with 503 when all are taken); the voice routes
+response ends (refused at once with 503 when all are taken; a client that takes
+nothing for ``server.send_timeout_s`` is dropped); the voice routes
 call the catalog and store.
 JSON bodies are parsed here in one helper: malformed JSON is 400
 ``bad_request``, invalid fields 422 ``invalid_parameter``.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -29,6 +31,7 @@ from .serving import TtsRuntime
 from .session import TtsSession
 from .synthesis import prepare, stream_audio
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 M = TypeVar("M", bound=BaseModel)
 
@@ -39,16 +42,23 @@ MULAW_DEFAULT_RATE_HZ = 8000  # audio/basic is 8 kHz G.711
 
 
 class _SlotResponse(StreamingResponse):
-    """A streamed body that runs ``on_close`` however the response ends (sent, failed, or the client left
-    before the body started), so the HTTP slot and the synthesis are always released."""
+    """A streamed body that runs ``on_close`` however the response ends (sent, failed, the client left before
+    the body started, or stopped reading for ``send_timeout_s``), so the HTTP slot and the synthesis are always
+    released."""
 
-    def __init__(self, content, on_close: Callable[[], Awaitable[None]], **kwargs) -> None:
+    def __init__(self, content, on_close: Callable[[], Awaitable[None]], send_timeout_s: float, **kwargs) -> None:
         super().__init__(content, **kwargs)
         self._on_close = on_close
+        self._send_timeout_s = send_timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
+        async def timed_send(message) -> None:
+            await asyncio.wait_for(send(message), self._send_timeout_s)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, timed_send)
+        except asyncio.TimeoutError:
+            log.info("client stopped reading; response dropped", extra={"send_timeout_s": self._send_timeout_s})
         finally:
             await self._on_close()
 
@@ -70,7 +80,7 @@ async def _body(request: Request, model: type[M]) -> M:
 
 async def _streaming(runtime: TtsRuntime, text: str, voice: str | None, fmt: str, rate_hz: int | None,
                      speed: float, route: str) -> StreamingResponse:
-    runtime.acquire_http()  # 503 at once when every HTTP slot is taken; sessions keep their budget
+    runtime.http_admission.acquire()  # 503 at once when every HTTP slot is taken; sessions keep their budget
     chunks = None
     released = False
 
@@ -102,8 +112,8 @@ async def _streaming(runtime: TtsRuntime, text: str, voice: str | None, fmt: str
             async for data in chunks:
                 yield data
 
-        response = _SlotResponse(body(), release, media_type=encoder.media_type,
-                                 headers={"X-Sample-Rate": str(encoder.rate_hz)})
+        response = _SlotResponse(body(), release, runtime.settings.server.send_timeout_s,
+                                 media_type=encoder.media_type, headers={"X-Sample-Rate": str(encoder.rate_hz)})
     except BaseException:
         await release()
         raise
@@ -157,7 +167,7 @@ async def create_voice(
         raise ServiceError(ErrorCode.BAD_REQUEST, "file: a multipart field 'file' with the reference audio is required")
     if name is None:
         raise ServiceError(ErrorCode.INVALID_PARAMETER, "name: a form field 'name' is required")
-    with runtime.http_slot():
+    with runtime.http_admission.slot():
         data = await file.read()
         info = await runtime.clone_voice(name, data)
     return JSONResponse({"id": info.id, "name": info.name, "engine": info.engine, "duration": info.duration},

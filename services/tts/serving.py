@@ -22,11 +22,10 @@ thread at ``NORMAL`` priority, write to the store) lives here too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,7 +146,7 @@ class TtsRuntime:
 
     def __post_init__(self) -> None:
         if self.http_admission is None:
-            self.http_admission = Admission(self.settings.server.max_http_synthesis)
+            self.http_admission = Admission(self.settings.server.max_http_synthesis, "HTTP synthesis")
 
     @classmethod
     def load(cls, settings: TtsSettings, engine: TtsEngine | None = None) -> "TtsRuntime":
@@ -224,23 +223,6 @@ class TtsRuntime:
                 self.metrics.real_time_factor.observe(result.compute_s / result.audio_s)
         return result
 
-    def acquire_http(self) -> None:
-        """Take an HTTP synthesis slot or raise ``overloaded`` (503, Retry-After) at once; never waits."""
-        adm = self.http_admission
-        assert adm is not None
-        if adm.active >= adm.max_sessions:
-            raise ServiceError(ErrorCode.OVERLOADED, f"all {adm.max_sessions} HTTP synthesis slots are in use; "
-                                                     f"try again later")
-        adm.acquire()
-
-    @contextlib.contextmanager
-    def http_slot(self) -> Iterator[None]:
-        self.acquire_http()
-        try:
-            yield
-        finally:
-            self.http_admission.release()
-
     def check_can_clone(self) -> None:
         if not self.engine.can_clone:
             raise ServiceError(ErrorCode.NOT_SUPPORTED,
@@ -266,7 +248,8 @@ class TtsRuntime:
         # NORMAL: a clone must not jump ahead of live sessions' pieces.
         conds = await self.scheduler.submit(CloneJob(audio, REFERENCE_RATE_HZ), priority=Priority.NORMAL)
         info = await asyncio.to_thread(self.store.create, name, self.engine.name, duration_s, audio,
-                                       REFERENCE_RATE_HZ, lambda path: self.engine.save_conditionals(conds, path))
+                                       REFERENCE_RATE_HZ, lambda path: self.engine.save_conditionals(conds, path),
+                                       v.max_voices)
         self.metrics.voices_cloned.inc()
         log.info("voice cloned", extra={"voice": info.id, "duration_s": info.duration, "speech_s": round(speech_s, 2)})
         return info

@@ -188,7 +188,7 @@ class TtsSession(Session):
     async def send(self, item: Any) -> bool:
         metrics = self.runtime.metrics
         if isinstance(item, Audio):
-            await self.ws.send_bytes(item.data)
+            await self.write(item.data)
             if item.first_of is not None:
                 metrics.time_to_first_audio.observe(time.perf_counter() - item.first_of.ready_at)
             return False

@@ -8,7 +8,10 @@ file is written to a temporary name, fsynced and moved into place with
 ``os.replace``; ``meta.json`` is written last and removed first, so a voice
 exists exactly when its metadata does and a crash never leaves a half voice
 visible. The store is read from disk on every lookup, so every instance sharing
-the directory sees the same voices, across restarts.
+the directory sees the same voices, across restarts. Creating a voice counts
+the store and writes it under an exclusive lock on ``.lock`` in the directory
+(``flock``: held across requests and across instances sharing the store), so
+``max_voices`` holds however many clones race.
 
 :class:`VoiceCatalog` resolves what a request names (a built-in id, an OpenAI
 alias such as ``alloy``, a cloned id or name) to a :class:`ResolvedVoice`,
@@ -21,6 +24,8 @@ an uploaded reference recording.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -29,7 +34,7 @@ import shutil
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,7 @@ NAME_MAX_CHARS = 100
 META = "meta.json"
 REFERENCE = "reference.wav"
 CONDITIONALS = "conditionals.bin"
+LOCK = ".lock"
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +137,25 @@ class VoiceStore:
         return out
 
     def create(self, name: str, engine: str, duration_s: float, reference: np.ndarray, reference_rate_hz: int,
-               write_conditionals: Callable[[Path], None]) -> VoiceInfo:
-        """Write a new voice; ``write_conditionals(path)`` serializes the engine's conditionals to ``path``."""
+               write_conditionals: Callable[[Path], None], max_voices: int | None = None) -> VoiceInfo:
+        """Write a new voice; ``write_conditionals(path)`` serializes the engine's conditionals to ``path``.
+        With ``max_voices``, a full store refuses it (``invalid_parameter``), checked under the store lock."""
+        with self._locked():
+            if max_voices is not None and len(self.list()) >= max_voices:
+                raise ServiceError(ErrorCode.INVALID_PARAMETER, f"the voice store is full ({max_voices} voices)")
+            return self._create(name, engine, duration_s, reference, reference_rate_hz, write_conditionals)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.root / LOCK, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def _create(self, name: str, engine: str, duration_s: float, reference: np.ndarray, reference_rate_hz: int,
+                write_conditionals: Callable[[Path], None]) -> VoiceInfo:
         voice_id = uuid.uuid4().hex
         folder = self._dir(voice_id)
         folder.mkdir()
