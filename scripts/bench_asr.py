@@ -19,12 +19,17 @@ Phases
    bench sends ``commit`` and counts the turn as *forced*).
    Time-to-final = wall time from sending the frame that holds the LAST SPEECH
    SAMPLE of the clip to the arrival of the final that ends the clip (a final,
-   not ``max_length``, whose ``end`` reaches the speech end minus 0.5 s).
-   Where speech ends is computed once per clip with faster-whisper's Silero VAD
-   (``get_speech_timestamps``, no padding; accurate to a few tens of ms); if the
-   VAD finds no speech the clip is trimmed by energy instead (``speech_end_method``
-   in the JSON says which). Finals are assigned to clips by the stream time of
-   their midpoint; all finals of a clip are concatenated for the streaming WER.
+   not ``max_length``, whose ``end`` reaches the speech end minus 0.5 s), two ways:
+   from the end of the last word - the last 20 ms frame within 30 dB of the
+   clip's loudest frame (``time_to_final_ms``, what a user feels), and from where
+   faster-whisper's Silero VAD (``get_speech_timestamps``, no padding) ends the
+   speech (``time_to_final_vad_ms``, the figure of earlier tables; if the VAD
+   finds no speech the clip is trimmed by energy instead: ``speech_end_method``).
+   Finals are assigned to clips by the stream time of their midpoint; all finals
+   of a clip are concatenated for the streaming WER. Around each level the
+   service's ``/metrics`` are read, and each model's queue wait and compute time
+   per request are reported by priority (p50/p95 from the histograms' buckets):
+   where the time goes.
 3. POST throughput: every clip is sent to ``POST /v1/transcribe`` ``--post-repeat``
    times, 2 requests in flight; audio seconds per wall second, compared with the
    direct in-process figure from phase 1.
@@ -256,6 +261,7 @@ class Clip:
     last_seg_start: float
     speech_end: float
     speech_end_method: str
+    word_end: float = 0.0  # end of the last word: last 20 ms frame within 30 dB of the loudest
 
 
 def load_clips(data_dir: Path, max_clips: int | None) -> list[Clip]:
@@ -277,8 +283,9 @@ def load_clips(data_dir: Path, max_clips: int | None) -> list[Clip]:
             x = soxr.resample(x, sr, RATE).astype(np.float32)
         seg_start, end, method = speech_bounds(x, RATE)
         pcm = (np.clip(x, -1, 1) * 32767).round().astype("<i2").tobytes()
+        word = energy_speech_bounds(x, RATE, floor_db=-30.0)
         clips.append(Clip(wav.stem, wav, txt.read_text().strip(), pcm, len(x) / RATE,
-                          seg_start, end, method))
+                          seg_start, end, method, word[1] if word else end))
         if max_clips and len(clips) >= max_clips:
             break
     return clips
@@ -319,7 +326,8 @@ class SessionResult:
     errors: list = field(default_factory=list)
     finals: list = field(default_factory=list)  # (event, arrival monotonic)
     clip_starts: list = field(default_factory=list)  # stream seconds
-    ttf_s: dict = field(default_factory=dict)  # clip index -> seconds
+    ttf_s: dict = field(default_factory=dict)  # clip index -> seconds, from the VAD's speech end
+    ttf_word_s: dict = field(default_factory=dict)  # clip index -> seconds, from the end of the last word
     forced: set = field(default_factory=set)
     clips_sent: int = 0
     max_send_lag_s: float = 0.0
@@ -349,6 +357,7 @@ async def run_session(index: int, url: str, clips: list[Clip], delay: float, arg
                         p.get("forced") or (ev.get("reason") != "max_length"
                                             and float(ev.get("end", 0)) >= p["end"] - CLOSE_TOL_S)):
                     res.ttf_s[p["clip"]] = now - p["sent_at"]
+                    res.ttf_word_s[p["clip"]] = now - p.get("word_sent_at", p["sent_at"])
                     pending.clear()
                     closed_clip.set()
             elif kind == "error":
@@ -386,11 +395,15 @@ async def run_session(index: int, url: str, clips: list[Clip], delay: float, arg
                 clip_t0 = pos / RATE
                 # byte offset of the last speech sample; the frame holding it marks the clock
                 last_byte = min(len(clip.pcm), max(2, round(clip.speech_end * RATE) * 2)) - 1
+                word_byte = min(len(clip.pcm), max(2, round(clip.word_end * RATE) * 2)) - 1
+                word_sent_at = None
                 closed_clip.clear()
                 for off in range(0, len(clip.pcm), frame_bytes):
                     await send(clip.pcm[off:off + frame_bytes])
+                    if off <= word_byte < off + frame_bytes:
+                        word_sent_at = time.monotonic()
                     if off <= last_byte < off + frame_bytes:
-                        pending.update(clip=ci, sent_at=time.monotonic(),
+                        pending.update(clip=ci, sent_at=time.monotonic(), word_sent_at=word_sent_at or time.monotonic(),
                                        end=clip_t0 + clip.speech_end)
                 for _ in range(int(round(args.silence / FRAME_S))):
                     await send(zero)
@@ -430,8 +443,64 @@ async def run_session(index: int, url: str, clips: list[Clip], delay: float, arg
     return res
 
 
+def scrape(url: str) -> str:
+    import httpx
+    try:
+        return httpx.get(url.rstrip("/") + "/metrics", timeout=10, trust_env=False).text
+    except httpx.HTTPError:
+        return ""
+
+
+def histograms(text: str, name: str) -> dict:
+    """{(model, priority): {le: cumulative count}} of one Prometheus histogram."""
+    out: dict = {}
+    for line in text.splitlines():
+        if not line.startswith(name + "_bucket{"):
+            continue
+        labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1:line.index("}")].split(","))
+        labels = {k: v.strip('"') for k, v in labels.items()}
+        key = (labels.get("model"), labels.get("priority"))
+        le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
+        out.setdefault(key, {})[le] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def bucket_percentile(cumulative: dict, q: float) -> float | None:
+    """q-th percentile (0..100) of a histogram's observations, interpolated within its bucket."""
+    bounds = sorted(cumulative)
+    total = cumulative[bounds[-1]] if bounds else 0
+    if total <= 0:
+        return None
+    target, lower, below = total * q / 100, 0.0, 0.0
+    for le in bounds:
+        count = cumulative[le]
+        if count >= target:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * ((target - below) / (count - below) if count > below else 1.0)
+        lower, below = le, count
+    return lower
+
+
+def where_time_goes(before: str, after: str, namespace: str = "asr") -> dict:
+    """Queue wait and compute per request during one level, by model and priority (ms)."""
+    out: dict = {}
+    for kind in ("queue_wait", "compute"):
+        a, b = histograms(before, f"{namespace}_{kind}_seconds"), histograms(after, f"{namespace}_{kind}_seconds")
+        for key, cum in b.items():
+            delta = {le: v - a.get(key, {}).get(le, 0.0) for le, v in cum.items()}
+            n = delta.get(float("inf"), 0)
+            if n <= 0:
+                continue
+            row = out.setdefault(f"{key[0]}/{key[1]}", {"n": int(n)})
+            row[f"{kind}_p50_ms"] = round(bucket_percentile(delta, 50) * 1000, 1)
+            row[f"{kind}_p95_ms"] = round(bucket_percentile(delta, 95) * 1000, 1)
+    return out
+
+
 async def run_streaming(n: int, args, clips: list[Clip], headers, rng: random.Random) -> dict:
     url = ws_url(args.url)
+    metrics_before = scrape(args.url)
     # worst case per clip: audio, waiting for the final, then a forced commit (10 s)
     budget = sum(c.duration + max(args.silence, args.final_timeout) + 10 for c in clips) + 60
     with CpuMeter(args.pid) as cpu:
@@ -450,7 +519,8 @@ async def run_streaming(n: int, args, clips: list[Clip], headers, rng: random.Ra
             r.drop_reason = "bench timeout" if t in pending else repr(t.exception())
             sessions.append(r)
 
-    ttf, refs, hyps, finals, reasons, server_lat, clips_done = [], [], [], 0, {}, [], 0
+    metrics_after = scrape(args.url)
+    ttf, ttf_vad, refs, hyps, finals, reasons, server_lat, clips_done = [], [], [], [], 0, {}, [], 0
     for s in sessions:
         texts = [[] for _ in clips]
         for ev, _ in sorted(s.finals, key=lambda f: float(f[0].get("start", 0))):
@@ -461,7 +531,8 @@ async def run_streaming(n: int, args, clips: list[Clip], headers, rng: random.Ra
             if s.clip_starts:
                 mid = (float(ev.get("start", 0)) + float(ev.get("end", 0))) / 2
                 texts[assign_clip(mid, s.clip_starts)].append(ev.get("text", ""))
-        ttf += [v * 1000 for ci, v in s.ttf_s.items() if ci not in s.forced]
+        ttf += [v * 1000 for ci, v in s.ttf_word_s.items() if ci not in s.forced]
+        ttf_vad += [v * 1000 for ci, v in s.ttf_s.items() if ci not in s.forced]
         for ci in range(s.clips_sent):
             refs.append(clips[ci].ref)
             hyps.append(" ".join(t.strip() for t in texts[ci]))
@@ -470,7 +541,9 @@ async def run_streaming(n: int, args, clips: list[Clip], headers, rng: random.Ra
     return {
         "sessions": n,
         "time_to_final_ms": summarize(ttf),
+        "time_to_final_vad_ms": summarize(ttf_vad),
         "server_latency_ms": summarize(server_lat),
+        "where_time_goes": where_time_goes(metrics_before, metrics_after),
         "finals": finals,
         "clips_streamed": clips_done,
         "finals_per_clip": finals / clips_done if clips_done else None,
@@ -546,15 +619,22 @@ def fmt(v, spec=".0f", none="-"):
 
 def markdown(report: dict) -> str:
     b = report["batch"]
-    lines = ["| sessions | finals | finals/clip | TTF p50 ms | TTF p95 ms | TTF max ms | forced "
-             "| stream WER | batch WER | dropped | service CPU % | client CPU % |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| sessions | finals | finals/clip | TTF p50 / p95 ms (last word) | TTF p50 / p95 ms (VAD end) "
+             "| TTF max ms | forced | stream WER | batch WER | dropped | service CPU % |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in report["streaming"]:
-        t = s["time_to_final_ms"]
+        t, v = s["time_to_final_ms"], s["time_to_final_vad_ms"]
         lines.append(f"| {s['sessions']} | {s['finals']} | {fmt(s['finals_per_clip'], '.2f')} "
-                     f"| {fmt(t['p50'])} | {fmt(t['p95'])} | {fmt(t['max'])} | {s['forced_commits']} "
-                     f"| {fmt(s['streaming_wer']['wer'], '.3f')} | {fmt(b['wer']['wer'], '.3f')} "
-                     f"| {s['dropped_sessions']} | {fmt(s['service_cpu_pct'])} | {fmt(s['client_cpu_pct'])} |")
+                     f"| {fmt(t['p50'])} / {fmt(t['p95'])} | {fmt(v['p50'])} / {fmt(v['p95'])} | {fmt(t['max'])} "
+                     f"| {s['forced_commits']} | {fmt(s['streaming_wer']['wer'], '.3f')} "
+                     f"| {fmt(b['wer']['wer'], '.3f')} | {s['dropped_sessions']} | {fmt(s['service_cpu_pct'])} |")
+    lines += ["", "| sessions | model/priority | requests | queue wait p50 / p95 ms | compute p50 / p95 ms |",
+              "|---:|---|---:|---:|---:|"]
+    for s in report["streaming"]:
+        for key, row in sorted(s["where_time_goes"].items()):
+            lines.append(f"| {s['sessions']} | {key} | {row['n']} | {fmt(row.get('queue_wait_p50_ms'))} / "
+                         f"{fmt(row.get('queue_wait_p95_ms'))} | {fmt(row.get('compute_p50_ms'))} / "
+                         f"{fmt(row.get('compute_p95_ms'))} |")
     p = report.get("post")
     if p:
         lines += ["", "| POST /v1/transcribe | audio s / wall s | direct in-process | ratio | errors | WER |",
@@ -632,7 +712,8 @@ def main(argv=None) -> int:
                    "final_timeout_s": args.final_timeout, "frame_ms": FRAME_S * 1000, "rate": RATE,
                    "close_tolerance_s": CLOSE_TOL_S, "seed": args.seed, "data": str(args.data)},
         "clips": [{"name": c.name, "duration_s": round(c.duration, 3), "speech_end_s": round(c.speech_end, 3),
-                   "speech_end_method": c.speech_end_method} for c in clips],
+                   "last_word_end_s": round(c.word_end, 3), "speech_end_method": c.speech_end_method}
+                  for c in clips],
         "batch": {k: v for k, v in batch.items() if k != "texts"},
         "streaming": streaming,
         "post": post,

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_asr import (Clip, corpus_wer, is_loopback_url, load_clips, run_streaming, summarize,  # noqa: E402
+from bench_asr import (Clip, corpus_wer, is_loopback_url, load_clips, run_streaming,  # noqa: E402
                        ws_url)
 
 RATE = 16000

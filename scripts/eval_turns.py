@@ -198,12 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-results/eval_turns.json"))
     ap.add_argument("--fills", default=",".join(FILLS), help=f"comma list of {FILLS}; the first is the primary")
     ap.add_argument("--checkpoints-ms", default=",".join(map(str, DEFAULT_CHECKPOINTS_MS)))
-    ap.add_argument("--threshold", type=float, default=None, help="override TurnPolicy.threshold")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="a flat curve at this P(complete) over the checkpoints instead of TurnPolicy()'s")
     ap.add_argument("--model", default=None, help="ONNX path (default: pipecat's bundled file)")
     args = ap.parse_args(argv)
 
     checkpoints = tuple(int(x) for x in args.checkpoints_ms.split(","))
-    policy = TurnPolicy() if args.threshold is None else TurnPolicy(threshold=args.threshold)
+    policy = TurnPolicy() if args.threshold is None else TurnPolicy(
+        curve=((checkpoints[0], args.threshold), (checkpoints[-1], args.threshold)))
     model = SmartTurnModel(args.model)
     clips = load_clips(args.data)
     reports = []

@@ -121,6 +121,7 @@ ASR_TEST_ENV = {
     "ASR_SERVER__MAX_FRAME_BYTES": "65536",
     "ASR_SERVER__MAX_UPLOAD_BYTES": "4000000",
     "ASR_MODEL__CPU_THREADS": "2",
+    "ASR_STREAMING__FINAL_BEAM_SIZE": "5",  # as files decode: the tests compare streams with uploads
 }
 
 

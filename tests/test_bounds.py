@@ -198,6 +198,7 @@ class Conditionals:
 class LoadingEngine:
     name = "chatterbox"
     can_clone = True
+    lanes = 1
 
     def __init__(self) -> None:
         self.loads = 0
@@ -253,8 +254,8 @@ def test_finished_asr_sessions_are_freed_without_the_cyclic_collector(jfk):
         audio = jfk.tobytes() + bytes(32000)
 
         async def two_streams():
-            # faster than real time with partials on: partials supersede each other in the Whisper queue
-            return await asyncio.gather(*(stream(url, audio, speed=2.0) for _ in range(2)))
+            # two at real time with partials on: partials supersede each other in the Whisper queue
+            return await asyncio.gather(*(stream(url, audio, speed=1.0) for _ in range(2)))
 
         gc.collect()
         gc.disable()
@@ -270,7 +271,8 @@ def test_finished_asr_sessions_are_freed_without_the_cyclic_collector(jfk):
         finally:
             gc.enable()
         assert all(r.close_code == 1000 and r.of("final") for r in results)
-        assert sum(len(r.of("partial")) for r in results) >= 4  # the partial path ran
+        # the partial path ran (partials take at most half of Whisper's time: fewer than the audio would allow)
+        assert all(r.of("partial") for r in results)
         assert server.runtime.metrics.registry.get_sample_value(
             "asr_sessions_total") == 2
         assert not alive, f"left for the cyclic collector: {sorted(type(o).__name__ for o in alive)}"

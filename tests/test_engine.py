@@ -44,6 +44,16 @@ def test_short_utterances_do_not_loop(engine, jfk):
     assert normalise(r.text) == ["and", "so", "my", "fellow", "americans"]
 
 
+def test_audio_too_short_for_a_word_decodes_to_nothing_beside_real_audio(engine, jfk):
+    """A commit right at the start of speech leaves an utterance of no audio: it gets empty text, not an error,
+    and the rest of its batch is decoded as usual."""
+    audio = jfk.astype(np.float32) / 32768
+    empty, short, full = engine.decode_batch([DecodeRequest(audio[:0], word_timestamps=True),
+                                              DecodeRequest(audio[:800]), DecodeRequest(audio[2048:37376])])
+    assert (empty.text, empty.words, short.text) == ("", [], "")
+    assert normalise(full.text) == ["and", "so", "my", "fellow", "americans"]
+
+
 def test_loop_detector():
     assert looks_like_a_loop(" Ask what you can do. Ask what you can do.")
     assert not looks_like_a_loop(" I know, I know. It is what it is.")

@@ -280,6 +280,9 @@ def faulty_tts(tmp_path_factory):
                     piper={"noise_scale": 0, "noise_w_scale": 0})  # deterministic: see conftest.DETERMINISTIC_TTS
     engine = PiperEngine.from_settings(settings)
     engine._voices[EMBEDDED_VOICE] = FaultyVoice(engine._voices[EMBEDDED_VOICE])
+    lanes = engine._lane_voices[EMBEDDED_VOICE]  # pieces of concurrent sessions run on the lanes' copies
+    for lane, voice in lanes.items():
+        lanes[lane] = FaultyVoice(voice)
     with InProcessServer(create_app(settings, engine=engine)) as server:
         yield server
 
@@ -303,8 +306,9 @@ def test_tts_engine_failure_fails_only_its_session(faulty_tts):
             speak(faulty_tts.ws, GOOD_TEXT)), 120)
 
     good_a, bad, good_b = run(go())
-    voice = faulty_tts.runtime.engine._voices["en_US-joe-medium"]
-    assert voice.failures >= 1
+    engine = faulty_tts.runtime.engine
+    voices = [engine._voices["en_US-joe-medium"], *engine._lane_voices["en_US-joe-medium"].values()]
+    assert sum(voice.failures for voice in voices) >= 1
     errors = bad.of("error")
     assert [e["code"] for e in errors] == ["internal"] and bad.close_code == 1011, bad.events
     assert bad.events[-1] == errors[0]

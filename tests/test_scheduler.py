@@ -290,7 +290,7 @@ def test_while_live_streams_are_open_bulk_work_runs_one_at_a_time_in_its_share()
 
     async def go():
         engine = Slow()
-        s = await _started(engine, max_batch=4, bulk_share=0.25, live_active=lambda: True)
+        s = await _started(engine, max_batch=4, duty={Priority.BULK: 0.25}, live_active=lambda: True)
         started = time.monotonic()
         results = await asyncio.gather(*(s.submit(f"file{i}", priority=Priority.BULK) for i in range(3)))
         took = time.monotonic() - started

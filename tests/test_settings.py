@@ -15,9 +15,9 @@ def test_packaged_config_matches_the_documented_defaults():
 
 def test_environment_overrides_nested_keys(tmp_path):
     s = load_settings(AsrSettings, path=None, env_prefix="ASR",
-                      environ={"ASR_SERVER__MAX_CONNECTIONS": "32", "ASR_TURN__CHECKPOINTS_MS": "[100, 300]",
+                      environ={"ASR_SERVER__MAX_CONNECTIONS": "32", "ASR_TURN__CURVE": "[[100, 0.9], [300, 0.8]]",
                                "ASR_MODEL__NAME": "large-v3", "OTHER": "x"})
-    assert s.server.max_connections == 32 and s.turn.checkpoints_ms == [100, 300] and s.model.name == "large-v3"
+    assert s.server.max_connections == 32 and s.turn.curve == [(100, 0.9), (300, 0.8)] and s.model.name == "large-v3"
 
 
 def test_validation_names_the_key_and_its_variable(tmp_path):

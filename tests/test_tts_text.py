@@ -28,10 +28,16 @@ def test_sentences_cut_and_specials_kept_whole(step):
 
 
 def test_boundary_waits_for_the_next_character():
-    c = TextChunker()
+    c = TextChunker(ChunkerOptions(first_piece_max_chars=60))
     assert c.push("It costs 3.") == []  # could be 3.14
     assert c.push("14 dollars today. Then") == ["It costs 3.14 dollars today."]
     assert c.pending.strip() == "Then"
+
+
+def test_a_cut_for_length_is_never_inside_a_number():
+    """The first piece is cut at about 20 characters; a full stop inside "3.14" is not a place to cut."""
+    pieces = TextChunker().push("It costs 3.14 dollars today. ")
+    assert pieces[0] == "It costs 3.14" and " ".join(pieces) == "It costs 3.14 dollars today."
 
 
 def test_first_piece_is_short_then_clauses_only_when_long():
@@ -60,8 +66,8 @@ def test_long_text_hard_cut():
 
 def test_flush_speaks_unfinished_text_and_resets_turn():
     c = TextChunker()
-    assert c.push("an unfinished thought") == []
-    assert c.flush() == ["an unfinished thought"]
+    assert c.push("a thought") == []
+    assert c.flush() == ["a thought"]
     assert c.pending == ""
     assert c.push("Hello there, friend. ") == ["Hello there,", "friend."]  # a new turn: short first piece
 
@@ -82,7 +88,7 @@ def test_reset_drops_pending():
 
 
 def test_paragraph_break_ends_a_piece():
-    c = TextChunker()
+    c = TextChunker(ChunkerOptions(first_piece_max_chars=60))
     assert c.push("A heading without a stop\n\nThen") == ["A heading without a stop"]
 
 

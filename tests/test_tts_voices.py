@@ -88,6 +88,7 @@ def test_ids_cannot_escape_the_store(tmp_path, bad):
 class _Engine:
     name = "chatterbox"
     can_clone = True
+    lanes = 1
 
     def __init__(self):
         self.loads = 0

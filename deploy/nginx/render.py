@@ -101,7 +101,8 @@ server {{
     }}
 
     # ---- ASR -------------------------------------------------------------------------------
-    location = /v1/stream/asr {{
+    # Our stream and its compatible dialects (Deepgram /v1/listen, OpenAI Realtime /v1/realtime).
+    location ~ ^/v1/(stream/asr|listen|realtime)$ {{
         proxy_pass http://voice_asr;
 {websocket}
     }}
@@ -116,9 +117,11 @@ server {{
     }}
 
     # ---- TTS (every instance serves every voice: the voice store is shared) ----------------
-    location = /v1/stream/tts {{
+    # Our stream and Deepgram's /v1/speak (a WebSocket, or a POST that streams audio back).
+    location ~ ^/v1/(stream/tts|speak)$ {{
         proxy_pass http://voice_tts;
 {websocket}
+        client_max_body_size 1m;
     }}
     location ~ ^/v1/(synthesize|audio/speech)$ {{
         proxy_pass http://voice_tts;

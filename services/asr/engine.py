@@ -38,6 +38,8 @@ from ..common.errors import ErrorCode, ServiceError
 log = logging.getLogger(__name__)
 
 HOP_SAMPLES = 160
+MIN_AUDIO_SAMPLES = 1600
+"""Audio shorter than this (100 ms) holds no word: it decodes to empty text without running the model."""
 MAX_FRAMES = 3000  # Whisper's 30 s window
 MAX_UTTERANCE_S = 30.0
 MARGIN_FRAMES = 500
@@ -71,6 +73,7 @@ class DecodeRequest:
     language: str | None = None  # None: the engine's default (detect on multilingual models)
     prompt: str | None = None  # previous-context text (OpenAI "prompt")
     temperature: float = 0.0
+    final: bool = False  # a final or a file segment: a result that loops is decoded again on the full window
 
 
 @dataclass
@@ -212,10 +215,16 @@ class WhisperEngine:
             return []
         if any(r.beam_size != requests[0].beam_size for r in requests):
             raise ValueError("one batch must share beam_size")
+        if any(r.audio.size < MIN_AUDIO_SAMPLES for r in requests):  # e.g. a commit at the very start of speech
+            heard = [i for i, r in enumerate(requests) if r.audio.size >= MIN_AUDIO_SAMPLES]
+            results = [DecodeResult("", r.language or "en") for r in requests]
+            for i, result in zip(heard, self.decode_batch([requests[i] for i in heard])):
+                results[i] = result
+            return results
         results = self._decode(requests, max(frames_bucket(r.audio.size) for r in requests))
         # A final's loop is decoded again on the full window; a partial's is not worth the time
         # (LocalAgreement simply does not confirm it, and the next partial comes soon).
-        looping = [i for i, r in enumerate(results) if requests[i].beam_size > 1 and looks_like_a_loop(r.text)]
+        looping = [i for i, r in enumerate(results) if requests[i].final and looks_like_a_loop(r.text)]
         if looping:
             retried = self._decode([requests[i] for i in looping], MAX_FRAMES)
             for i, result in zip(looping, retried):

@@ -78,7 +78,7 @@ async def transcribe_file(runtime: AsrRuntime, reader: AudioFileReader, options:
     async def decode(ended: Ended, audio: np.ndarray, prompt: str | None) -> DecodeResult:
         try:
             request = DecodeRequest(audio=audio, beam_size=s.model.beam_size, word_timestamps=options.word_timestamps,
-                                    language=language, prompt=prompt, temperature=options.temperature)
+                                    language=language, prompt=prompt, temperature=options.temperature, final=True)
             return await runtime.decode_final(request, priority=Priority.BULK)
         finally:
             in_flight.release()

@@ -9,12 +9,18 @@ outbox and task set, never the session, so a finished session is freed by
 reference counting):
 
 * ``speech_start`` when an utterance begins;
-* at ``end_pad_ms`` of a pause, the utterance's final is decoded *speculatively*
-  at ``NORMAL`` priority, ahead of the decision; if the turn does end there it is
-  promoted to ``URGENT``, if speech resumes it is cancelled;
-* at the pause's checkpoints (``smart_turn`` mode) Smart Turn decides; the
-  processor waits for each decision before reading on, so the same audio always
-  gives the same utterances at any sending speed;
+* at ``end_pad_ms`` of a pause the partial in flight is cancelled and the
+  utterance's final is decoded *speculatively* at ``NORMAL`` priority, ahead of
+  the decision (``smart_turn`` mode, while Whisper has other work: only once the
+  first turn check gives P(complete) >= ``turn.speculate_threshold``); if the turn does end there it
+  is promoted to ``URGENT``, if speech resumes it is cancelled;
+* every ``turn.check_interval_ms`` of the pause (``smart_turn`` mode) Smart
+  Turn scores it; where the score passes the policy's curve, the speculative
+  final's text (which the final needs anyway) has the last word: a sentence that
+  runs on is not a turn. The processor waits for each decision before reading
+  on, so the same audio gives the same utterances at any sending speed (as long
+  as the turn model keeps up: while other sessions' checks wait for it, a
+  session sheds its intermediate checks);
 * while speaking, every ``partial_interval_ms`` of new audio a greedy partial
   decode with the confirmed words forced as its prefix (replaced in the
   scheduler if still waiting when the next is due);
@@ -28,12 +34,15 @@ The buffer is trimmed behind the open utterance, so memory is bounded by
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..common.audio import SAMPLE_RATE_HZ, ByteDecoder, StreamResampler
+from ..common.audio import SAMPLE_RATE_HZ, ByteDecoder, Encoding, StreamResampler
 from ..common.errors import ErrorCode, ServiceError
 from ..common.outbox import Outbox, OutboxFull
 from ..common.scheduler import Priority, Superseded
@@ -42,7 +51,7 @@ from ..common.tasks import TaskSet
 from ..common.vad import VAD_WINDOW_SAMPLES, VadStream
 from .buffer import SampleBuffer
 from .endpointing import (Action, CheckTurn, Ended, Endpointer, EndReason, Resumed, Speculate, SpeechState,
-                          Started)
+                          Started, TurnMode)
 from .engine import DecodeRequest, DecodeResult
 from .protocol import Final, Partial, SpeechStart, StreamParams
 from .serving import AsrRuntime
@@ -66,6 +75,10 @@ class _Utterance:
     agreement: LocalAgreement = field(default_factory=LocalAgreement)
     last_partial_sample: int = 0
     last_partial_text: str = ""
+    # The partial decode in flight, weakly: its frame holds this utterance, and once it is cancelled its
+    # exception's traceback keeps that frame; a strong reference back would be a cycle for the collector.
+    partial: weakref.ref[asyncio.Task] | None = None
+    pause_end: int | None = None  # where the utterance ends if the current pause ends it
     speculative_end: int | None = None
     speculative: asyncio.Task | None = None
 
@@ -73,6 +86,9 @@ class _Utterance:
     def frozen(self) -> bool:
         """True during a pause once the final is being decoded: no more partials for it."""
         return self.speculative is not None
+
+
+log = logging.getLogger(__name__)
 
 
 def _seconds(sample: int) -> float:
@@ -128,6 +144,32 @@ class AudioProcessor:
         await self._run_vad()
         await self._close_now(EndReason.END)
 
+    def discard(self) -> None:
+        """Drop the open utterance without a final (a client's ``clear``): its decodes stop costing model time."""
+        u = self.utterance
+        if u is None:
+            return
+        self.utterance = None
+        for task in (u.partial() if u.partial is not None else None, u.speculative):
+            if task is not None:
+                task.cancel()
+        u.partial = u.speculative = None
+        if self.endpointer.in_utterance:
+            self.endpointer.end(EndReason.COMMIT)
+
+    def set_turn_mode(self, mode: TurnMode, vad_silence_ms: int | None = None) -> None:
+        """Change how utterances end from now on (a dialect's session update); the open one ends by the new rule."""
+        options = self.runtime.endpoint_options(mode)
+        if vad_silence_ms is not None:
+            options = dataclasses.replace(options, vad_silence_ms=vad_silence_ms)
+        self.endpointer.options = options
+
+    def set_format(self, encoding: Encoding, sample_rate: int) -> None:
+        """Change the input format; only before any audio arrived (the decoder and resampler hold no state yet)."""
+        self.params = dataclasses.replace(self.params, encoding=encoding, sample_rate=sample_rate)
+        self.decoder = ByteDecoder(encoding)
+        self.resampler = StreamResampler(sample_rate, SAMPLE_RATE_HZ)
+
     def stop(self) -> None:
         """The session ends: a speculative decode stops costing model time."""
         if self.utterance is not None and self.utterance.speculative is not None:
@@ -152,47 +194,86 @@ class AudioProcessor:
                 await self._act(action)
 
     async def _act(self, action: Action) -> None:
+        if log.isEnabledFor(logging.DEBUG) and not isinstance(action, Started):
+            log.debug("endpoint", extra={"action": type(action).__name__,
+                                         "position_s": _seconds(self.endpointer.position_sample),
+                                         "whisper_depth": self.runtime.whisper.depth,
+                                         "whisper_busy": self.runtime.whisper.busy})
         if isinstance(action, Started):
             self.utterance = _Utterance(self.utterances, action.start_sample, last_partial_sample=action.start_sample)
             self.utterances += 1
             self.outbox.put(SpeechStart(self.utterance.index, _seconds(action.start_sample)))
         elif isinstance(action, Speculate):
             u = self.utterance
-            if u is not None and self.runtime.can_speculate():
-                # Decoded ahead of the turn decision at NORMAL priority; promoted when the turn ends.
-                u.speculative_end = action.end_sample
-                u.speculative = self.tasks.spawn(
-                    self._decode_final(u, action.end_sample, Priority.NORMAL, self._speculation_key(u)),
-                    "speculative-final")
+            partial = u.partial() if u is not None and u.partial is not None else None
+            if partial is not None:
+                partial.cancel()  # the pause has begun: the final is what counts now (a running one finishes)
+            if u is not None:
+                u.pause_end = action.end_sample
+                if self.endpointer.options.mode is not TurnMode.SMART_TURN or self.runtime.whisper_idle():
+                    self._speculate(u)  # else (under load) the first turn check says whether the pause looks final
         elif isinstance(action, Resumed):
             u = self.utterance
-            if u is not None and u.speculative is not None:
-                u.speculative.cancel()
-                u.speculative, u.speculative_end = None, None
+            if u is not None:
+                u.pause_end = None
+                if u.speculative is not None:
+                    u.speculative.cancel()
+                    u.speculative, u.speculative_end = None, None
         elif isinstance(action, CheckTurn):
             u = self.utterance
             if u is None:
                 return
+            rt = self.runtime
+            if rt.turn_backlogged() and action.silence_ms + rt.settings.turn.check_interval_ms < rt.last_check_ms:
+                return  # the model is behind (load): this check is shed, a later one of this pause decides
             audio = self.buffer.slice(u.start_sample, self.endpointer.position_sample)
-            decision = await self.runtime.turn_decision(audio, action.silence_ms)
+            probability = await rt.turn_probability(audio)
+            if probability >= rt.settings.turn.speculate_threshold and u.pause_end == action.end_sample:
+                self._speculate(u)  # a pause that may end the turn: its final is decoded now, ahead of the decision
+            decision = rt.policy.decide(probability, action.silence_ms)
+            text = None
+            if decision is TurnDecision.COMPLETE and rt.policy.text_cues:
+                text = await self._speculative_text(u, action.end_sample)  # the final is needed anyway
+                decision = rt.policy.decide(probability, action.silence_ms, text)
+            rt.record_turn(decision, probability, action.silence_ms, text)
             if decision is TurnDecision.COMPLETE and self.utterance is u and self.endpointer.in_utterance:
                 self._finish(self.endpointer.end(EndReason.TURN, action.end_sample))
         elif isinstance(action, Ended):
             self._finish(action)
 
     # -- finals ----------------------------------------------------------------------------------
+    async def _speculative_text(self, u: _Utterance, end_sample: int) -> str | None:
+        """The text of the final being decoded for this pause (None without one): it decides the turn too."""
+        if u.speculative is None or u.speculative_end != end_sample:
+            return None
+        try:
+            return (await asyncio.shield(u.speculative)).text
+        except (ServiceError, asyncio.CancelledError):
+            if asyncio.current_task().cancelling():
+                raise
+            return None
+
+    def _speculate(self, u: _Utterance) -> None:
+        """Decode the final of the pause that began at ``u.pause_end`` at NORMAL priority (promoted when the turn
+        ends there); skipped while the Whisper queue is long (it would only compete with real finals)."""
+        if u.speculative is not None or u.pause_end is None or not self.runtime.can_speculate():
+            return
+        u.speculative_end = u.pause_end
+        u.speculative = self.tasks.spawn(
+            self._decode_final(u, u.pause_end, Priority.NORMAL, self._speculation_key(u)), "speculative-final")
+
     def _speculation_key(self, u: _Utterance) -> tuple:
         return ("speculative-final", self.session_id, u.index)
 
     def _decode_final(self, u: _Utterance, end_sample: int, priority: Priority = Priority.URGENT,
                       replace_key: tuple | None = None):
         rt = self.runtime
-        # The final is a fresh beam search over the whole utterance, deliberately not forced
-        # onto the partials' stable prefix: it is the accurate, never-revised transcript, and
-        # it is the same request an upload of this audio makes (see files.py).
+        # The final is a fresh decode of the whole utterance, deliberately not forced onto the
+        # partials' stable prefix: it is the never-revised transcript, and with the same beam it is
+        # the same request an upload of this audio makes (see files.py).
         request = DecodeRequest(
-            audio=self.buffer.slice(u.start_sample, end_sample), beam_size=rt.settings.model.beam_size,
-            word_timestamps=True, language=self.language,
+            audio=self.buffer.slice(u.start_sample, end_sample), beam_size=rt.settings.streaming.final_beam_size,
+            word_timestamps=True, language=self.language, final=True,
         )
         return rt.decode_final(request, priority, replace_key)
 
@@ -229,7 +310,7 @@ class AudioProcessor:
             return
         u.last_partial_sample = position
         audio = self.buffer.slice(u.start_sample, position)
-        self.tasks.spawn(self._partial(u, audio, position), "partial")
+        u.partial = weakref.ref(self.tasks.spawn(self._partial(u, audio, position), "partial"))
 
     async def _partial(self, u: _Utterance, audio: np.ndarray, position: int) -> None:
         rt = self.runtime

@@ -1,7 +1,8 @@
 """HTTP and WebSocket routes of the ASR service.
 
 Each route fetches the shared runtime, builds what it needs and awaits it: the
-stream route hands the socket to :class:`~.session.AsrSession`; the file routes
+stream routes hand the socket to :class:`~.session.AsrSession` or one of its
+dialects (Deepgram's ``/v1/listen``, OpenAI Realtime's ``/v1/realtime``); the file routes
 take a file-transcription slot (503 at once when all are busy), open the upload
 for windowed decoding and await :func:`~.files.transcribe_file` until it is
 done or the client leaves, then format.
@@ -20,6 +21,8 @@ from ..common.audio import SAMPLE_RATE_HZ, AudioFileReader
 from ..common.errors import ErrorCode, ServiceError
 from ..common.http import runtime_of, until_disconnected
 from .files import FileOptions, Transcript, as_contract_json, as_srt, as_verbose_json, as_vtt, transcribe_file
+from .deepgram import DeepgramListenSession
+from .realtime import RealtimeSession
 from .serving import AsrRuntime
 from .session import AsrSession
 
@@ -29,6 +32,16 @@ router = APIRouter()
 @router.websocket("/v1/stream/asr")
 async def stream_asr(ws: WebSocket) -> None:
     await AsrSession.serve(ws, runtime_of(ws.app))
+
+
+@router.websocket("/v1/listen")
+async def deepgram_listen(ws: WebSocket) -> None:
+    await DeepgramListenSession.serve(ws, runtime_of(ws.app))
+
+
+@router.websocket("/v1/realtime")
+async def openai_realtime(ws: WebSocket) -> None:
+    await RealtimeSession.serve(ws, runtime_of(ws.app))
 
 
 async def _transcribe(request: Request, runtime: AsrRuntime, file: UploadFile, options: FileOptions) -> Transcript:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..common.admission import Admission
-from ..common.audio import SAMPLE_RATE_HZ
 from ..common.metrics import Metrics
 from ..common.scheduler import Priority, Scheduler
 from ..common.vad import SileroVad, VadJob, VadStream
@@ -79,15 +78,16 @@ class AsrRuntime:
             settings=settings,
             engine=engine,
             whisper=Scheduler("whisper", engine.decode_batch, max_batch=s.max_batch, max_pending=s.max_pending,
-                              max_bulk_pending=s.max_bulk_pending, bulk_share=s.bulk_share,
+                              max_bulk_pending=s.max_bulk_pending,
+                              duty={Priority.BACKGROUND: s.partial_share, Priority.BULK: s.bulk_share},
                               live_active=lambda: admission.active > 0, **watch),
             vad_model=vad_model,
             vad=Scheduler("vad", vad_model.run_batch, max_batch=32, max_pending=max(64, s.max_pending * 4),
-                          max_bulk_pending=max(8, s.max_bulk_pending), live_active=lambda: admission.active > 0,
-                          **watch),
+                          max_bulk_pending=max(8, s.max_bulk_pending), duty={Priority.BULK: 1.0},
+                          live_active=lambda: admission.active > 0, **watch),
             turn_model=turn_model,
             turn=Scheduler("turn", turn_model.predict, max_batch=4, max_pending=max(32, s.max_pending), **watch),
-            policy=TurnPolicy(threshold=settings.turn.threshold, min_silence_ms=settings.turn.min_silence_ms),
+            policy=TurnPolicy(curve=tuple(settings.turn.curve), text_cues=settings.turn.text_cues),
             admission=admission,
             http_admission=Admission(settings.server.max_file_jobs, "file transcription"),
             metrics=metrics,
@@ -116,9 +116,11 @@ class AsrRuntime:
 
     def endpoint_options(self, mode: TurnMode) -> EndpointOptions:
         v, t = self.settings.vad, self.settings.turn
+        last = min(self.policy.last_check_ms, t.max_silence_ms - 1)
+        checks = tuple(range(int(self.policy.first_check_ms), int(last) + 1, t.check_interval_ms))
         return EndpointOptions(
             mode=mode, end_pad_ms=v.end_pad_ms, vad_silence_ms=v.min_silence_ms,
-            turn_checkpoints_ms=tuple(t.checkpoints_ms), max_silence_ms=t.max_silence_ms,
+            turn_checkpoints_ms=checks, max_silence_ms=t.max_silence_ms,
             max_utterance_ms=int(self.settings.streaming.max_utterance_s * 1000),
         )
 
@@ -126,13 +128,22 @@ class AsrRuntime:
                                    priority: Priority = Priority.URGENT) -> np.ndarray:
         return await self.vad.submit(VadJob(stream, samples), priority=priority)
 
-    async def turn_decision(self, audio: np.ndarray, silence_ms: int) -> TurnDecision:
-        probability = await self.turn.submit(audio, priority=Priority.URGENT)
-        decision = self.policy.decide(probability, silence_ms)
+    @property
+    def last_check_ms(self) -> int:
+        """The pause after which no turn check is asked (the silence fallback ends the utterance)."""
+        return self.endpoint_options(TurnMode.SMART_TURN).turn_checkpoints_ms[-1]
+
+    def turn_backlogged(self) -> bool:
+        """Turn checks are waiting for the model: sessions shed their intermediate checks until it catches up."""
+        return self.turn.depth > 0
+
+    async def turn_probability(self, audio: np.ndarray) -> float:
+        return await self.turn.submit(audio, priority=Priority.URGENT)
+
+    def record_turn(self, decision: TurnDecision, probability: float, silence_ms: int, text: str | None) -> None:
         self.metrics.turn_checks.labels(decision=decision.value).inc()
         log.debug("turn check", extra={"silence_ms": silence_ms, "probability": round(probability, 3),
-                                       "decision": decision.value, "audio_s": round(audio.size / SAMPLE_RATE_HZ, 2)})
-        return decision
+                                       "decision": decision.value, "text": None if text is None else text[-40:]})
 
     async def decode_final(self, request: DecodeRequest, priority: Priority = Priority.URGENT,
                            replace_key: Hashable | None = None) -> DecodeResult:
@@ -150,6 +161,10 @@ class AsrRuntime:
         """Speculative finals only while the Whisper queue is short: under load they would only
         compete with real ones."""
         return self.whisper.depth < self.settings.scheduler.max_batch
+
+    def whisper_idle(self) -> bool:
+        """Nothing runs or waits on Whisper: a speculative final costs no one anything now."""
+        return self.whisper.depth == 0 and not self.whisper.busy
 
     def resolve_language(self, requested: str | None) -> str | None:
         """The language a request decodes with (None: detect). Raises ValueError if unsupported."""

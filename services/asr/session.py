@@ -61,7 +61,7 @@ DRAIN_MARGIN_S = 3.0
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class Prepared:
     params: StreamParams
     language: str | None
     warnings: list[ServiceError]
@@ -70,7 +70,7 @@ class _Prepared:
 class AsrSession(Session):
     runtime: AsrRuntime
 
-    def __init__(self, ws: WebSocket, runtime: AsrRuntime, prepared: _Prepared, session_id: str) -> None:
+    def __init__(self, ws: WebSocket, runtime: AsrRuntime, prepared: Prepared, session_id: str) -> None:
         server = runtime.settings.server
         super().__init__(ws, runtime, session_id, Outbox(server.outbound_queue, merge=merge_partials))
         self.params = prepared.params
@@ -86,27 +86,36 @@ class AsrSession(Session):
 
     # -- chassis hooks: setup ------------------------------------------------------------------
     @classmethod
-    def prepare(cls, ws: WebSocket, runtime: AsrRuntime) -> _Prepared:
+    def prepare(cls, ws: WebSocket, runtime: AsrRuntime) -> Prepared:
         params, warnings = parse_stream_params(dict(ws.query_params))
         try:
             language = runtime.resolve_language(params.language)
         except ValueError as exc:
             warnings.append(ServiceError(ErrorCode.BAD_MESSAGE, f"{exc}; using the default"))
             language = runtime.resolve_language(None)
-        return _Prepared(params, language, warnings)
+        return Prepared(params, language, warnings)
 
     def begin(self) -> None:
         p = self.params
         log.info("session started", extra={"sample_rate": p.sample_rate, "encoding": p.encoding.value,
                                            "turn_detection": p.turn_detection.value})
-        self.outbox.put(Ready(self.id, p.sample_rate, p.encoding.value, self.language or "auto",
-                              self.runtime.model_name))
+        self.greet()
         for warning in self.warnings:
             self.report(warning)
         self.tasks.spawn(self._process(), "processor")
 
+    def greet(self) -> None:
+        """Queue the first event: the contract's ``ready``."""
+        p = self.params
+        self.outbox.put(Ready(self.id, p.sample_rate, p.encoding.value, self.language or "auto",
+                              self.runtime.model_name))
+
     def summary(self) -> dict:
         return {"utterances": self.processor.utterances}
+
+    def keep_alive(self) -> None:
+        """The client says it is still there (a dialect's keep-alive message): the idle timer starts over."""
+        self._progress_at, self._unproductive_bytes = time.perf_counter(), 0
 
     # -- chassis hooks: reading ------------------------------------------------------------------
     def receive_timeout(self) -> float:
@@ -160,23 +169,7 @@ class AsrSession(Session):
         processor = self.processor
         try:
             while True:
-                item = await self.inbound.get()
-                if isinstance(item, (bytes, bytearray)):
-                    await processor.audio(item)
-                elif isinstance(item, Commit):
-                    await processor.commit()
-                elif isinstance(item, End):
-                    await processor.finish()
-                    self.outbox.put(Closed())
-                    self.outbox.put(CloseRequest(1000))
-                    return
-                elif isinstance(item, _Fatal):
-                    await processor.finish()
-                    self.report(item.error)
-                    return
-                elif item is _LEAVE:
-                    await processor.finish()  # the open utterance ends now, reason end, with its final
-                    self.outbox.put(CloseRequest(1001))
+                if await self.handle(await self.inbound.get()):
                     return
                 if self.draining and self.inbound.empty() and processor.idle:
                     self.outbox.put(CloseRequest(1001))  # draining: "going away" after the last final
@@ -190,6 +183,29 @@ class AsrSession(Session):
         except Exception as exc:  # noqa: BLE001 - this session fails, nobody else
             log.exception("session failed")
             self.report(ServiceError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}"))
+
+    async def handle(self, item: Any) -> bool:
+        """One inbound item (audio, a client message, a marker), in arrival order; True ends processing. A dialect
+        adds its own messages and calls this for the rest."""
+        processor = self.processor
+        if isinstance(item, (bytes, bytearray)):
+            await processor.audio(item)
+        elif isinstance(item, Commit):
+            await processor.commit()
+        elif isinstance(item, End):
+            await processor.finish()
+            self.outbox.put(Closed())
+            self.outbox.put(CloseRequest(1000))
+            return True
+        elif isinstance(item, _Fatal):
+            await processor.finish()
+            self.report(item.error)
+            return True
+        elif item is _LEAVE:
+            await processor.finish()  # the open utterance ends now, reason end, with its final
+            self.outbox.put(CloseRequest(1001))
+            return True
+        return False
 
     def on_fail(self) -> None:
         self.processor.stop()
@@ -206,10 +222,14 @@ class AsrSession(Session):
             return True
         latency_s = time.perf_counter() - item.decided_at
         final.latency_ms = round(latency_s * 1000, 1)
-        await self.write(final.to_json())
+        await self.write_final(final)
         metrics = self.runtime.metrics
         metrics.time_to_final.observe(latency_s)
         metrics.finals.labels(reason=final.reason.value).inc()
         log.info("final", extra={"utterance": final.utterance, "reason": final.reason.value,
                                  "latency_ms": final.latency_ms, "audio_s": round(final.end - final.start, 2)})
         return False
+
+    async def write_final(self, final: Final) -> None:
+        """Send one final as the contract's ``final`` event (a dialect renders its own)."""
+        await self.write(final.to_json())

@@ -6,9 +6,9 @@ wrapper around the Smart Turn v3.2 ONNX classifier bundled with pipecat-ai
 out), the model's input features (last 8 s, zero left-padding, waveform
 normalised to zero mean / unit variance, 80-bin Whisper log-mel; numpy float64,
 bit-identical to pipecat's ``LocalSmartTurnAnalyzerV3``), and ``TurnPolicy``,
-the pure rule that turns a probability plus the current silence length into a
-``TurnDecision``. It owns no audio buffering, VAD, resampling or timers: the
-session code decides when to call ``predict`` and ends the utterance itself
+the pure rule that turns a probability, the current silence and the final's
+text into a ``TurnDecision``. It owns no audio buffering, VAD, resampling or
+timers: the endpointer decides when to check, and ends the utterance itself
 after its hard max silence.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import importlib.util
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "TurnDecision",
     "TurnPolicy",
     "bundled_model_path",
+    "sounds_unfinished",
     "last_window",
     "log_mel_features",
 ]
@@ -215,47 +217,77 @@ class TurnDecision(enum.Enum):
     INCOMPLETE = "incomplete"
 
 
+CONTINUING_WORDS = frozenset("""
+    a an the and or but nor of to in on at by for with from into onto upon about as than that which who whom whose
+    what when where how if because since while although though unless until whether been being my your his her its
+    our their this these those very such every each some any no seems seem seemed appears became become
+""".split())
+"""Words a finished English sentence does not end with: articles, conjunctions, prepositions, relative and
+question words, possessives, linking verbs. (Auxiliaries are not here: "than he was." ends a sentence.)"""
+
+
+def sounds_unfinished(text: str) -> bool:
+    """True when a transcript stops mid-sentence: a trailing comma, colon, semicolon or dash, or a last word
+    from :data:`CONTINUING_WORDS`. Whisper ends almost every utterance with a full stop, so a stop proves
+    nothing; what precedes it does ("...to consider how.")."""
+    words = text.strip().split()
+    if not words:
+        return False
+    if words[-1][-1] in ",;:-\u2013\u2014":
+        return True
+    return re.sub(r"[^\w']", "", words[-1].lower()) in CONTINUING_WORDS
+
+
 @dataclass
 class TurnPolicy:
-    """End-of-turn rule: P(complete) from ``SmartTurnModel`` plus the current silence.
+    """End of turn: Smart Turn's P(complete), the silence so far, and the final's own text.
 
-    Expected use: the service calls ``predict`` on the utterance including its
-    trailing silence at the checkpoints 200 ms, 500 ms and 1000 ms of silence
-    (the VAD's first short pause, then while waiting) and ends the turn at the
-    first checkpoint where ``decide`` says COMPLETE; if none does, the service's
-    own hard max silence (about 1500-2000 ms) ends it. That timeout is not part
-    of this policy.
+    ``curve`` gives the P(complete) required to end the turn as the pause grows: ``(silence_ms, probability)``
+    points, linear between them. Before its first point no check is made; after its last point the model no
+    longer ends the turn and the service's silence timeout (``turn.max_silence_ms``) does. With ``text`` (the
+    speculative final's transcript, decoded from the same audio while the pause began) a turn whose words stop
+    mid-sentence is never complete (:func:`sounds_unfinished`). The final cannot be sent before it is decoded,
+    so waiting for that text costs no latency.
 
-    Rule: INCOMPLETE while ``silence_ms < min_silence_ms``; after that COMPLETE
-    iff ``probability >= threshold``. The threshold deliberately does not relax
-    as silence grows. Measured on the 10 human austen clips (scripts/eval_turns.py),
-    with the pause simulated by the recording's own room tone, digital zeros or
-    -50/-60 dBFS white noise: the model scores a cut-off HIGHER after a pause
-    than without one (austen_0870_incomplete "...to consider how": 0.32 with no
-    pause, 0.83-0.95 at 200 ms; other cut-offs reach 0.59-0.93 at 500-1000 ms),
-    while the completes it recognises score 0.94-0.99 at every checkpoint and the
-    two it does not (austen_0880, austen_0930) stay below 0.6 throughout. So a
-    lower late threshold only adds cut-offs and ends no extra complete turn; a
-    high flat threshold ends recognised complete turns at the first checkpoint
-    (or by 1000 ms) and leaves the rest to the timeout. Pipecat's default (0.5 at
-    about 200 ms) cuts off austen_0870_incomplete with every pause simulation.
-    The 0.96 margin is thin (highest cut-off score 0.952, lowest recognised
-    complete peak 0.965, on 10 read-speech clips): re-tune on in-domain data.
+    Why a high, flat curve by default: Smart Turn scores a sentence cut off mid-way *higher* the longer the pause
+    after it (scripts/bench_turns.py --simulate on shared/eval: 0.02 -> 0.9+ within a second for several cuts),
+    while complete sentences it recognises score 0.93-0.99 from the first check. A threshold that falls with the
+    silence only adds cut-offs. Measured choices and figures: ARCHITECTURE.md, "Turn-taking".
     """
 
-    threshold: float = 0.96
-    """P(complete) at or above which the turn ends (model output, 0..1)."""
-    min_silence_ms: float = 160.0
-    """Silence (ms) below which the turn never ends: the pause must have started."""
+    curve: tuple[tuple[float, float], ...] = ((96.0, 0.97), (576.0, 0.97))
+    text_cues: bool = True
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.min_silence_ms < 0:
-            raise ValueError(f"min_silence_ms must be >= 0, got {self.min_silence_ms}")
+        points = tuple((float(ms), float(p)) for ms, p in self.curve)
+        if not points or any(ms < 0 or not 0.0 <= p <= 1.0 for ms, p in points):
+            raise ValueError(f"curve: (silence_ms >= 0, probability in [0, 1]) points, got {self.curve}")
+        if [ms for ms, _ in points] != sorted(ms for ms, _ in points):
+            raise ValueError("curve: silence_ms must increase")
+        self.curve = points
 
-    def decide(self, probability: float, silence_ms: float) -> TurnDecision:
-        """COMPLETE if the speaker has paused long enough and the model is confident."""
-        if silence_ms >= self.min_silence_ms and probability >= self.threshold:
-            return TurnDecision.COMPLETE
-        return TurnDecision.INCOMPLETE
+    @property
+    def first_check_ms(self) -> float:
+        return self.curve[0][0]
+
+    @property
+    def last_check_ms(self) -> float:
+        return self.curve[-1][0]
+
+    def required(self, silence_ms: float) -> float | None:
+        """P(complete) needed at this silence; None outside the curve (the model does not decide there)."""
+        if silence_ms < self.curve[0][0] or silence_ms > self.curve[-1][0]:
+            return None
+        for (ms0, p0), (ms1, p1) in zip(self.curve, self.curve[1:]):
+            if silence_ms <= ms1:
+                return p0 if ms1 == ms0 else p0 + (p1 - p0) * (silence_ms - ms0) / (ms1 - ms0)
+        return self.curve[-1][1]
+
+    def decide(self, probability: float, silence_ms: float, text: str | None = None) -> TurnDecision:
+        """COMPLETE if the model is sure enough for this pause and the text (when known) does not run on."""
+        required = self.required(silence_ms)
+        if required is None or probability < required:
+            return TurnDecision.INCOMPLETE
+        if text is not None and self.text_cues and sounds_unfinished(text):
+            return TurnDecision.INCOMPLETE
+        return TurnDecision.COMPLETE

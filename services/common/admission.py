@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from .errors import ErrorCode, ServiceError
+from .errors import ErrorCode, ServiceError, http_response
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +126,19 @@ def stalled_refusal(models) -> ServiceError:
                                               "instance; try again later or another instance")
 
 
-async def refuse(ws, metrics, err: ServiceError) -> None:
-    """Tell a WebSocket client why its session cannot start (an error event), count it, close it."""
+async def refuse(ws, metrics, err: ServiceError, frame: str | None = None, deny: bool = False) -> None:
+    """Tell a WebSocket client why its session cannot start, count it, close it: an error frame (``frame``, the
+    session dialect's rendering of ``err``) then a close, or (``deny``: the socket is not accepted yet) the error
+    as the handshake's HTTP response."""
     if err.code is ErrorCode.OVERLOADED:
         metrics.refusals.labels(reason="max_connections").inc()
     metrics.errors.labels(code=err.code.value).inc()
     log.info("session refused", extra={"code": err.code.value, "detail": err.message})
-    await ws.send_text(err.to_json())
+    if deny:
+        await ws.send_denial_response(http_response(err, headers={"dg-error": err.message}))
+        return
+    if frame is not None:
+        await ws.send_text(frame)
     await ws.close(err.close_code)
 
 

@@ -3,11 +3,14 @@
 Keys come from the settings (``server.api_keys``) and/or a file (``server.api_keys_file``, one key a line,
 ``#`` comments); an entry ``name:key`` names the client, otherwise the client is called ``key-<sha256 prefix>``.
 Only that name ever reaches logs and metrics, never the key. A request presents its key as
-``Authorization: Bearer KEY`` or, for WebSocket clients that cannot set headers, ``?api_key=KEY`` (on plain
+``Authorization: Bearer KEY`` (or ``Token KEY``, as Deepgram's clients send it) or, for WebSocket clients that
+cannot set headers, ``?api_key=KEY`` (on plain
 HTTP the query is never read, so no key lands in an access log; only the literal name counts); the key is
 compared with every configured key in constant time. ``/health``, ``/ready`` and ``/metrics`` stay open. A
 refused HTTP request gets 401 with the contract's error body; a refused WebSocket is accepted just long enough
-to send an ``unauthorized`` error event and close with 1008. With no keys configured, everything is open.
+to send an ``unauthorized`` error event and close with 1008, except on the compatible APIs' sockets
+(:data:`~.http.COMPAT_WS_PATHS`), refused with 401 on the handshake as their clients expect. With no keys
+configured, everything is open.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from urllib.parse import unquote_plus
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import ErrorCode, ServiceError, send_http_error
-from .http import OPS_PATHS
+from .http import COMPAT_WS_PATHS, OPS_PATHS
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +85,14 @@ class ApiKeys:
 
 
 def presented_key(scope: Scope) -> str | None:
-    """``Authorization: Bearer KEY``; on a WebSocket only, also ``?api_key=KEY`` (browsers cannot set headers).
+    """``Authorization: Bearer KEY`` or ``Token KEY``; on a WebSocket only, also ``?api_key=KEY`` (browsers cannot set headers).
 
     Plain HTTP never reads the query: a key there would land in proxies' access logs. The query parameter's
     name must be exactly ``api_key`` (not percent-encoded), the form the log redaction matches."""
     for name, value in scope.get("headers") or []:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
+            if scheme.lower() in ("bearer", "token") and token.strip():
                 return token.strip()
     if scope["type"] != "websocket":
         return None
@@ -120,7 +123,7 @@ class ApiKeyAuth:
             if metrics is not None:
                 metrics.errors.labels(code=ErrorCode.UNAUTHORIZED.value).inc()
             log.info("unauthorized", extra={"path": scope.get("path"), "kind": scope["type"]})
-            await (_refuse_ws(receive, send) if scope["type"] == "websocket" else _refuse_http(send))
+            await (_refuse_ws(scope, receive, send) if scope["type"] == "websocket" else _refuse_http(send))
             return
         if metrics is not None:
             metrics.client_requests.labels(client=client, kind=scope["type"]).inc()
@@ -137,7 +140,8 @@ def _metrics(scope: Scope):
     return getattr(runtime, "metrics", None)
 
 
-_MESSAGE = "a valid API key is required: send 'Authorization: Bearer KEY' (or ?api_key=KEY on a WebSocket)"
+_MESSAGE = ("a valid API key is required: send 'Authorization: Bearer KEY' or 'Token KEY' "
+            "(or ?api_key=KEY on a WebSocket)")
 
 
 async def _refuse_http(send: Send) -> None:
@@ -145,9 +149,13 @@ async def _refuse_http(send: Send) -> None:
                           [(b"www-authenticate", b'Bearer realm="voice-services"')])
 
 
-async def _refuse_ws(receive: Receive, send: Send) -> None:
+async def _refuse_ws(scope: Scope, receive: Receive, send: Send) -> None:
     message = await receive()
     if message["type"] != "websocket.connect":
+        return
+    if scope.get("path") in COMPAT_WS_PATHS and "websocket.http.response" in scope.get("extensions", {}):
+        await send_http_error(send, ServiceError(ErrorCode.UNAUTHORIZED, _MESSAGE),
+                              [(b"dg-error", _MESSAGE.encode())], websocket=True)
         return
     await send({"type": "websocket.accept"})
     await send({"type": "websocket.send", "text": ServiceError(ErrorCode.UNAUTHORIZED, _MESSAGE).to_json()})

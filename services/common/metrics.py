@@ -3,7 +3,7 @@
 One :class:`Metrics` object per app (its own registry, so several apps can live
 in one test process) holds the instruments both services share: sessions,
 refusals, errors by code, per-model queue depth, batch size, inference time and
-stalls, and the process's own figures (resident memory, CPU time, open files).
+stalls, each request's queue wait and compute time by model and priority, and the process's own figures (resident memory, CPU time, open files).
 Services add their own instruments through :meth:`Metrics.histogram` and
 friends. ``render()`` gives the text for ``GET /metrics``.
 """
@@ -14,6 +14,8 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
                                generate_latest)
 
 LATENCY_BUCKETS_S = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+STEP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6,
+                  0.8, 1.0, 1.5, 2.0, 3.0, 5.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -35,6 +37,11 @@ class Metrics:
             "inference_seconds", "Wall time of one model batch", ["model"], buckets=LATENCY_BUCKETS_S
         )
         self.stalls = self.counter("model_stalls", "Model calls that passed the scheduler's call timeout", ["model"])
+        self.queue_wait_seconds = self.histogram(
+            "queue_wait_seconds", "From a request's submission to the start of its batch", ["model", "priority"],
+            buckets=STEP_BUCKETS_S)
+        self.compute_seconds = self.histogram(
+            "compute_seconds", "Wall time of the batch a request ran in", ["model", "priority"], buckets=STEP_BUCKETS_S)
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu seconds, open fds
 
     def counter(self, name: str, doc: str, labels: list[str] | None = None) -> Counter:

@@ -9,9 +9,12 @@ leaves the event loop in exactly this place. The habits of TGI's router:
 * ordered: lower :class:`Priority` first (finals before partials), then FIFO;
 * two lanes: ``BULK`` requests (file work) have a bound of their own
   (``max_bulk_pending``), so they can never make a live request be refused; they
-  run only when no live request waits, and while live streams are active
-  (``live_active()``) one at a time and for at most ``bulk_share`` of the
-  model's time;
+  run only when no live request waits;
+* duty caps: while live streams are active (``live_active()``), the work of a
+  capped priority (``duty``: partials, file work) runs one request at a time and
+  takes at most its share of the model's time, so latency-critical work finds the
+  model (and the CPU) free;
+* measured: each request's queue wait and compute time, by model and priority;
 * merged: a request submitted with a ``replace_key`` supersedes the pending one
   with the same key (a session's stale partial), whose caller gets
   :class:`Superseded`;
@@ -21,7 +24,9 @@ leaves the event loop in exactly this place. The habits of TGI's router:
   priority and is raised with :meth:`Scheduler.promote` once it is needed;
 * no work for the gone: a request whose caller was cancelled is skipped;
 * isolated: if a batch raises, its requests are retried one by one so only the
-  faulty request fails, and the loop carries on;
+  faulty request fails, and the loop carries on (a batch function that knows
+  which request failed returns :class:`Failed` in its place instead: nothing is
+  retried);
 * watched: a model call that has not returned after ``call_timeout_s`` (a hung
   native library: a thread cannot be killed) fails its batch and everything
   waiting with ``internal``, new requests are refused at once (``overloaded``),
@@ -73,6 +78,7 @@ class _Entry:
     replace_key: Hashable | None
     future: asyncio.Future = field(repr=False)
     max_batch: int = 0  # 0: the scheduler's
+    submitted: float = 0.0  # perf_counter
 
 
 class Scheduler(Generic[Req, Res]):
@@ -87,13 +93,13 @@ class Scheduler(Generic[Req, Res]):
         call_timeout_s: float | None = None,
         on_stall: Callable[[str, bool], None] | None = None,
         max_bulk_pending: int | None = None,
-        bulk_share: float = 1.0,
+        duty: dict[Priority, float] | None = None,
         live_active: Callable[[], bool] = lambda: False,
     ) -> None:
         if max_batch < 1 or max_pending < 1:
             raise ValueError("max_batch and max_pending must be >= 1")
-        if not 0 < bulk_share <= 1:
-            raise ValueError("bulk_share must be in (0, 1]")
+        if any(not 0 < share <= 1 for share in (duty or {}).values()):
+            raise ValueError("duty shares must be in (0, 1]")
         if call_timeout_s is not None and call_timeout_s <= 0:
             raise ValueError("call_timeout_s must be > 0 (or None: no limit)")
         self.name = name
@@ -114,9 +120,9 @@ class Scheduler(Generic[Req, Res]):
         self.stalled_since: float | None = None
         """monotonic time the running call passed its timeout; None while the model answers."""
         self.max_bulk_pending = max_bulk_pending if max_bulk_pending is not None else max_pending
-        self.bulk_share = bulk_share
+        self.duty = {int(p): share for p, share in (duty or {}).items()}
         self._live_active = live_active
-        self._bulk_ready_at = 0.0  # monotonic: no bulk batch before this while live streams are active
+        self._ready_at: dict[int, float] = {}  # priority -> monotonic time its next capped batch may start
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------
@@ -180,7 +186,7 @@ class Scheduler(Generic[Req, Res]):
                 raise ServiceError(ErrorCode.OVERLOADED, f"the {self.name} {'file lane' if bulk else 'queue'} is "
                                                          f"full ({limit} waiting); try again later")
         entry = _Entry(int(priority), next(self._seq), request, batch_key, replace_key,
-                       asyncio.get_running_loop().create_future(), max_batch)
+                       asyncio.get_running_loop().create_future(), max_batch, time.perf_counter())
         self._pending.append(entry)
         if replace_key is not None:
             self._by_key[replace_key] = entry
@@ -234,11 +240,11 @@ class Scheduler(Generic[Req, Res]):
         ordered = sorted(self._pending, key=lambda e: (e.priority, e.seq))
         head = ordered[0]
         cap = min(self.max_batch, head.max_batch or self.max_batch)
-        if head.priority >= Priority.BULK and self._live_active():
-            wait = self._bulk_ready_at - time.monotonic()
+        if head.priority in self.duty and self._live_active():
+            wait = self._ready_at.get(head.priority, 0.0) - time.monotonic()
             if wait > 0:
                 return [], wait
-            cap = 1  # a running batch cannot be interrupted: keep a live final's wait to one file utterance
+            cap = 1  # a running batch cannot be interrupted: keep a live final's wait to one request
         batch = [e for e in ordered if e.batch_key == head.batch_key and e.priority == head.priority][:cap]
         for entry in batch:
             self._remove(entry)
@@ -259,7 +265,7 @@ class Scheduler(Generic[Req, Res]):
             try:
                 out.append(self._run_batch([request])[0])
             except Exception as exc:  # noqa: BLE001 - handed to that request's caller
-                out.append(_Failure(exc))
+                out.append(Failed(exc))
         return out
 
     async def _loop(self) -> None:
@@ -293,23 +299,33 @@ class Scheduler(Generic[Req, Res]):
                 raise
             except Exception as exc:
                 log.exception("%s inference failed", self.name)
-                results = [_Failure(exc)] * len(batch)
+                results = [Failed(exc)] * len(batch)
             self._running = False
             elapsed = time.perf_counter() - started
-            if batch[0].priority >= Priority.BULK:  # live work may use the rest of the time (bulk_share)
-                self._bulk_ready_at = time.monotonic() + elapsed * (1 / self.bulk_share - 1)
+            share = self.duty.get(batch[0].priority)
+            if share is not None:  # latency-critical work may use the rest of the time
+                self._ready_at[batch[0].priority] = time.monotonic() + elapsed * (1 / share - 1)
             self.batches_run += 1
-            if self._metrics is not None:
-                self._metrics.batch_size.labels(model=self.name).observe(len(batch))
-                self._metrics.inference_seconds.labels(model=self.name).observe(elapsed)
+            self._record(batch, started, elapsed)
             self._deliver(batch, results)
             batch = results = call = done = None  # nothing of this batch waits in this frame for the next one
+
+    def _record(self, batch: list[_Entry], started: float, elapsed: float) -> None:
+        """Metrics of a batch (in a method: a loop variable in ``_loop`` would keep a request alive)."""
+        if self._metrics is None:
+            return
+        self._metrics.batch_size.labels(model=self.name).observe(len(batch))
+        self._metrics.inference_seconds.labels(model=self.name).observe(elapsed)
+        for entry in batch:
+            labels = {"model": self.name, "priority": Priority(entry.priority).name.lower()}
+            self._metrics.queue_wait_seconds.labels(**labels).observe(started - entry.submitted)
+            self._metrics.compute_seconds.labels(**labels).observe(elapsed)
 
     def _deliver(self, batch: list[_Entry], results: list[Any]) -> None:
         for entry, result in zip(batch, results):
             if entry.future.done():
                 continue
-            if isinstance(result, _Failure):
+            if isinstance(result, Failed):
                 exc = result.error
                 entry.future.set_exception(
                     exc if isinstance(exc, ServiceError) else ServiceError(
@@ -353,5 +369,7 @@ class Scheduler(Generic[Req, Res]):
 
 
 @dataclass
-class _Failure:
+class Failed:
+    """In a batch function's results, in place of a request that failed: its caller gets ``error``."""
+
     error: BaseException

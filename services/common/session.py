@@ -17,7 +17,11 @@ and its work (ASR: the audio processor; TTS: the speaker). The chassis owns:
 * **limits**: text frames over ``server.max_message_bytes`` are ``too_large``;
   a client that takes no frame for ``server.send_timeout_s`` is dropped;
 * **draining**: on SIGTERM the watcher waits :data:`DRAIN_GRACE_S` (what was
-  sent just before is read first) and calls :meth:`Session.on_drain`.
+  sent just before is read first) and calls :meth:`Session.on_drain`;
+* **dialects**: a compatible API (Deepgram, OpenAI Realtime) is a subclass that
+  renders the same items in its own shape (:meth:`Session.send`,
+  :meth:`Session.error_frame`) and, with ``handshake_refusal``, refuses a
+  session with an HTTP status on the handshake, as those APIs' clients expect.
 
 Any exception in the reader or writer ends this session, never another one.
 """
@@ -57,6 +61,10 @@ def report(outbox: Outbox, err: ServiceError) -> None:
 
 class Session:
     """One WebSocket connection. Subclasses implement the hooks below; the chassis calls them."""
+
+    handshake_refusal = False
+    """Refuse (bad query, no slot) with an HTTP response on the handshake rather than an error event and a close
+    (where the server supports the WebSocket denial extension)."""
 
     def __init__(self, ws: WebSocket, runtime: Any, session_id: str, outbox: Outbox) -> None:
         self.ws = ws
@@ -123,6 +131,11 @@ class Session:
             raise TypeError(f"cannot send {type(item).__name__}")
         return False
 
+    @classmethod
+    def error_frame(cls, err: ServiceError) -> str | None:
+        """The text frame that reports ``err`` (None: the close alone says it); the contract's ``error`` event."""
+        return err.to_json()
+
     def summary(self) -> dict:
         """Fields of the "session ended" log line."""
         return {}
@@ -130,20 +143,24 @@ class Session:
     # -- entry point (the route calls this) ------------------------------------------------------
     @classmethod
     async def serve(cls, ws: WebSocket, runtime: Any) -> None:
-        await ws.accept()
+        deny = cls.handshake_refusal and "websocket.http.response" in ws.scope.get("extensions", {})
+        if not deny:
+            await ws.accept()
         with logs.session_scope() as session_id:
             try:
                 prepared = cls.prepare(ws, runtime)
                 runtime.admission.acquire()  # first: nothing else is done for a session that is refused
             except ServiceError as err:
-                await refuse(ws, runtime.metrics, err)
+                await refuse(ws, runtime.metrics, err, cls.error_frame(err), deny)
                 return
             with session_slot(runtime.admission, runtime.metrics):
                 try:
                     session = await cls.open(ws, runtime, prepared, session_id)
                 except ServiceError as err:
-                    await refuse(ws, runtime.metrics, err)
+                    await refuse(ws, runtime.metrics, err, cls.error_frame(err), deny)
                     return
+                if deny:
+                    await ws.accept()
                 await session.run()
 
     async def run(self) -> None:
@@ -248,9 +265,9 @@ class Session:
             log.exception("writer failed")
             self._gone.set()
 
-    async def close(self, code: int) -> None:
+    async def close(self, code: int, reason: str | None = None) -> None:
         self._closed_by_writer = True
-        await asyncio.wait_for(self.ws.close(code), self.send_timeout_s)
+        await asyncio.wait_for(self.ws.close(code, reason), self.send_timeout_s)
 
     async def write(self, frame: str | bytes) -> None:
         """Send one frame; ``TimeoutError`` when the client takes nothing for ``send_timeout_s``."""
@@ -260,4 +277,6 @@ class Session:
     async def send_error(self, err: ServiceError) -> None:
         self.runtime.metrics.errors.labels(code=err.code.value).inc()
         log.info("error sent", extra={"code": err.code.value, "detail": err.message})
-        await self.write(err.to_json())
+        frame = self.error_frame(err)
+        if frame is not None:
+            await self.write(frame)

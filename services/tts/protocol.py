@@ -19,7 +19,8 @@ from ..common.errors import ErrorCode, ServiceError
 from ..common import protocol as common
 from ..common.protocol import Closed, End, Event, parse_message
 
-__all__ = ["Cancel", "Cancelled", "Closed", "Done", "End", "Flush", "Ready", "Segment", "SpeechFormat",
+__all__ = ["Cancel", "Cancelled", "Closed", "DeepgramSpeakRequest", "Done", "End", "Flush", "Ready", "Segment",
+           "SpeechFormat",
            "SpeechRequest", "StreamParams", "SynthesizeFormat", "SynthesizeRequest", "Text", "parse_client_message",
            "parse_stream_params"]
 
@@ -45,7 +46,7 @@ class Cancel:
 ClientMessage = Text | Flush | Cancel | End
 
 
-def _text(data: dict) -> Text:
+def text_message(data: dict) -> Text:
     text = data.get("text")
     if not isinstance(text, str):
         raise ServiceError(ErrorCode.BAD_MESSAGE, "a text message needs a string field 'text'")
@@ -57,7 +58,7 @@ def _text(data: dict) -> Text:
     return Text(text)
 
 
-_CLIENT_TYPES = {"text": _text, "flush": lambda data: Flush(), "cancel": lambda data: Cancel(),
+_CLIENT_TYPES = {"text": text_message, "flush": lambda data: Flush(), "cancel": lambda data: Cancel(),
                  "end": lambda data: End()}
 
 
@@ -93,6 +94,10 @@ class Ready(common.Ready):
 @dataclass
 class Done(Event):
     type: ClassVar[str] = "done"
+    flushes: int = 0  # how many client flushes it answers (a dialect's acknowledgements); not on the wire
+
+    def to_json(self) -> str:
+        return '{"type": "done"}'
 
 
 @dataclass
@@ -138,6 +143,12 @@ class SpeechFormat(str, enum.Enum):
     aac = "aac"
 
 
+class DeepgramSpeakRequest(BaseModel):
+    """Deepgram-compatible ``POST /v1/speak`` (the options are query parameters)."""
+
+    text: str
+
+
 class SpeechRequest(BaseModel):
     """OpenAI-compatible ``POST /v1/audio/speech`` (``model`` is accepted and ignored; ``instructions`` too)."""
 
@@ -147,3 +158,4 @@ class SpeechRequest(BaseModel):
     response_format: SpeechFormat = SpeechFormat.mp3
     speed: float = Field(1.0, ge=0.25, le=4.0)
     instructions: str | None = None
+    stream_format: Literal["audio", "sse"] = "audio"  # sse: base64 audio in speech.audio.delta events

@@ -1,8 +1,9 @@
 """HTTP and WebSocket routes of the TTS service.
 
 Each route fetches the shared runtime, builds what it needs and awaits it: the
-stream route hands the socket to :class:`~.session.TtsSession`; the synthesis
-routes check the request, pull the first audio (so an error still gets a
+stream routes hand the socket to :class:`~.session.TtsSession` or its Deepgram
+dialect (``/v1/speak``); the synthesis routes (ours, OpenAI's, with its SSE
+form, and Deepgram's REST ``/v1/speak``) check the request, pull the first audio (so an error still gets a
 status) and stream the rest, each holding one HTTP synthesis slot until its
 response ends (refused at once with 503 when all are taken; a client that takes
 nothing for ``server.send_timeout_s`` is dropped); the voice routes
@@ -14,9 +15,10 @@ JSON bodies are parsed here in one helper: malformed JSON is 400
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, File, Form, Request, UploadFile, WebSocket
@@ -26,7 +28,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..common.errors import ErrorCode, ServiceError
 from ..common.http import runtime_of
 from .formats import AudioEncoder
-from .protocol import SpeechFormat, SpeechRequest, SynthesizeFormat, SynthesizeRequest
+from .deepgram import DeepgramSpeakSession, parse_speak_query
+from .protocol import DeepgramSpeakRequest, SpeechFormat, SpeechRequest, SynthesizeFormat, SynthesizeRequest
 from .serving import TtsRuntime
 from .session import TtsSession
 from .synthesis import prepare, stream_audio
@@ -78,8 +81,31 @@ async def _body(request: Request, model: type[M]) -> M:
         raise ServiceError(ErrorCode.INVALID_PARAMETER, "; ".join(problems)) from None
 
 
+def _sse(event: dict) -> bytes:
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+
+async def _as_sse(text: str, first: bytes, chunks) -> AsyncIterator[bytes]:
+    """OpenAI's speech events: each audio chunk base64 in a ``speech.audio.delta``, then ``speech.audio.done``
+    (``usage`` counts the input's words and the audio deltas: there is no tokenizer here)."""
+    deltas = 0
+    async for data in _chained(first, chunks):
+        if data:
+            deltas += 1
+            yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+    words = len(text.split())
+    yield _sse({"type": "speech.audio.done",
+                "usage": {"input_tokens": words, "output_tokens": deltas, "total_tokens": words + deltas}})
+
+
+async def _chained(first: bytes, chunks) -> AsyncIterator[bytes]:
+    yield first
+    async for data in chunks:
+        yield data
+
+
 async def _streaming(runtime: TtsRuntime, text: str, voice: str | None, fmt: str, rate_hz: int | None,
-                     speed: float, route: str) -> StreamingResponse:
+                     speed: float, route: str, sse: bool = False) -> StreamingResponse:
     runtime.http_admission.acquire()  # 503 at once when every HTTP slot is taken; sessions keep their budget
     chunks = None
     released = False
@@ -107,13 +133,14 @@ async def _streaming(runtime: TtsRuntime, text: str, voice: str | None, fmt: str
             first = b""
         runtime.metrics.http_synthesis.labels(route=route).inc()
 
-        async def body():
-            yield first
-            async for data in chunks:
-                yield data
-
-        response = _SlotResponse(body(), release, runtime.settings.server.send_timeout_s,
-                                 media_type=encoder.media_type, headers={"X-Sample-Rate": str(encoder.rate_hz)})
+        headers = {"X-Sample-Rate": str(encoder.rate_hz)}
+        if sse:
+            body, media_type = _as_sse(text, first, chunks), "text/event-stream"
+            headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        else:
+            body, media_type = _chained(first, chunks), encoder.media_type
+        response = _SlotResponse(body, release, runtime.settings.server.send_timeout_s, media_type=media_type,
+                                 headers=headers)
     except BaseException:
         await release()
         raise
@@ -144,7 +171,36 @@ async def openai_speech(request: Request) -> StreamingResponse:
     body = await _body(request, SpeechRequest)
     rate = OPENAI_PCM_RATE_HZ if body.response_format is SpeechFormat.pcm else None
     return await _streaming(runtime, body.input, body.voice, body.response_format.value, rate, body.speed,
-                            "speech")
+                            "speech", sse=body.stream_format == "sse")
+
+
+@router.websocket("/v1/speak")
+async def deepgram_speak_stream(ws: WebSocket) -> None:
+    await DeepgramSpeakSession.serve(ws, runtime_of(ws.app))
+
+
+_DEEPGRAM_FORMATS = {("linear16", "none"): "pcm", ("linear16", "wav"): "wav", ("mulaw", "none"): "mulaw",
+                     ("mp3", "none"): "mp3", ("flac", "none"): "flac",
+                     ("opus", "ogg"): "opus", ("aac", "none"): "aac"}
+
+
+@router.post("/v1/speak", tags=["deepgram"])
+async def deepgram_speak(request: Request) -> StreamingResponse:
+    """Deepgram-compatible REST speech: ``{"text"}``, with ``model``, ``encoding`` (default mp3), ``container``
+    (linear16 without one is WAV, as Deepgram sends it) and ``sample_rate`` in the query."""
+    runtime = runtime_of(request.app)
+    body = await _body(request, DeepgramSpeakRequest)
+    query = request.query_params
+    encoding = (query.get("encoding") or "mp3").lower()
+    default_container = {"linear16": "wav", "opus": "ogg"}.get(encoding, "none")
+    container = (query.get("container") or default_container).lower()
+    fmt = _DEEPGRAM_FORMATS.get((encoding, container))
+    if fmt is None:
+        raise ServiceError(ErrorCode.INVALID_PARAMETER, f"encoding {encoding[:20]!r} with container "
+                                                        f"{container[:20]!r} is not supported")
+    params = parse_speak_query({"model": query.get("model") or "", "sample_rate": query.get("sample_rate") or ""})
+    rate = params.sample_rate if query.get("sample_rate") else (MULAW_DEFAULT_RATE_HZ if encoding == "mulaw" else None)
+    return await _streaming(runtime, body.text, params.voice, fmt, rate, 1.0, "deepgram_speak")
 
 
 @router.get("/v1/voices", tags=["voices"])

@@ -11,7 +11,8 @@ runtime.stream(voice, text, encoder)`` reads a bounded :class:`AudioPipe` that
 the worker thread fills as the engine makes chunks, already resampled and
 encoded there (the loop only moves bytes); leaving the loop early withdraws or
 stops the piece. The WebSocket session and both HTTP routes consume it the same
-way. HTTP synthesis and cloning take a slot of their own admission
+way. The first piece of a session's reply is ``URGENT``: a session waiting for
+its first audio goes before the later pieces of sessions already speaking. HTTP synthesis and cloning take a slot of their own admission
 (``http_admission``, refused at once with ``overloaded``), and
 ``scheduler.max_pending`` covers every session plus every HTTP slot, so HTTP
 load can never make the scheduler refuse a live session's next piece. Cloning
@@ -168,7 +169,7 @@ class TtsRuntime:
         t = settings.text
         runtime = cls(
             settings=settings, engine=engine,
-            scheduler=Scheduler("tts", lambda jobs: run_jobs(engine, jobs), max_batch=1,
+            scheduler=Scheduler("tts", lambda jobs: run_jobs(engine, jobs), max_batch=engine.lanes,
                                 max_pending=settings.scheduler.max_pending, **watch),
             store=store, voices=catalog, admission=admission, metrics=metrics,
             chunker_options=ChunkerOptions(t.first_piece_min_chars, t.first_piece_max_chars, t.min_piece_chars,
@@ -193,8 +194,8 @@ class TtsRuntime:
     def native_rate_hz(self, voice: ResolvedVoice) -> int:
         return self.engine.sample_rate_hz(None if voice.cloned else voice.id)
 
-    async def stream(self, voice: ResolvedVoice, text: str, encoder: AudioEncoder, *,
-                     speed: float = 1.0) -> AsyncIterator[bytes]:
+    async def stream(self, voice: ResolvedVoice, text: str, encoder: AudioEncoder, *, speed: float = 1.0,
+                     priority: Priority = Priority.NORMAL) -> AsyncIterator[bytes]:
         """One piece's audio in ``encoder``'s format, as the engine makes it (see the module docstring).
 
         The resampler's tail comes last (the encoder then starts the next piece afresh); a failure is raised
@@ -204,7 +205,7 @@ class TtsRuntime:
         pipe = AudioPipe(asyncio.get_running_loop(), self.settings.server.max_piece_audio_s, job)
         job.sink = lambda samples, rate_hz: pipe.feed(encoder.encode(samples, rate_hz), samples.size / rate_hz)
         job.on_done = lambda: pipe.feed(encoder.end_piece(), 0.0)
-        synthesis = asyncio.ensure_future(self._synthesize(job))
+        synthesis = asyncio.ensure_future(self._synthesize(job, priority))
         synthesis.add_done_callback(lambda task: pipe.end(None if task.cancelled() else task.exception()))
         try:
             async for data in pipe:
@@ -214,8 +215,8 @@ class TtsRuntime:
                 job.cancelled.set()  # stops between chunks if it is running now
                 synthesis.cancel()  # withdrawn if it is still waiting
 
-    async def _synthesize(self, job: SynthesisJob) -> SynthesisResult:
-        result: SynthesisResult = await self.scheduler.submit(job)
+    async def _synthesize(self, job: SynthesisJob, priority: Priority) -> SynthesisResult:
+        result: SynthesisResult = await self.scheduler.submit(job, priority=priority)
         self.metrics.pieces.inc()
         if result.audio_s > 0:
             self.metrics.audio_seconds.inc(result.audio_s)

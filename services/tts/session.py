@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class Prepared:
     params: StreamParams
     voice: ResolvedVoice | None = None
 
@@ -55,7 +55,7 @@ class _Prepared:
 class TtsSession(Session):
     runtime: TtsRuntime
 
-    def __init__(self, ws: WebSocket, runtime: TtsRuntime, prepared: _Prepared, session_id: str) -> None:
+    def __init__(self, ws: WebSocket, runtime: TtsRuntime, prepared: Prepared, session_id: str) -> None:
         server = runtime.settings.server
         params, voice = prepared.params, prepared.voice
         assert voice is not None
@@ -74,19 +74,23 @@ class TtsSession(Session):
 
     # -- chassis hooks: setup ------------------------------------------------------------------
     @classmethod
-    def prepare(cls, ws: WebSocket, runtime: TtsRuntime) -> _Prepared:
-        return _Prepared(parse_stream_params(dict(ws.query_params)))
+    def prepare(cls, ws: WebSocket, runtime: TtsRuntime) -> Prepared:
+        return Prepared(parse_stream_params(dict(ws.query_params)))
 
     @classmethod
-    async def open(cls, ws: WebSocket, runtime: TtsRuntime, prepared: _Prepared, session_id: str) -> "TtsSession":
+    async def open(cls, ws: WebSocket, runtime: TtsRuntime, prepared: Prepared, session_id: str) -> "TtsSession":
         voice = await runtime.voices.resolve(prepared.params.voice)  # after admission: it may read the disk
-        return cls(ws, runtime, _Prepared(prepared.params, voice), session_id)
+        return cls(ws, runtime, Prepared(prepared.params, voice), session_id)
 
     def begin(self) -> None:
         log.info("session started", extra={"voice": self.voice.id, "sample_rate": self.out_rate_hz,
                                            "encoding": self.params.encoding.value})
-        self.outbox.put(Ready(self.id, self.out_rate_hz, self.params.encoding.value, self.voice.id))
+        self.greet()
         self.speaker_task = self.tasks.spawn(self._speak(self.work, self.outbox.generation), "speaker")
+
+    def greet(self) -> None:
+        """Queue the first event: the contract's ``ready``."""
+        self.outbox.put(Ready(self.id, self.out_rate_hz, self.params.encoding.value, self.voice.id))
 
     def summary(self) -> dict:
         return {"segments": self.speaker.segments}
@@ -112,7 +116,10 @@ class TtsSession(Session):
                                                   "messages ({\"type\":\"text\",\"text\":...}); frame ignored")
 
     async def on_text(self, raw: str) -> bool:
-        msg = parse_client_message(raw)
+        return await self.take(parse_client_message(raw))
+
+    async def take(self, msg: Text | Flush | Cancel | End) -> bool:
+        """One client message (a dialect maps its own onto these); True stops reading."""
         limits = self.runtime.settings.text
         if isinstance(msg, Text):
             if not msg.text:
@@ -126,7 +133,7 @@ class TtsSession(Session):
             self._queue(self.chunker.push(msg.text))
         elif isinstance(msg, Flush):
             self._queue(self.chunker.flush())
-            self.work.put(Mark(done=True))
+            self.work.put(Mark(done=True, flushes=1))
         elif isinstance(msg, Cancel):
             self._cancel()
         elif isinstance(msg, End):
@@ -188,11 +195,18 @@ class TtsSession(Session):
     async def send(self, item: Any) -> bool:
         metrics = self.runtime.metrics
         if isinstance(item, Audio):
-            await self.write(item.data)
+            await self.write_audio(item.data)
             if item.first_of is not None:
                 metrics.time_to_first_audio.observe(time.perf_counter() - item.first_of.ready_at)
             return False
-        await super().send(item)
+        await self.send_event(item)
         if isinstance(item, Cancelled):
             metrics.cancel_ack_seconds.observe(time.perf_counter() - self._cancel_started)
         return False
+
+    async def write_audio(self, data: bytes) -> None:
+        await self.write(data)
+
+    async def send_event(self, item: Any) -> None:
+        """An event or error, as the contract's JSON (a dialect renders its own)."""
+        await super().send(item)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..common.outbox import CloseRequest, Outbox
+from ..common.scheduler import Priority
 from .formats import AudioEncoder
 from .protocol import Closed, Done, Segment
 from .serving import TtsRuntime
@@ -40,6 +41,7 @@ class Piece:
 class Mark:
     done: bool = True
     end: bool = False
+    flushes: int = 0  # client flushes this mark answers (merged marks add up)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class Audio:
 def merge_marks(waiting: Any, new: Any) -> Mark | None:
     """Work-queue merge rule: a mark right behind a waiting mark joins it (a burst of flushes costs one ``done``)."""
     if isinstance(new, Mark) and isinstance(waiting, Mark):
-        return Mark(done=waiting.done or new.done, end=waiting.end or new.end)
+        return Mark(done=waiting.done or new.done, end=waiting.end or new.end, flushes=waiting.flushes + new.flushes)
     return None
 
 
@@ -91,7 +93,7 @@ class Speaker:
             item = await work.get()
             if isinstance(item, Mark):
                 if item.done:
-                    outbox.put(Done(), generation=generation)
+                    outbox.put(Done(item.flushes), generation=generation)
                 if item.end:
                     outbox.put(Closed(), generation=generation)
                     outbox.put(CloseRequest(1000), generation=generation)
@@ -106,7 +108,9 @@ class Speaker:
             outbox.put(Segment(self.segments, item.text), generation=generation)
             self.segments += 1
             first = item if item.first else None
-            async with contextlib.aclosing(self.runtime.stream(self.voice, item.text, self.encoder)) as audio:
+            priority = Priority.URGENT if item.first else Priority.NORMAL  # first audio of a reply goes first
+            async with contextlib.aclosing(self.runtime.stream(self.voice, item.text, self.encoder,
+                                                               priority=priority)) as audio:
                 async for data in audio:
                     outbox.put(Audio(data, first), generation=generation)
                     first = None

@@ -25,6 +25,10 @@ ABBREVIATIONS = frozenset(
     ph.d b.a m.a gen col lt sgt capt rev hon gov sen rep ave blvd rd""".split()
 )
 
+LEANING_WORDS = frozenset("""a an the and or but nor of to in on at by for with from into as than that which who
+    whose if because my your his her its our their this these those very""".split())
+"""Words a piece should not end with: spoken as the end of a sentence, they sound cut off."""
+
 _SENTENCE_END = ".!?…。！？"
 _CLAUSE_END = ",;:，"
 _CJK_MARKS = "。！？，"  # a boundary without a following space: CJK text has none
@@ -39,9 +43,9 @@ def is_speakable(text: str) -> bool:
 
 @dataclass(frozen=True)
 class ChunkerOptions:
-    first_piece_min_chars: int = 12
+    first_piece_min_chars: int = 8
     """The first piece of a turn may end at a clause boundary once it is this long."""
-    first_piece_max_chars: int = 30
+    first_piece_max_chars: int = 20
     """...and is cut at a word boundary when it grows past this without any boundary."""
     min_piece_chars: int = 40
     """Later pieces end at a clause boundary only once they are this long (else at sentence ends)."""
@@ -173,10 +177,17 @@ class TextChunker:
 
     @staticmethod
     def _hard_cut(text: str, limit: int) -> int:
-        """Cut ``text`` near ``limit``: at the last clause mark, else the last space, else at the limit."""
+        """Cut ``text`` near ``limit``: at the last clause mark, else at the last space - before a word that
+        leans on the next one ("to", "the", "and", ...) where it can, since each piece is spoken as a
+        sentence of its own - else at the limit."""
         head = text[:limit]
-        for marks in (_SENTENCE_END + _CLAUSE_END, " \n\t"):
-            best = max(head.rfind(m) for m in marks)
-            if best > limit // 3:
-                return best + 1
-        return limit
+        marks = [i for i, ch in enumerate(head) if ch in _SENTENCE_END + _CLAUSE_END
+                 and (i + 1 == len(text) or text[i + 1].isspace())]  # "3.14" and "a,b" are not boundaries
+        if marks and marks[-1] > limit // 3:
+            return marks[-1] + 1
+        spaces = [i for i, ch in enumerate(head) if ch in " \n\t" and i > limit // 3]
+        for i in reversed(spaces):
+            word = re.sub(r"[^\w']", "", head[:i].rsplit(None, 1)[-1].lower()) if head[:i].strip() else ""
+            if word not in LEANING_WORDS:
+                return i + 1
+        return spaces[-1] + 1 if spaces else limit

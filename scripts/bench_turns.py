@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""Turn-taking benchmark of a RUNNING ASR service, through WS /v1/stream/asr (a measurement tool, not a test).
+
+    scripts/start_asr.sh --port 8001 &
+    .venv/bin/python scripts/bench_turns.py --url http://127.0.0.1:8001 --out bench-results/turns.json
+
+Real speech, two kinds of utterance, each streamed in its own session at real time in 20 ms frames and followed
+by the recording's own room tone (``--tail`` s; the session then sends ``end``):
+
+* **complete**: a clip of ``--asr-data`` (26 clips) up to the end of its last word - unless its reference text
+  stops mid-sentence (LJSpeech splits sentences at clause boundaries: a reference that is punctuated but does not
+  end with . ! ?, or ends with a comma), which makes it a pause;
+* **paused**: the same clip cut after a word near its middle that no punctuation follows (word times from the
+  project's Whisper engine, in-process, cached in ``--cache``), and the five cut-off LibriVox utterances of
+  ``--turns-data`` (``LABELS.tsv``): the speaker has only paused.
+
+The end of the last word is the last 20 ms frame within 30 dB of the utterance's loudest frame; time-to-final
+(TTF) counts from sending it. Reported: for complete utterances, the share ended with reason ``turn`` (the rest
+wait for the silence timeout) and TTF p50/p95; for paused ones, the share ended *prematurely* with ``turn``;
+and turn finals inside complete clips (natural pauses the service took for an end of turn).
+
+``--heldout`` adds other real speech as a check of a tuned policy: the 32 sentences of the LJSpeech
+concatenation in ``eval/long`` (a sentence whose text ends without . ! ? is a pause: LJSpeech splits some
+sentences mid-clause) and the 13 utterances of the two-person call in ``eval/turns`` (turn ends).
+``--streams N`` runs N sessions at once (default 1). Only loopback URLs unless ``--allow-remote``.
+
+``--simulate FILE`` does not stream: it computes, in-process, what the service's turn policy sees for every
+case - Smart Turn's P(complete) at every ``--check-ms`` of the pause (the room tone included, as the service
+passes it) and the beam-5 final's text - and writes them to FILE, so a policy can be tuned offline
+(``services.asr.turn.TurnPolicy``) before it is measured through the socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import re
+import sys
+import time
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_asr import is_loopback_url, summarize, ws_url  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RATE = 16000
+FRAME = RATE // 50  # 20 ms
+ENERGY_DB = 30.0
+TERMINAL = re.compile(r"[.!?]['\")\]]*$")
+
+
+def read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path), "rb") as w:
+        if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (1, 2, RATE):
+            raise ValueError(f"{path}: expected mono 16-bit {RATE} Hz")
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768
+
+
+def frame_rms(x: np.ndarray) -> np.ndarray:
+    frames = np.pad(x, (0, (-x.size) % FRAME)).reshape(-1, FRAME)
+    return np.sqrt((frames.astype(np.float64) ** 2).mean(axis=1))
+
+
+def last_word_end(x: np.ndarray) -> int:
+    """Sample index just past the last 20 ms frame within 30 dB of the loudest frame."""
+    rms = frame_rms(x)
+    loud = np.flatnonzero(rms >= rms.max() * 10 ** (-ENERGY_DB / 20))
+    return min(x.size, (int(loud[-1]) + 1) * FRAME)
+
+
+def mirror_tile(x: np.ndarray, n: int) -> np.ndarray:
+    reps = -(-n // max(1, x.size))
+    return np.concatenate([x if i % 2 == 0 else x[::-1] for i in range(max(1, reps))])[:n]
+
+
+def room_tone(x: np.ndarray, first_word_s: float | None = None) -> np.ndarray:
+    """The recording's silence: after its last word, or before its first; if both are shorter than 150 ms,
+    noise at the level of its quietest frames."""
+    tail = x[last_word_end(x) + FRAME * 3:]
+    head = x[: max(0, int(((first_word_s or 0.0) - 0.1) * RATE))]
+    best = tail if tail.size >= head.size else head
+    if best.size >= int(0.15 * RATE):
+        return best
+    level = float(np.percentile(frame_rms(x), 10))
+    return (np.random.default_rng(0).standard_normal(RATE) * level).astype(np.float32)
+
+
+@dataclass
+class Case:
+    name: str
+    kind: str  # "complete" | "paused"
+    speech: np.ndarray
+    tone: np.ndarray
+    speech_end: int  # sample just past the last word
+
+
+def clip_kind(reference: Path) -> str:
+    """``complete``, or ``paused`` when the reference stops mid-sentence (see the module docstring)."""
+    text = reference.read_text().strip() if reference.exists() else ""
+    punctuated = bool(re.search(r"[,.;:!?]", text))
+    if re.search(r"[,;:\-]['\")]*$", text) or (punctuated and not TERMINAL.search(text)):
+        return "paused"
+    return "complete"
+
+
+def word_times(path: Path, audio: np.ndarray, cache: dict) -> list[dict]:
+    """Word times of a whole clip (at most 30 s) from the project's engine: one beam-5 decode."""
+    if path.name not in cache:
+        from services.asr.engine import DecodeRequest, WhisperEngine
+
+        global _ENGINE
+        if _ENGINE is None:
+            _ENGINE = WhisperEngine(cpu_threads=2)
+        result = _ENGINE.decode_batch([DecodeRequest(audio[: 30 * RATE], beam_size=5, word_timestamps=True)])[0]
+        cache[path.name] = [w.as_dict() for w in result.words]
+    return cache[path.name]
+
+
+_ENGINE = None
+
+
+def mid_cut(words: list[dict]) -> float | None:
+    """End (s) of the word nearest the middle that is neither punctuated nor among the last two."""
+    candidates = [(i, w) for i, w in enumerate(words[:-2]) if i >= 1 and not re.search(r"[,.;:!?]$", w["word"])]
+    if not candidates:
+        return None
+    middle = (words[0]["start"] + words[-1]["end"]) / 2
+    i, w = min(candidates, key=lambda c: abs(c[1]["end"] - middle))
+    return (w["end"] + words[i + 1]["start"]) / 2 if words[i + 1]["start"] > w["end"] else w["end"]
+
+
+def build_cases(args) -> list[Case]:
+    cache_file = Path(args.cache) / "turn-words.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    cases = []
+    for path in sorted(Path(args.asr_data).glob("*.wav")):
+        x = read_wav(path)
+        words = word_times(path, x, cache)
+        tone = room_tone(x, words[0]["start"] if words else None)
+        end = last_word_end(x)
+        cases.append(Case(path.stem, clip_kind(path.with_suffix(".txt")), x[:end], tone, end))
+        cut = mid_cut(words)
+        if cut is not None:
+            head = x[: int(cut * RATE)]
+            cases.append(Case(path.stem + "@mid", "paused", head, tone, last_word_end(head)))
+    turns = Path(args.turns_data)
+    with open(turns / "LABELS.tsv", newline="") as f:
+        rows = {Path(r["file"]).stem: r for r in csv.DictReader(f, delimiter="\t")}
+    for name, row in rows.items():
+        if row["label"] != "incomplete":
+            continue
+        speech = read_wav(turns / f"{name}.wav")[: int(float(row["last_word_end_s"]) * RATE)]
+        tone = room_tone(read_wav(turns / f"{name.rsplit('_', 1)[0]}_complete.wav"))
+        cases.append(Case(name, "paused", speech, tone, last_word_end(speech)))
+    if args.heldout:
+        cases += heldout_cases(Path(args.long_data), turns)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    cache_file.write_text(json.dumps(cache))
+    return cases
+
+
+def heldout_cases(long_dir: Path, turns: Path) -> list[Case]:
+    cases = []
+    lj = read_wav(long_dir / "ljspeech_LJ001-0001_to_0032_concat.wav")
+    tone = (np.random.default_rng(1).standard_normal(RATE) * float(np.percentile(frame_rms(lj), 5))).astype(np.float32)
+    with open(long_dir / "ljspeech_LJ001-0001_to_0032_concat.segments.tsv", newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            seg = lj[int(float(row["start_s"]) * RATE): int(float(row["end_s"]) * RATE)]
+            kind = "complete" if TERMINAL.search(row["transcript"].strip()) else "paused"
+            cases.append(Case("heldout:" + row["utt_id"], kind, seg[: last_word_end(seg)], tone, last_word_end(seg)))
+    call = read_wav(turns / "pyannote_sample_call_30s.wav")
+    tone = room_tone(call[: int(6.5 * RATE)])  # before the first word of the call
+    for i, line in enumerate((turns / "pyannote_sample_call_30s.stm").read_text().splitlines()):
+        parts = line.split(maxsplit=5)
+        seg = call[int(float(parts[3]) * RATE): int(float(parts[4]) * RATE)]
+        cases.append(Case(f"heldout:call{i:02d}", "complete", seg[: last_word_end(seg)], tone, last_word_end(seg)))
+    return cases
+
+
+async def run_case(url: str, case: Case, tail_s: float, query: str) -> dict:
+    from websockets.asyncio.client import connect
+
+    audio = np.concatenate([case.speech, mirror_tile(case.tone, int(tail_s * RATE))])
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    finals: list[tuple[float, dict]] = []
+    sent_end_at: list[float] = []
+    async with connect(ws_url(url) + (f"?{query}" if query else ""), open_timeout=15, close_timeout=5) as ws:
+        assert json.loads(await ws.recv())["type"] == "ready"
+
+        async def receive() -> None:
+            async for message in ws:
+                event = json.loads(message)
+                if event["type"] == "final":
+                    finals.append((time.monotonic(), event))
+                elif event["type"] == "closed":
+                    return
+
+        receiver = asyncio.create_task(receive())
+        t0 = time.monotonic()
+        for k, off in enumerate(range(0, len(pcm), FRAME * 2)):
+            await ws.send(pcm[off:off + FRAME * 2])
+            if not sent_end_at and off + FRAME * 2 >= case.speech_end * 2:
+                sent_end_at.append(time.monotonic())
+            delay = t0 + (k + 1) * FRAME / RATE - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await ws.send(json.dumps({"type": "end"}))
+        await asyncio.wait_for(receiver, 30)
+    end_s = case.speech_end / RATE
+    closing = [(t, e) for t, e in finals if e["end"] >= end_s - 0.3]
+    inner = [e for t, e in finals if e["end"] < end_s - 0.3 and e["reason"] == "turn"]
+    out = {"name": case.name, "kind": case.kind, "speech_s": round(case.speech.size / RATE, 2), "inner_turns": len(inner),
+           "reason": None, "ttf_ms": None}
+    if closing:
+        t, event = closing[0]
+        out["reason"] = event["reason"]
+        if event["reason"] != "end":
+            out["ttf_ms"] = round((t - sent_end_at[0]) * 1000, 1)
+    return out
+
+
+async def run_all(args, cases: list[Case]) -> list[dict]:
+    queue: asyncio.Queue = asyncio.Queue()
+    for case in cases:
+        queue.put_nowait(case)
+    results = []
+
+    async def worker() -> None:
+        while not queue.empty():
+            case = queue.get_nowait()
+            results.append(await run_case(args.url, case, args.tail, args.query))
+
+    await asyncio.gather(*(worker() for _ in range(args.streams)))
+    return results
+
+
+def report(results: list[dict]) -> dict:
+    def part(rows: list[dict]) -> dict:
+        complete = [r for r in rows if r["kind"] == "complete"]
+        paused = [r for r in rows if r["kind"] == "paused"]
+        turn = [r for r in complete if r["reason"] == "turn"]
+        return {
+            "complete": {"n": len(complete), "ended_by_turn": len(turn) / len(complete) if complete else None,
+                         "ttf_ms": summarize([r["ttf_ms"] for r in complete if r["ttf_ms"] is not None]),
+                         "ttf_turn_ms": summarize([r["ttf_ms"] for r in turn]),
+                         "reasons": {k: sum(r["reason"] == k for r in complete) for k in {r["reason"] for r in complete}},
+                         "turns_inside": sum(r["inner_turns"] for r in complete)},
+            "paused": {"n": len(paused),
+                       "premature_turn": sum(r["reason"] == "turn" for r in paused) / len(paused) if paused else None,
+                       "premature": [r["name"] for r in paused if r["reason"] == "turn"],
+                       "reasons": {k: sum(r["reason"] == k for r in paused) for k in {r["reason"] for r in paused}},
+                       "ttf_ms": summarize([r["ttf_ms"] for r in paused if r["ttf_ms"] is not None])},
+        }
+    tuned = [r for r in results if not r["name"].startswith("heldout:")]
+    heldout = [r for r in results if r["name"].startswith("heldout:")]
+    return {"tuning_set": part(tuned), **({"heldout": part(heldout)} if heldout else {})}
+
+
+def simulate(args, cases: list[Case]) -> dict:
+    """P(complete) at each check of each case's pause, and the final's text, computed in-process."""
+    from services.asr.engine import DecodeRequest, WhisperEngine
+    from services.asr.turn import SmartTurnModel
+
+    model, engine = SmartTurnModel(), WhisperEngine(cpu_threads=2)
+    checks = list(range(args.check_ms, args.max_check_ms + 1, args.check_ms))
+    out = {}
+    for case in cases:
+        speech = case.speech[: case.speech_end]
+        pause = mirror_tile(case.tone, int(checks[-1] * RATE / 1000))
+        audios = [np.concatenate([speech, pause[: int(ms * RATE / 1000)]]) for ms in checks]
+        probabilities = model.predict(audios)
+        pad = np.concatenate([speech, pause[: int(0.096 * RATE)]])
+        text = engine.decode_batch([DecodeRequest(pad, beam_size=5)])[0].text.strip()
+        out[case.name] = {"kind": case.kind, "text": text,
+                          "p": {str(ms): round(p, 4) for ms, p in zip(checks, probabilities)}}
+        print(f"{case.name:40s} {case.kind:8s} {text[-40:]!r:44s} "
+              + " ".join(f"{p:.2f}" for p in probabilities[:10]), file=sys.stderr)
+    return {"checks_ms": checks, "cases": out}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--url", default="http://127.0.0.1:8001")
+    p.add_argument("--asr-data", default="/work/shared/eval/asr")
+    p.add_argument("--turns-data", default="/work/shared/eval/turns")
+    p.add_argument("--long-data", default="/work/shared/eval/long")
+    p.add_argument("--heldout", action="store_true", help="add the held-out speech (LJ concatenation, a call)")
+    p.add_argument("--tail", type=float, default=2.5, help="seconds of room tone after each utterance")
+    p.add_argument("--streams", type=int, default=1)
+    p.add_argument("--query", default="", help="extra query string for the sessions, e.g. partials=false")
+    p.add_argument("--only", default="", help="a regular expression: run only the cases whose name matches")
+    p.add_argument("--cache", default="bench-results/cache")
+    p.add_argument("--out", default="bench-results/turns.json", type=Path)
+    p.add_argument("--allow-remote", action="store_true")
+    p.add_argument("--simulate", type=Path, help="compute the policy's inputs in-process into this file instead")
+    p.add_argument("--check-ms", type=int, default=96)
+    p.add_argument("--max-check-ms", type=int, default=1536)
+    args = p.parse_args(argv)
+    if not is_loopback_url(args.url) and not args.allow_remote:
+        p.error(f"{args.url} is not a loopback URL (use --allow-remote)")
+    cases = [c for c in build_cases(args) if re.search(args.only, c.name)]
+    print(f"{len(cases)} cases ({sum(c.kind == 'complete' for c in cases)} complete), "
+          f"{sum(c.speech.size for c in cases) / RATE:.0f} s of speech", file=sys.stderr)
+    if args.simulate:
+        args.simulate.parent.mkdir(parents=True, exist_ok=True)
+        args.simulate.write_text(json.dumps(simulate(args, cases), indent=1))
+        return 0
+    results = asyncio.run(run_all(args, cases))
+    out = {"config": {"tail_s": args.tail, "streams": args.streams, "query": args.query},
+           "summary": report(results), "cases": sorted(results, key=lambda r: r["name"])}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    print(json.dumps(out["summary"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

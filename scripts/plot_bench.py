@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Latency against load, as PNG charts, from the JSON that bench_asr.py and bench_tts.py write (not a test).
+
+    .venv/bin/python scripts/plot_bench.py --asr bench-results/asr.json --tts bench-results/tts.json \
+        --out docs/img
+
+Writes ``asr-latency.png`` (time-to-final p50 and p95 from the end of the last word, against concurrent
+streams, with the targets) and ``tts-latency.png`` (time to first audio of a whole sentence, p50 and p95,
+against concurrent sessions). Several JSON files per service may be given (``--asr a.json --asr b.json``) to
+draw runs side by side; ``--label`` names them in the same order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ASR_TARGETS = {1: (350, 800), 8: (500, 1200)}  # sessions: (p50, p95) in ms
+TTS_TARGETS = {1: (100, None), 8: (300, 600)}
+
+
+def asr_points(path: Path) -> tuple[list[int], list[float], list[float]]:
+    rows = json.loads(path.read_text())["streaming"]
+    return ([r["sessions"] for r in rows], [r["time_to_final_ms"]["p50"] for r in rows],
+            [r["time_to_final_ms"]["p95"] for r in rows])
+
+
+def tts_points(path: Path) -> tuple[list[int], list[float], list[float]]:
+    rows = json.loads(path.read_text())
+    return ([r["sessions"] for r in rows], [r["ttfa_sentence_p50_ms"] for r in rows],
+            [r["ttfa_sentence_p95_ms"] for r in rows])
+
+
+def chart(out: Path, title: str, xlabel: str, ylabel: str, series: list, targets: dict) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for label, (xs, p50, p95) in series:
+        line, = ax.plot(xs, p50, marker="o", label=f"{label} p50")
+        ax.plot(xs, p95, marker="s", linestyle="--", color=line.get_color(), label=f"{label} p95")
+    for sessions, (t50, t95) in targets.items():
+        ax.scatter([sessions], [t50], marker="_", s=400, color="green", zorder=5)
+        if t95 is not None:
+            ax.scatter([sessions], [t95], marker="_", s=400, color="red", zorder=5)
+    ax.scatter([], [], marker="_", s=200, color="green", label="target p50")
+    ax.scatter([], [], marker="_", s=200, color="red", label="target p95")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    print(f"wrote {out}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--asr", type=Path, action="append", default=[])
+    p.add_argument("--tts", type=Path, action="append", default=[])
+    p.add_argument("--label", action="append", default=[], help="one per run, ASR runs first then TTS runs")
+    p.add_argument("--out", type=Path, default=Path("docs/img"))
+    args = p.parse_args(argv)
+    labels = iter(args.label)
+    if args.asr:
+        chart(args.out / "asr-latency.png", "ASR time-to-final (from the end of the last word)",
+              "concurrent streams (real speech at real time)", "ms",
+              [(next(labels, path.stem), asr_points(path)) for path in args.asr], ASR_TARGETS)
+    if args.tts:
+        chart(args.out / "tts-latency.png", "TTS time to first audio (a whole sentence)", "concurrent sessions",
+              "ms", [(next(labels, path.stem), tts_points(path)) for path in args.tts], TTS_TARGETS)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

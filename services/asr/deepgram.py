@@ -1,0 +1,219 @@
+"""Deepgram-compatible live transcription: ``WS /v1/listen``, a dialect of the ASR session.
+
+This module owns the translation between Deepgram's streaming API and our
+:class:`~.session.AsrSession`; the audio goes through the very same processor,
+schedulers, admission and limits. Query parameters map onto
+:class:`~.protocol.StreamParams` (``encoding`` linear16/mulaw, ``sample_rate``,
+``channels=1``, ``language``, ``interim_results``, ``vad_events``,
+``utterance_end_ms``, ``endpointing``; the rest are accepted and ignored, see
+INTEGRATION.md). Client messages: binary audio; ``KeepAlive`` restarts the idle
+timer; ``Finalize`` is our ``commit`` (its ``Results`` carries
+``from_finalize``, an empty one when nothing was open); ``CloseStream`` is our
+``end`` (the last ``Results``, then ``Metadata``, then close 1000). Our events
+become Deepgram's: a partial is an interim ``Results`` (``is_final`` false), a
+final a final ``Results`` whose ``speech_final`` is true when the turn ended
+(Smart Turn or the silence fallback: reasons ``turn`` and ``silence``), speech
+start is ``SpeechStarted``, and an end of turn is followed by ``UtteranceEnd``
+when ``utterance_end_ms`` is set. ``start``/``duration`` of the finals tile the
+stream. Errors are Deepgram ``Error`` messages; a refused session is an HTTP
+status on the handshake.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import string
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from ..common.audio import SAMPLE_RATE_HZ, Encoding
+from ..common.deepgram import parse_audio_query
+from ..common.errors import ErrorCode, ServiceError
+from ..common.protocol import Closed, End, parse_message
+from .endpointing import EndReason, TurnMode
+from .protocol import Final, Partial, SpeechStart, StreamParams
+from .serving import AsrRuntime
+from .session import AsrSession, Prepared
+
+__all__ = ["DeepgramListenSession", "parse_listen_query"]
+
+_DEFAULT_RATES = {Encoding.PCM_S16LE: SAMPLE_RATE_HZ, Encoding.MULAW: 8000}
+_TRUE = {"true", "1", "yes"}
+_PUNCTUATION = string.punctuation + "“”‘’…"
+
+
+@dataclass(frozen=True)
+class ListenOptions:
+    interim_results: bool = False
+    vad_events: bool = False
+    utterance_end_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class ListenPrepared(Prepared):
+    options: ListenOptions = ListenOptions()
+
+
+def _flag(query: dict[str, str], name: str) -> bool:
+    return (query.get(name) or "").lower() in _TRUE
+
+
+def parse_listen_query(query: dict[str, str]) -> tuple[StreamParams, ListenOptions]:
+    """Deepgram's query parameters as our stream parameters; unsupported audio is ``bad_audio``."""
+    encoding, rate = parse_audio_query(query, _DEFAULT_RATES)
+    if query.get("channels", "1") != "1" or _flag(query, "multichannel"):
+        raise ServiceError(ErrorCode.BAD_AUDIO, "only mono audio is supported (channels=1)")
+    turn = TurnMode.SMART_TURN
+    endpointing = (query.get("endpointing") or "").lower()
+    if endpointing == "false":
+        turn = TurnMode.NONE  # finals only on Finalize, CloseStream or the utterance length limit
+    if query.get("turn_detection") in {m.value for m in TurnMode}:  # our own parameter, as an extension
+        turn = TurnMode(query["turn_detection"])
+    language = (query.get("language") or "").split("-")[0].lower() or None
+    if language == "multi":
+        language = "auto"
+    interim = _flag(query, "interim_results")
+    end_ms = query.get("utterance_end_ms")
+    options = ListenOptions(interim, _flag(query, "vad_events"),
+                            int(end_ms) if end_ms and end_ms.isdigit() else None)
+    return StreamParams(rate, encoding, language, partials=interim, turn_detection=turn), options
+
+
+@dataclass(frozen=True)
+class _KeepAlive:
+    pass
+
+
+@dataclass(frozen=True)
+class _Finalize:
+    pass
+
+
+_MESSAGES = {"KeepAlive": lambda data: _KeepAlive(), "Finalize": lambda data: _Finalize(),
+             "CloseStream": lambda data: End()}
+
+
+@dataclass(frozen=True)
+class _EmptyFinal:
+    """The answer to a ``Finalize`` when no utterance was open: a final ``Results`` with no words."""
+
+    at: float
+
+
+def _word(w: dict) -> dict:
+    text = w["word"]
+    return {"word": text.strip(_PUNCTUATION).lower() or text, "start": w["start"], "end": w["end"],
+            "confidence": w["probability"], "punctuated_word": text}
+
+
+class DeepgramListenSession(AsrSession):
+    handshake_refusal = True
+
+    def __init__(self, ws: WebSocket, runtime: AsrRuntime, prepared: ListenPrepared, session_id: str) -> None:
+        super().__init__(ws, runtime, prepared, session_id)
+        self.options = prepared.options
+        self.request_id = str(uuid.uuid4())
+        self.created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+        self.model_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, runtime.model_name))
+        self._cursor = 0.0  # where the next final's segment starts (finals tile the stream)
+        self._digest = hashlib.sha256()
+        self._bytes = 0
+
+    @classmethod
+    def prepare(cls, ws: WebSocket, runtime: AsrRuntime) -> ListenPrepared:
+        params, options = parse_listen_query(dict(ws.query_params))
+        try:
+            language = runtime.resolve_language(params.language)
+        except ValueError as exc:
+            raise ServiceError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        return ListenPrepared(params, language, [], options)
+
+    def greet(self) -> None:
+        """Deepgram says nothing at connect."""
+
+    # -- reading ---------------------------------------------------------------------------------
+    async def on_binary(self, data: bytes) -> bool:
+        self._digest.update(data)
+        self._bytes += len(data)
+        return await super().on_binary(data)
+
+    async def on_text(self, raw: str) -> bool:
+        message = parse_message(raw, _MESSAGES)
+        if isinstance(message, _KeepAlive):
+            self.keep_alive()
+            return False
+        await self.inbound.put(message)  # in order with the audio before it
+        return isinstance(message, End)
+
+    async def handle(self, item: Any) -> bool:
+        if isinstance(item, _Finalize):
+            processor = self.processor
+            if processor.in_utterance:
+                await processor.commit()
+            else:
+                self.outbox.put(_EmptyFinal(processor.endpointer.position_sample / SAMPLE_RATE_HZ))
+            return False
+        return await super().handle(item)
+
+    # -- writing ---------------------------------------------------------------------------------
+    async def send(self, item: Any) -> bool:
+        if isinstance(item, SpeechStart):
+            if self.options.vad_events:
+                await self._send({"type": "SpeechStarted", "channel": [0, 1], "timestamp": round(item.t, 3)})
+        elif isinstance(item, Partial):
+            await self._send(self._results(item.text, [], self._cursor, item.t, is_final=False))
+        elif isinstance(item, _EmptyFinal):
+            end = max(item.at, self._cursor)
+            await self._send(self._results("", [], self._cursor, end, is_final=True, from_finalize=True))
+            self._cursor = end
+        elif isinstance(item, Closed):
+            await self._send({"type": "Metadata", "transaction_key": "deprecated", "request_id": self.request_id,
+                              "sha256": self._digest.hexdigest(), "created": self.created,
+                              "duration": round(self._bytes / self.params.encoding.bytes_per_sample
+                                                / self.params.sample_rate, 3),
+                              "channels": 1, "models": [self.model_uuid],
+                              "model_info": {self.model_uuid: self._model_info()}})
+        else:
+            return await super().send(item)
+        return False
+
+    async def write_final(self, final: Final) -> None:
+        end = max(final.end, self._cursor)
+        turn_ended = final.reason in (EndReason.TURN, EndReason.SILENCE)
+        words = [_word(w) for w in final.words]
+        await self._send(self._results(final.text, words, self._cursor, end, is_final=True, speech_final=turn_ended,
+                                       from_finalize=final.reason is EndReason.COMMIT))
+        self._cursor = end
+        if turn_ended and self.options.utterance_end_ms is not None:
+            last = words[-1]["end"] if words else final.end
+            await self._send({"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": last})
+
+    @classmethod
+    def error_frame(cls, err: ServiceError) -> str:
+        return json.dumps({"type": "Error", "variant": err.code.value, "description": err.message,
+                           "message": err.message}, ensure_ascii=False)
+
+    # -- rendering -------------------------------------------------------------------------------
+    def _model_info(self) -> dict:
+        return {"name": self.runtime.model_name, "version": "1", "arch": "whisper"}
+
+    def _results(self, transcript: str, words: list[dict], start: float, end: float, *, is_final: bool,
+                 speech_final: bool = False, from_finalize: bool = False) -> dict:
+        confidence = sum(w["confidence"] for w in words) / len(words) if words else (1.0 if transcript else 0.0)
+        return {
+            "type": "Results", "channel_index": [0, 1], "duration": round(max(0.0, end - start), 3),
+            "start": round(start, 3), "is_final": is_final, "speech_final": speech_final,
+            "from_finalize": from_finalize,
+            "channel": {"alternatives": [{"transcript": transcript.strip(), "confidence": round(confidence, 4),
+                                          "words": words}]},
+            "metadata": {"request_id": self.request_id, "model_info": self._model_info(),
+                         "model_uuid": self.model_uuid},
+        }
+
+    async def _send(self, body: dict) -> None:
+        await self.write(json.dumps(body, ensure_ascii=False))

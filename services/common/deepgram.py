@@ -1,0 +1,25 @@
+"""What the Deepgram dialects of both services share: Deepgram's audio parameters.
+
+Deepgram names encodings its own way (``linear16``, ``mulaw``) and defaults the
+rate by encoding; :func:`parse_audio_query` is the one place those query
+parameters become our :class:`~.audio.Encoding` and rate (anything else is a
+fatal ``bad_audio``, which the dialects answer on the handshake).
+"""
+
+from __future__ import annotations
+
+from .audio import Encoding, parse_sample_rate
+from .errors import ErrorCode, ServiceError
+from .protocol import shown
+
+ENCODINGS = {"linear16": Encoding.PCM_S16LE, "mulaw": Encoding.MULAW}
+
+
+def parse_audio_query(query: dict[str, str], default_rates: dict[Encoding, int]) -> tuple[Encoding, int]:
+    """``encoding`` (default linear16) and ``sample_rate`` (default by encoding) of a Deepgram query."""
+    raw = (query.get("encoding") or "linear16").lower()
+    encoding = ENCODINGS.get(raw)
+    if encoding is None:
+        raise ServiceError(ErrorCode.BAD_AUDIO, f"unsupported encoding {shown(raw)}: use linear16 or mulaw")
+    raw_rate = query.get("sample_rate")
+    return encoding, parse_sample_rate(raw_rate) if raw_rate else default_rates[encoding]
