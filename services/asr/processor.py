@@ -224,7 +224,8 @@ class AudioProcessor:
             if u is None:
                 return
             rt = self.runtime
-            if rt.turn_backlogged() and action.silence_ms + rt.settings.turn.check_interval_ms < rt.last_check_ms:
+            last_check_ms = self.endpointer.options.turn_checkpoints_ms[-1]
+            if rt.turn_backlogged() and action.silence_ms + rt.settings.turn.check_interval_ms < last_check_ms:
                 return  # the model is behind (load): this check is shed, a later one of this pause decides
             audio = self.buffer.slice(u.start_sample, self.endpointer.position_sample)
             probability = await rt.turn_probability(audio)

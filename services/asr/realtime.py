@@ -210,7 +210,6 @@ class RealtimeSession(AsrSession):
         if self._audio_seen:
             raise ServiceError(ErrorCode.BAD_MESSAGE, "the audio format cannot change once audio has been appended")
         self.processor.set_format(encoding, rate)
-        self.params = self.processor.params
 
     def _set_transcription(self, transcription: Any) -> None:
         if transcription is not None and not isinstance(transcription, dict):
@@ -221,7 +220,7 @@ class RealtimeSession(AsrSession):
             resolved = self.runtime.resolve_language(language)
         except ValueError as exc:
             raise ServiceError(ErrorCode.BAD_MESSAGE, f"{exc}; keeping {self.language or 'auto'}") from None
-        self.language = self.processor.language = resolved
+        self.processor.language = resolved
 
     def _set_turn_detection(self, turn: Any) -> None:
         if turn is None:

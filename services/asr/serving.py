@@ -128,11 +128,6 @@ class AsrRuntime:
                                    priority: Priority = Priority.URGENT) -> np.ndarray:
         return await self.vad.submit(VadJob(stream, samples), priority=priority)
 
-    @property
-    def last_check_ms(self) -> int:
-        """The pause after which no turn check is asked (the silence fallback ends the utterance)."""
-        return self.endpoint_options(TurnMode.SMART_TURN).turn_checkpoints_ms[-1]
-
     def turn_backlogged(self) -> bool:
         """Turn checks are waiting for the model: sessions shed their intermediate checks until it catches up."""
         return self.turn.depth > 0

@@ -73,15 +73,11 @@ class AsrSession(Session):
     def __init__(self, ws: WebSocket, runtime: AsrRuntime, prepared: Prepared, session_id: str) -> None:
         server = runtime.settings.server
         super().__init__(ws, runtime, session_id, Outbox(server.outbound_queue, merge=merge_partials))
-        self.params = prepared.params
-        self.language = prepared.language
         self.warnings = prepared.warnings
         self.inbound: asyncio.Queue = asyncio.Queue(maxsize=server.inbound_queue_frames)
         self.processor = AudioProcessor(session_id, self.outbox, self.tasks, runtime, prepared.params, prepared.language)
         self._progress_at = time.perf_counter()  # when the client last sent MIN_PROGRESS_MS of audio
         self._unproductive_bytes = 0
-        self._progress_bytes = prepared.params.sample_rate * prepared.params.encoding.bytes_per_sample \
-            * MIN_PROGRESS_MS // 1000
         self._leaving = False
 
     # -- chassis hooks: setup ------------------------------------------------------------------
@@ -103,6 +99,20 @@ class AsrSession(Session):
         for warning in self.warnings:
             self.report(warning)
         self.tasks.spawn(self._process(), "processor")
+
+    @property
+    def params(self) -> StreamParams:
+        """The stream's parameters (the processor's: a dialect may change the format before the first audio)."""
+        return self.processor.params
+
+    @property
+    def language(self) -> str | None:
+        """The language finals decode with (the processor's: a dialect's session update may change it)."""
+        return self.processor.language
+
+    @property
+    def _progress_bytes(self) -> int:
+        return self.params.sample_rate * self.params.encoding.bytes_per_sample * MIN_PROGRESS_MS // 1000
 
     def greet(self) -> None:
         """Queue the first event: the contract's ``ready``."""

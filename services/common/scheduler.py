@@ -156,6 +156,7 @@ class Scheduler(Generic[Req, Res]):
     def busy(self) -> bool:
         """A batch is running on the model's thread."""
         return self._running
+
     # -- submitting ------------------------------------------------------------
     async def submit(
         self,

@@ -33,7 +33,7 @@ from .protocol import Cancel, Cancelled, Done, Flush, Ready, Segment, StreamPara
 from .serving import TtsRuntime
 from .session import Prepared, TtsSession
 
-__all__ = ["DeepgramSpeakSession", "parse_speak_query"]
+__all__ = ["DeepgramSpeakSession", "parse_speak_query", "voice_of_model"]
 
 MAX_FRAME_BYTES = 64 * 1024
 """Deepgram's clients refuse frames over 1 MiB; audio goes out in frames of at most this."""
@@ -42,10 +42,14 @@ _MESSAGES = {"Speak": text_message, "Flush": lambda data: Flush(), "Clear": lamb
              "Close": lambda data: End()}
 
 
+def voice_of_model(model: str | None) -> str | None:
+    """The voice a Deepgram ``model`` names: one of ours, or (Deepgram's ``aura-*`` names, none) the default."""
+    return None if not model or model.lower().startswith("aura") else model
+
+
 def parse_speak_query(query: dict[str, str]) -> StreamParams:
     encoding, rate = parse_audio_query(query, _DEFAULT_RATES)
-    model = query.get("model") or ""
-    return StreamParams(None if model.lower().startswith("aura") else model or None, encoding, rate)
+    return StreamParams(voice_of_model(query.get("model")), encoding, rate)
 
 
 class DeepgramSpeakSession(TtsSession):

@@ -25,10 +25,11 @@ from fastapi import APIRouter, File, Form, Request, UploadFile, WebSocket
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from ..common.audio import parse_sample_rate
 from ..common.errors import ErrorCode, ServiceError
 from ..common.http import runtime_of
 from .formats import AudioEncoder
-from .deepgram import DeepgramSpeakSession, parse_speak_query
+from .deepgram import DeepgramSpeakSession, voice_of_model
 from .protocol import DeepgramSpeakRequest, SpeechFormat, SpeechRequest, SynthesizeFormat, SynthesizeRequest
 from .serving import TtsRuntime
 from .session import TtsSession
@@ -198,9 +199,10 @@ async def deepgram_speak(request: Request) -> StreamingResponse:
     if fmt is None:
         raise ServiceError(ErrorCode.INVALID_PARAMETER, f"encoding {encoding[:20]!r} with container "
                                                         f"{container[:20]!r} is not supported")
-    params = parse_speak_query({"model": query.get("model") or "", "sample_rate": query.get("sample_rate") or ""})
-    rate = params.sample_rate if query.get("sample_rate") else (MULAW_DEFAULT_RATE_HZ if encoding == "mulaw" else None)
-    return await _streaming(runtime, body.text, params.voice, fmt, rate, 1.0, "deepgram_speak")
+    raw_rate = query.get("sample_rate")
+    rate = parse_sample_rate(raw_rate) if raw_rate else (MULAW_DEFAULT_RATE_HZ if encoding == "mulaw" else None)
+    return await _streaming(runtime, body.text, voice_of_model(query.get("model")), fmt, rate, 1.0,
+                            "deepgram_speak")
 
 
 @router.get("/v1/voices", tags=["voices"])
