@@ -17,7 +17,9 @@ Phases (``--phases``, default all), each with the service's resident memory samp
 * ``mixed``: 4 live streams of the clips at real time alone (bench_asr.py's client and time-to-final), then the
   same 4 while 8 clients upload 10-minute WAV files over and over (a 503 is retried after its Retry-After,
   backing off exponentially up to 30 s):
-  live time-to-final p50/p95 and their ratio to the live-only run, live errors, live WER, upload outcomes.
+  live time-to-final p50/p95 and their ratio to the live-only run, live errors, live WER, upload outcomes
+  (the file segments Whisper ran during the live phase, under ``where_time_goes`` ``whisper/bulk``; uploads
+  admitted when the live phase ends are waited for, up to 300 s, and counted).
 
 Only loopback URLs are accepted unless ``--allow-remote``; every wait is bounded.
 """
@@ -43,6 +45,7 @@ from bench_asr import (Clip, corpus_wer, is_loopback_url, load_clips, run_stream
                        ws_url)
 
 RATE = 16000
+UPLOAD_DRAIN_S = 300.0  # after the live phase, how long admitted uploads may take to finish
 
 
 # --------------------------------------------------------------------------- inputs
@@ -245,6 +248,8 @@ async def _uploads(args, data: bytes, stop: asyncio.Event, outcomes: dict) -> No
                     return
                 if r.status_code == 200:
                     outcomes["ok"] += 1
+                    if stop.is_set():
+                        return
                     backoff = 1.0
                 elif r.status_code == 503 and "retry-after" in r.headers:
                     outcomes["refused_503"] += 1  # a client's usual answer: Retry-After, then exponential backoff
@@ -255,7 +260,13 @@ async def _uploads(args, data: bytes, stop: asyncio.Event, outcomes: dict) -> No
 
     tasks = [asyncio.create_task(client(i)) for i in range(args.uploads)]
     await stop.wait()
-    for t in tasks:
+    outcomes["ok_during_live"] = outcomes["ok"]
+    # Uploads already admitted finish (no new ones start): an admitted upload must not be lost. Bounded.
+    started = time.monotonic()
+    _, late = await asyncio.wait(tasks, timeout=UPLOAD_DRAIN_S)
+    outcomes["drain_s"] = round(time.monotonic() - started, 1)
+    outcomes["unfinished"] = len(late)
+    for t in late:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -271,7 +282,8 @@ async def _mixed(args, clips: list[Clip], upload: bytes) -> dict:
     stop.set()
     await loaders
     a, b = alone["time_to_final_ms"], with_uploads["time_to_final_ms"]
-    keep = ("time_to_final_ms", "streaming_wer", "dropped_sessions", "errors", "final_reasons", "forced_commits")
+    keep = ("time_to_final_ms", "streaming_wer", "dropped_sessions", "errors", "final_reasons", "forced_commits",
+            "where_time_goes")
     return {"live_only": {k: alone[k] for k in keep}, "live_with_uploads": {k: with_uploads[k] for k in keep},
             "ttf_p50_ratio": b["p50"] / a["p50"] if a["p50"] else None,
             "ttf_p95_ratio": b["p95"] / a["p95"] if a["p95"] else None, "uploads": outcomes}

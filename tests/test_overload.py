@@ -137,3 +137,41 @@ def test_ten_times_real_time_is_transcribed_in_full(asr_service):
     finals = result.of("final")
     assert [f["utterance"] for f in finals] == list(range(len(finals)))
     assert finals[-1]["end"] >= clip.size / 16000 - 1.5
+
+
+def test_queued_file_work_does_not_stop_live_speculative_finals():
+    """A live stream decodes its final ahead of the turn decision (speculation) only while the *live* Whisper
+    queue is short. File segments waiting in the bulk lane must not count: with more of them queued than
+    ``max_batch``, speculation stays on, and a running file segment does not make Whisper look busy to a live
+    stream. The real runtime (models loaded), its real schedulers."""
+    from services.asr.engine import DecodeRequest
+    from services.asr.serving import AsrRuntime
+    from services.asr.settings import load
+    from services.common.scheduler import Priority
+
+    async def go():
+        runtime = AsrRuntime.load(load())
+        await runtime.start()
+        try:
+            audio = np.zeros(16000, dtype=np.float32)  # 1 s: a real (short) decode each
+            n = runtime.settings.scheduler.max_batch + 4
+            files = [asyncio.create_task(runtime.whisper.submit(DecodeRequest(audio), priority=Priority.BULK,
+                                                                batch_key=("file", i))) for i in range(n)]
+            seen = []
+            for _ in range(200):  # sampled while the file segments run one batch at a time
+                await asyncio.sleep(0.005)
+                if runtime.whisper.depth >= runtime.settings.scheduler.max_batch and runtime.whisper.busy:
+                    seen.append((runtime.can_speculate(), runtime.whisper_idle()))
+            results = await asyncio.gather(*files)
+            live = asyncio.create_task(runtime.whisper.submit(DecodeRequest(audio), priority=Priority.NORMAL))
+            await asyncio.sleep(0)
+            live_waiting = runtime.whisper_idle()
+            await live
+            return seen, results, live_waiting, n
+        finally:
+            await runtime.stop()
+
+    seen, results, live_waiting, n = asyncio.run(go())
+    assert seen, "the file segments never filled the queue past max_batch"
+    assert all(speculate and idle for speculate, idle in seen)
+    assert len(results) == n and live_waiting is False  # a live request waiting: not idle

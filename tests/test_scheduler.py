@@ -299,3 +299,38 @@ def test_while_live_streams_are_open_bulk_work_runs_one_at_a_time_in_its_share()
     results, batches, took = asyncio.run(go())
     assert batches == [["file0"], ["file1"], ["file2"]] and results == ["done:file0", "done:file1", "done:file2"]
     assert took >= 0.3 + 2 * 0.3 * 0.9  # three calls of 0.1 s, each followed by 0.3 s left to live work
+
+
+def test_file_work_progresses_in_the_rest_of_capped_live_work():
+    """Partials that are always pending (live streams) must not starve file work: while the partial lane rests
+    under its duty cap, a waiting bulk request runs; live finals still go before both."""
+    import time
+
+    class Slow(Recorder):
+        def __call__(self, requests):
+            time.sleep(0.05)
+            return super().__call__(requests)
+
+    async def go():
+        engine = Slow()
+        s = await _started(engine, max_batch=4, duty={Priority.BACKGROUND: 0.5, Priority.BULK: 0.5},
+                           live_active=lambda: True)
+
+        async def partials(session: str):
+            for i in range(6):  # two streams: while one's partial runs, the other's waits
+                await s.submit(f"partial{session}{i}", priority=Priority.BACKGROUND, replace_key=session)
+
+        feeder = asyncio.gather(partials("a"), partials("b"))
+        await asyncio.sleep(0.01)
+        files = asyncio.gather(*(s.submit(f"file{i}", priority=Priority.BULK) for i in range(2)))
+        final = await s.submit("final", priority=Priority.URGENT)
+        await asyncio.wait_for(files, 5)
+        partials_done_before_files = sum(1 for b in engine.batches if b[0].startswith("partial"))
+        await feeder
+        await s.stop()
+        return final, engine.batches, partials_done_before_files
+    final, batches, before = asyncio.run(go())
+    order = [b[0] for b in batches]
+    assert final == "done:final" and order.index("final") < order.index("file0")
+    assert before < 12  # the files were done while partials still came
+    assert all(len(b) == 1 for b in batches)  # capped lanes run one request at a time while streams are open

@@ -153,13 +153,14 @@ class AsrRuntime:
                                          replace_key=replace_key, max_batch=PARTIAL_MAX_BATCH)
 
     def can_speculate(self) -> bool:
-        """Speculative finals only while the Whisper queue is short: under load they would only
-        compete with real ones."""
-        return self.whisper.depth < self.settings.scheduler.max_batch
+        """Speculative finals only while the live Whisper queue is short: under load they would only
+        compete with real ones. Queued file work does not count: it waits behind them anyway."""
+        return self.whisper.live_depth < self.settings.scheduler.max_batch
 
     def whisper_idle(self) -> bool:
-        """Nothing runs or waits on Whisper: a speculative final costs no one anything now."""
-        return self.whisper.depth == 0 and not self.whisper.busy
+        """No live request runs or waits on Whisper: a speculative final costs no stream anything now
+        (file work, below it, only waits a little longer)."""
+        return self.whisper.live_depth == 0 and not self.whisper.busy_live
 
     def resolve_language(self, requested: str | None) -> str | None:
         """The language a request decodes with (None: detect). Raises ValueError if unsupported."""

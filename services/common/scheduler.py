@@ -9,7 +9,8 @@ leaves the event loop in exactly this place. The habits of TGI's router:
 * ordered: lower :class:`Priority` first (finals before partials), then FIFO;
 * two lanes: ``BULK`` requests (file work) have a bound of their own
   (``max_bulk_pending``), so they can never make a live request be refused; they
-  run only when no live request waits;
+  run only when no live request is ready to run (a live lane resting under its
+  duty cap does not count, so file work progresses under sustained live load);
 * duty caps: while live streams are active (``live_active()``), the work of a
   capped priority (``duty``: partials, file work) runs one request at a time and
   takes at most its share of the model's time, so latency-critical work finds the
@@ -124,6 +125,7 @@ class Scheduler(Generic[Req, Res]):
         self._live_active = live_active
         self._ready_at: dict[int, float] = {}  # priority -> monotonic time its next capped batch may start
         self._running = False
+        self._running_bulk: bool | None = None  # whether the running batch is file work
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -156,6 +158,16 @@ class Scheduler(Generic[Req, Res]):
     def busy(self) -> bool:
         """A batch is running on the model's thread."""
         return self._running
+
+    @property
+    def live_depth(self) -> int:
+        """Live requests waiting (the bulk lane's file work not counted)."""
+        return self._lane_depth(False)
+
+    @property
+    def busy_live(self) -> bool:
+        """A batch of live requests is running (a file segment running does not count)."""
+        return self._running and self._running_bulk is False
 
     # -- submitting ------------------------------------------------------------
     async def submit(
@@ -233,23 +245,28 @@ class Scheduler(Generic[Req, Res]):
             del self._by_key[entry.replace_key]
 
     def _take_batch(self) -> tuple[list[_Entry], float | None]:
-        """The next batch, or none and how long to wait before bulk work may run again (None: until woken)."""
+        """The next batch, or none and how long until a resting lane may run again (None: until woken)."""
         for entry in [e for e in self._pending if e.future.done()]:
             self._remove(entry)
         if not self._pending:
             return [], None
         ordered = sorted(self._pending, key=lambda e: (e.priority, e.seq))
-        head = ordered[0]
-        cap = min(self.max_batch, head.max_batch or self.max_batch)
-        if head.priority in self.duty and self._live_active():
-            wait = self._ready_at.get(head.priority, 0.0) - time.monotonic()
-            if wait > 0:
-                return [], wait
-            cap = 1  # a running batch cannot be interrupted: keep a live final's wait to one request
-        batch = [e for e in ordered if e.batch_key == head.batch_key and e.priority == head.priority][:cap]
-        for entry in batch:
-            self._remove(entry)
-        return batch, None
+        live = self._live_active()
+        now = time.monotonic()
+        rests: list[float] = []
+        for head in ordered:
+            cap = min(self.max_batch, head.max_batch or self.max_batch)
+            if head.priority in self.duty and live:
+                rest = self._ready_at.get(head.priority, 0.0) - now
+                if rest > 0:  # this lane rests; the next waiting lane may use the time (file work in partials' rest)
+                    rests.append(rest)
+                    continue
+                cap = 1  # a running batch cannot be interrupted: keep a live final's wait to one request
+            batch = [e for e in ordered if e.batch_key == head.batch_key and e.priority == head.priority][:cap]
+            for entry in batch:
+                self._remove(entry)
+            return batch, None
+        return [], min(rests)
 
     def _run_isolated(self, requests: list[Req]) -> list[Any]:
         try:
@@ -282,6 +299,7 @@ class Scheduler(Generic[Req, Res]):
                 continue
             started = time.perf_counter()
             self._running = True
+            self._running_bulk = batch[0].priority >= Priority.BULK
             try:
                 call = loop.run_in_executor(self._executor, self._run_isolated, [e.request for e in batch])
                 if self.call_timeout_s is not None:
