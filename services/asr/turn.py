@@ -175,6 +175,9 @@ class SmartTurnModel:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.inter_op_num_threads = 1
         options.intra_op_num_threads = threads
+        # With threads > 1, onnxruntime's workers would spin between runs on cores Whisper shares. (2 threads, not
+        # spinning, measured no faster per check than 1 on 2 cores: README "Benchmarks".)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.enable_cpu_mem_arena = False  # the arena keeps the largest batch's buffers for good (RELIABILITY.md)
         # The model is int8. x86 CPUs without VNNI (AVX2, AVX-512F) saturate 16-bit sums in u8s8 products, which
