@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -30,6 +31,18 @@ class Recorder:
                 raise RuntimeError("engine exploded")
             out.append(f"done:{r}")
         return out
+
+
+class Slow(Recorder):
+    """A Recorder whose every call takes ``seconds`` (a model call of known length)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def __call__(self, requests: list) -> list:
+        time.sleep(self.seconds)
+        return super().__call__(requests)
 
 
 async def _started(engine, **kw) -> Scheduler:
@@ -281,15 +294,9 @@ def test_while_live_streams_are_open_bulk_work_runs_one_at_a_time_in_its_share()
     """With live_active() true, a bulk batch holds one request (a running batch cannot be interrupted, so a
     live final waits at most one file segment), and after a bulk call of d seconds the next waits
     d x (1/share - 1): live work has the rest of the model's time."""
-    import time
-
-    class Slow(Recorder):
-        def __call__(self, requests):
-            time.sleep(0.1)
-            return super().__call__(requests)
 
     async def go():
-        engine = Slow()
+        engine = Slow(0.1)
         s = await _started(engine, max_batch=4, duty={Priority.BULK: 0.25}, live_active=lambda: True)
         started = time.monotonic()
         results = await asyncio.gather(*(s.submit(f"file{i}", priority=Priority.BULK) for i in range(3)))
@@ -304,15 +311,9 @@ def test_while_live_streams_are_open_bulk_work_runs_one_at_a_time_in_its_share()
 def test_file_work_progresses_in_the_rest_of_capped_live_work():
     """Partials that are always pending (live streams) must not starve file work: while the partial lane rests
     under its duty cap, a waiting bulk request runs; live finals still go before both."""
-    import time
-
-    class Slow(Recorder):
-        def __call__(self, requests):
-            time.sleep(0.05)
-            return super().__call__(requests)
 
     async def go():
-        engine = Slow()
+        engine = Slow(0.05)
         s = await _started(engine, max_batch=4, duty={Priority.BACKGROUND: 0.5, Priority.BULK: 0.5},
                            live_active=lambda: True)
 

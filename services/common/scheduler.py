@@ -124,8 +124,7 @@ class Scheduler(Generic[Req, Res]):
         self.duty = {int(p): share for p, share in (duty or {}).items()}
         self._live_active = live_active
         self._ready_at: dict[int, float] = {}  # priority -> monotonic time its next capped batch may start
-        self._running = False
-        self._running_bulk: bool | None = None  # whether the running batch is file work
+        self._running: int | None = None  # the priority of the batch on the model's thread, if one runs
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -157,7 +156,7 @@ class Scheduler(Generic[Req, Res]):
     @property
     def busy(self) -> bool:
         """A batch is running on the model's thread."""
-        return self._running
+        return self._running is not None
 
     @property
     def live_depth(self) -> int:
@@ -167,7 +166,7 @@ class Scheduler(Generic[Req, Res]):
     @property
     def busy_live(self) -> bool:
         """A batch of live requests is running (a file segment running does not count)."""
-        return self._running and self._running_bulk is False
+        return self._running is not None and self._running < Priority.BULK
 
     # -- submitting ------------------------------------------------------------
     async def submit(
@@ -298,8 +297,7 @@ class Scheduler(Generic[Req, Res]):
                     await asyncio.wait_for(self._wakeup.wait(), retry_s)
                 continue
             started = time.perf_counter()
-            self._running = True
-            self._running_bulk = batch[0].priority >= Priority.BULK
+            self._running = batch[0].priority
             try:
                 call = loop.run_in_executor(self._executor, self._run_isolated, [e.request for e in batch])
                 if self.call_timeout_s is not None:
@@ -319,7 +317,7 @@ class Scheduler(Generic[Req, Res]):
             except Exception as exc:
                 log.exception("%s inference failed", self.name)
                 results = [Failed(exc)] * len(batch)
-            self._running = False
+            self._running = None
             elapsed = time.perf_counter() - started
             share = self.duty.get(batch[0].priority)
             if share is not None:  # latency-critical work may use the rest of the time
