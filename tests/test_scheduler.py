@@ -128,6 +128,37 @@ def test_cancelled_callers_cost_nothing():
     assert all("gone" not in b for b in batches) and ["kept"] in batches
 
 
+def test_a_cancelled_caller_stops_counting_as_waiting_at_once():
+    """``live_depth`` tells a stream whether a request it submits now would wait behind others' (speculative
+    finals read it). A partial cancelled at a pause's start must stop counting right away, not when the loop
+    next drops it; and entries of cancelled callers must not pile up while a long batch runs."""
+    async def go():
+        engine = Recorder()
+        s = await _started(engine, max_pending=4)
+        blocker = await _block(engine, s)
+        waiting = asyncio.create_task(s.submit("partial", priority=Priority.BACKGROUND))
+        await asyncio.sleep(0.01)
+        depth_before = s.live_depth
+        waiting.cancel()
+        depth_after = s.live_depth  # synchronously: the entry is still in the list, its future is cancelled
+        for i in range(20):  # submit-and-cancel many more than max_pending while the batch still runs
+            gone = asyncio.create_task(s.submit(f"gone{i}"))
+            await asyncio.sleep(0)
+            gone.cancel()
+            await asyncio.sleep(0)
+        listed = len(s._pending)
+        kept = asyncio.create_task(s.submit("kept"))
+        await asyncio.sleep(0.01)
+        engine.gate.set()
+        await asyncio.gather(blocker, kept)
+        await s.stop()
+        return depth_before, depth_after, listed, engine.batches
+    depth_before, depth_after, listed, batches = asyncio.run(go())
+    assert (depth_before, depth_after) == (1, 0)
+    assert listed <= 4  # purged on submit: bounded by max_pending whatever the churn
+    assert ["kept"] in batches and all(b[0] in ("blocker", "kept") for b in batches)
+
+
 def test_bounded_queue_refuses_at_once():
     async def go():
         engine = Recorder()
@@ -335,3 +366,44 @@ def test_file_work_progresses_in_the_rest_of_capped_live_work():
     assert final == "done:final" and order.index("final") < order.index("file0")
     assert before < 12  # the files were done while partials still came
     assert all(len(b) == 1 for b in batches)  # capped lanes run one request at a time while streams are open
+
+
+class Overlap(Slow):
+    """A Slow engine that records how many of its calls ran at the same time, at most."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+
+    def __call__(self, requests: list) -> list:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            return super().__call__(requests)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_workers_run_batches_side_by_side_but_a_capped_lane_one_at_a_time():
+    """``workers=2``: a request does not wait for a running one when a worker is free (a short piece beside a long
+    one); a capped priority still runs one batch at a time while streams are open, whatever the free workers."""
+
+    async def go():
+        engine = Overlap(0.2)
+        s = await _started(engine, max_batch=1, workers=2)
+        started = time.monotonic()
+        await asyncio.gather(*(s.submit(f"piece{i}") for i in range(2)))
+        side_by_side = (time.monotonic() - started, engine.most)
+        await s.stop()
+        engine = Overlap(0.05)
+        s = await _started(engine, max_batch=4, workers=2, duty={Priority.BACKGROUND: 1.0}, live_active=lambda: True)
+        await asyncio.gather(*(s.submit(f"partial{i}", priority=Priority.BACKGROUND, batch_key=i) for i in range(4)))
+        capped = engine.most
+        await s.stop()
+        return side_by_side, capped
+    (took, most), capped = asyncio.run(go())
+    assert most == 2 and took < 0.35  # two 0.2 s calls at once, not one after the other
+    assert capped == 1

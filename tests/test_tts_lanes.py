@@ -1,19 +1,25 @@
-"""Piper's lanes (``engine.lanes``): pieces of different sessions synthesized at once, each on its own one-thread
-copy of the voice, with the real embedded voice; a failing piece fails alone."""
+"""Piper's lanes (``engine.lanes``): pieces of different sessions synthesized at once, one per worker thread of
+the TTS scheduler, each on its own one-thread copy of the voice, with the real embedded voice. A short piece does
+not wait for a long one beside it; a failing piece fails alone."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from services.common.scheduler import Failed
+from services.common.errors import ErrorCode, ServiceError
+from services.common.scheduler import Scheduler
 from services.tts.engine import SynthesisJob, run_jobs
 from services.tts.piper import EMBEDDED_VOICE, PiperEngine, embedded_voice_files
 from tts_support import Transcriber, mostly_heard
 
 TEXTS = ["The weather is lovely today.", "Please close the door behind you."]
+LONG = ("This is a long answer that keeps going, sentence after sentence, so that a piece takes a while to "
+        "speak. It goes on about the weather, the trains, the meeting on Thursday and the plants on the sill.")
 
 
 @pytest.fixture(scope="module")
@@ -22,19 +28,43 @@ def engine() -> PiperEngine:
                        noise_w_scale=0)
 
 
-def job(text: str, chunks: list) -> SynthesisJob:
-    return SynthesisJob(text, EMBEDDED_VOICE, sink=lambda samples, rate: chunks.append((samples.copy(), rate)))
+def job(text: str, chunks: list, voice: str = EMBEDDED_VOICE) -> SynthesisJob:
+    return SynthesisJob(text, voice, sink=lambda samples, rate: chunks.append((samples.copy(), rate)))
+
+
+async def speak_all(engine: PiperEngine, jobs: list[SynthesisJob], gap_s: float = 0.0) -> tuple[list, list]:
+    """Submit ``jobs`` to a scheduler like the service's (``gap_s`` apart); results (or errors) in order, and the
+    order in which they finished."""
+    scheduler = Scheduler("tts", lambda batch: run_jobs(engine, batch), max_batch=1, workers=engine.lanes)
+    await scheduler.start()
+    finished: list[int] = []
+
+    async def one(i: int, j: SynthesisJob):
+        try:
+            return await scheduler.submit(j)
+        except ServiceError as err:
+            return err
+        finally:
+            finished.append(i)
+
+    try:
+        tasks = []
+        for i, j in enumerate(jobs):
+            tasks.append(asyncio.create_task(one(i, j)))
+            await asyncio.sleep(gap_s)
+        return await asyncio.gather(*tasks), finished
+    finally:
+        await scheduler.stop()
 
 
 def test_two_pieces_at_once_each_get_their_own_audio(engine):
     outs: list[list] = [[], []]
-    done: list[str] = []
     threads: set[str] = set()
     jobs = [job(text, out) for text, out in zip(TEXTS, outs)]
     for j in jobs:
-        j.on_done = lambda j=j: (done.append(j.text), threads.add(threading.current_thread().name))
-    results = run_jobs(engine, jobs)
-    assert sorted(done) == sorted(TEXTS) and len(threads) == 2  # each finished on its own lane's thread
+        j.on_done = lambda: threads.add(threading.current_thread().name)
+    results, _ = asyncio.run(speak_all(engine, jobs))
+    assert len(threads) == 2  # each piece ran (and finished) on its own worker thread
     transcribe = Transcriber()
     for text, out, result in zip(TEXTS, outs, results):
         audio = np.concatenate([samples for samples, _ in out])
@@ -43,12 +73,20 @@ def test_two_pieces_at_once_each_get_their_own_audio(engine):
         assert mostly_heard(text, transcribe(audio, rate)), text
 
 
-def test_a_failing_piece_fails_alone_and_is_not_run_again(engine):
+def test_a_short_piece_does_not_wait_for_a_long_one_beside_it(engine):
+    """A reply's first piece arriving while another session's long piece is being spoken starts on the free lane
+    and is done first (in one batch of two, it would have waited for the long one to end)."""
+    long_audio: list = []
+    short_audio: list = []
+    started = time.perf_counter()
+    results, finished = asyncio.run(speak_all(engine, [job(LONG, long_audio), job(TEXTS[0], short_audio)],
+                                              gap_s=0.05))
+    assert finished == [1, 0], f"the short piece finished after the long one ({time.perf_counter() - started:.2f} s)"
+    assert results[0].audio_s > 4 * results[1].audio_s and short_audio and long_audio
+
+
+def test_a_failing_piece_fails_alone(engine):
     good: list = []
-    bad = SynthesisJob("This voice does not exist.", "no-such-voice")
-    finished: list = []
-    results = engine.synthesize_many([job(TEXTS[0], good), bad], finished.append)
-    assert isinstance(results[1], Failed) and not isinstance(results[0], Failed)
-    assert len(finished) == 2 and good  # the good piece's audio went out once, and both pieces finished
-    with pytest.raises(ValueError):
-        engine.synthesize_many([job(t, []) for t in TEXTS + TEXTS[:1]], finished.append)  # more than the lanes
+    results, _ = asyncio.run(speak_all(engine, [job(TEXTS[0], good), job(TEXTS[1], [], voice="no-such-voice")]))
+    assert isinstance(results[1], ServiceError) and results[1].code is ErrorCode.NOT_FOUND
+    assert not isinstance(results[0], ServiceError) and good  # the good piece's audio went out

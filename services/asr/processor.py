@@ -11,8 +11,10 @@ reference counting):
 * ``speech_start`` when an utterance begins;
 * at ``end_pad_ms`` of a pause the partial in flight is cancelled and the
   utterance's final is decoded *speculatively* at ``NORMAL`` priority, ahead of
-  the decision (``smart_turn`` mode, while Whisper has other work: only once the
-  first turn check gives P(complete) >= ``turn.speculate_threshold``); if the turn does end there it
+  the decision (``smart_turn`` mode, while Whisper has other streams' work: only
+  once the first turn check gives P(complete) >= ``turn.speculate_threshold``; the
+  stream's own work running, e.g. its last partial, does not count: the final goes
+  next); if the turn does end there it
   is promoted to ``URGENT``, if speech resumes it is cancelled;
 * every ``turn.check_interval_ms`` of the pause (``smart_turn`` mode) Smart
   Turn scores it; where the score passes the policy's curve, the speculative
@@ -210,7 +212,7 @@ class AudioProcessor:
                 partial.cancel()  # the pause has begun: the final is what counts now (a running one finishes)
             if u is not None:
                 u.pause_end = action.end_sample
-                if self.endpointer.options.mode is not TurnMode.SMART_TURN or self.runtime.whisper_idle():
+                if self.endpointer.options.mode is not TurnMode.SMART_TURN or self.runtime.whisper_free_for(self.session_id):
                     self._speculate(u)  # else (under load) the first turn check says whether the pause looks final
         elif isinstance(action, Resumed):
             u = self.utterance
@@ -276,7 +278,7 @@ class AudioProcessor:
             audio=self.buffer.slice(u.start_sample, end_sample), beam_size=rt.settings.streaming.final_beam_size,
             word_timestamps=True, language=self.language, final=True,
         )
-        return rt.decode_final(request, priority, replace_key)
+        return rt.decode_final(request, priority, replace_key, owner=self.session_id)
 
     def _finish(self, ended: Ended) -> None:
         u = self.utterance
@@ -318,7 +320,7 @@ class AudioProcessor:
         request = DecodeRequest(audio=audio, beam_size=rt.settings.model.partial_beam_size,
                                 prefix=u.agreement.stable, language=self.language)
         try:
-            result = await rt.decode_partial(request, replace_key=self.session_id)
+            result = await rt.decode_partial(request, self.session_id)
         except Superseded:
             return  # a newer partial replaced it
         except ServiceError as err:

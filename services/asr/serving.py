@@ -141,26 +141,29 @@ class AsrRuntime:
                                        "decision": decision.value, "text": None if text is None else text[-40:]})
 
     async def decode_final(self, request: DecodeRequest, priority: Priority = Priority.URGENT,
-                           replace_key: Hashable | None = None) -> DecodeResult:
+                           replace_key: Hashable | None = None, owner: str | None = None) -> DecodeResult:
         key: Hashable = ("final", request.beam_size, request.word_timestamps, request.language,
                          frames_bucket(request.audio.size), request.temperature)
-        return await self.whisper.submit(request, priority=priority, batch_key=key, replace_key=replace_key)
+        return await self.whisper.submit(request, priority=priority, batch_key=key, replace_key=replace_key,
+                                         owner=owner)
 
-    async def decode_partial(self, request: DecodeRequest, replace_key: Hashable) -> DecodeResult:
+    async def decode_partial(self, request: DecodeRequest, session_id: str) -> DecodeResult:
         key = ("partial", request.beam_size, request.language)
-        # A running batch cannot be interrupted: small partial batches keep a final's wait short.
+        # A running batch cannot be interrupted: small partial batches keep a final's wait short. A stream's newer
+        # partial replaces its waiting one.
         return await self.whisper.submit(request, priority=Priority.BACKGROUND, batch_key=key,
-                                         replace_key=replace_key, max_batch=PARTIAL_MAX_BATCH)
+                                         replace_key=session_id, max_batch=PARTIAL_MAX_BATCH, owner=session_id)
 
     def can_speculate(self) -> bool:
         """Speculative finals only while the live Whisper queue is short: under load they would only
         compete with real ones. Queued file work does not count: it waits behind them anyway."""
         return self.whisper.live_depth < self.settings.scheduler.max_batch
 
-    def whisper_idle(self) -> bool:
-        """No live request runs or waits on Whisper: a speculative final costs no stream anything now
-        (file work, below it, only waits a little longer)."""
-        return self.whisper.live_depth == 0 and not self.whisper.busy_live
+    def whisper_free_for(self, session_id: str) -> bool:
+        """No live request waits for Whisper and none runs but this stream's own (its last partial, or the final
+        of a pause it spoke on after): a final queued now runs next and delays no other stream (file work, below
+        it, only waits a little longer). With one stream, that is often what runs when a pause begins."""
+        return self.whisper.live_depth == 0 and self.whisper.live_running_only(session_id)
 
     def resolve_language(self, requested: str | None) -> str | None:
         """The language a request decodes with (None: detect). Raises ValueError if unsupported."""

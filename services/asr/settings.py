@@ -76,7 +76,8 @@ class TurnSettings(Section):
     """How often, during a pause, the turn model is asked."""
     speculate_threshold: float = Field(0.5, ge=0, le=1)
     """A pause's final is decoded ahead of the decision (it becomes the final if the turn ends there): at once
-    while Whisper is idle; while it has other work, only when the pause's first check gives a P(complete) at
+    while Whisper has no other stream's live work (the stream's own work running, e.g. its last partial, does not
+    count: the final goes next); while it has, only when the pause's first check gives a P(complete) at
     least this high. Lower: finals start earlier under load, more decodes are wasted on pauses inside sentences
     (and delay the next final: a running decode cannot be stopped)."""
     text_cues: bool = True

@@ -1,85 +1,58 @@
 """The scheduler that owns one model: the only way sessions reach it.
 
-One asyncio task per model pulls requests from a bounded pending set, forms a
-batch and runs it on the model's own worker thread, so blocking inference
-leaves the event loop in exactly this place. The habits of TGI's router:
+One asyncio task per model pulls requests from a bounded pending set, forms a batch and runs it on the model's own
+worker thread, so blocking inference leaves the event loop in exactly this place. An engine that can run several
+calls at once (Piper's lanes: a copy of the voice per thread) gets ``workers`` threads: the owner starts a batch
+whenever one of them is free, so a piece never waits for a longer one beside it. The habits of TGI's router:
 
-* bounded: when ``max_pending`` requests wait, a new one is refused at once
-  with ``overloaded``;
+* bounded: when ``max_pending`` requests wait, a new one is refused at once with ``overloaded``;
 * ordered: lower :class:`Priority` first (finals before partials), then FIFO;
-* two lanes: ``BULK`` requests (file work) have a bound of their own
-  (``max_bulk_pending``), so they can never make a live request be refused; they
-  run only when no live request is ready to run (a live lane resting under its
-  duty cap does not count, so file work progresses under sustained live load);
-* duty caps: while live streams are active (``live_active()``), the work of a
-  capped priority (``duty``: partials, file work) runs one request at a time and
-  takes at most its share of the model's time, so latency-critical work finds the
-  model (and the CPU) free;
+* two lanes: ``BULK`` requests (file work) have a bound of their own (``max_bulk_pending``), so they can never make
+  a live request be refused; they run only when no live request is ready to run (a live lane resting under its duty
+  cap does not count, so file work progresses under sustained live load);
+* duty caps: while live streams are active (``live_active()``), the work of a capped priority (``duty``: partials,
+  file work) runs one request at a time (one batch of it at a time, whatever ``workers``) and takes at most its
+  share of the model's time, so latency-critical work finds the model (and the CPU) free;
 * measured: each request's queue wait and compute time, by model and priority;
-* merged: a request submitted with a ``replace_key`` supersedes the pending one
-  with the same key (a session's stale partial), whose caller gets
-  :class:`Superseded`;
-* batched: requests with equal ``batch_key`` run together, up to ``max_batch``
-  (or the smaller cap the first request of the batch asks for);
-* promotable: work done ahead of need (a speculative final) waits at a low
-  priority and is raised with :meth:`Scheduler.promote` once it is needed;
+* merged: a request submitted with a ``replace_key`` supersedes the pending one with the same key (a session's stale
+  partial), whose caller gets :class:`Superseded`;
+* batched: requests with equal ``batch_key`` run together, up to ``max_batch`` (or the smaller cap the first request
+  of the batch asks for);
+* promotable: work done ahead of need (a speculative final) waits at a low priority and is raised with
+  :meth:`Scheduler.promote` once it is needed;
 * no work for the gone: a request whose caller was cancelled is skipped;
-* isolated: if a batch raises, its requests are retried one by one so only the
-  faulty request fails, and the loop carries on (a batch function that knows
-  which request failed returns :class:`Failed` in its place instead: nothing is
-  retried);
-* watched: a model call that has not returned after ``call_timeout_s`` (a hung
-  native library: a thread cannot be killed) fails its batch and everything
-  waiting with ``internal``, new requests are refused at once (``overloaded``),
-  and ``on_stall(name, True)`` tells admission to take no sessions (``/ready``
-  503 "stalled", so balancers route around it); when the call does return the
-  scheduler reports ``on_stall(name, False)`` and serves again.
+* isolated: if a batch raises, its requests are retried one by one so only the faulty request fails, and the loop
+  carries on (a batch function that knows which request failed returns :class:`Failed` in its place instead: nothing
+  is retried);
+* watched: a model call that has not returned after ``call_timeout_s`` (a hung native library: a thread cannot be
+  killed) fails its batch and everything waiting with ``internal``, new requests are refused at once
+  (``overloaded``), and ``on_stall(name, True)`` tells admission to take no sessions (``/ready`` 503 "stalled", so
+  balancers route around it); when the call does return the scheduler reports ``on_stall(name, False)`` and serves
+  again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import itertools
 import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from .admission import stalled_refusal
 from .errors import ErrorCode, ServiceError
 from .metrics import Metrics
+from .work import Entry, Failed, Priority, Superseded
+
+__all__ = ["Failed", "Priority", "Scheduler", "Superseded"]
 
 log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
-
-
-class Priority(enum.IntEnum):
-    URGENT = 0  # latency-critical: a final, a turn decision
-    NORMAL = 1
-    BACKGROUND = 2  # mergeable or droppable: a partial
-    BULK = 3  # file work: the bulk lane (see the module docstring)
-
-
-class Superseded(Exception):
-    """The request was replaced by a newer one with the same replace_key."""
-
-
-@dataclass(eq=False)
-class _Entry:
-    priority: int
-    seq: int
-    request: Any
-    batch_key: Hashable
-    replace_key: Hashable | None
-    future: asyncio.Future = field(repr=False)
-    max_batch: int = 0  # 0: the scheduler's
-    submitted: float = 0.0  # perf_counter
 
 
 class Scheduler(Generic[Req, Res]):
@@ -96,9 +69,10 @@ class Scheduler(Generic[Req, Res]):
         max_bulk_pending: int | None = None,
         duty: dict[Priority, float] | None = None,
         live_active: Callable[[], bool] = lambda: False,
+        workers: int = 1,
     ) -> None:
-        if max_batch < 1 or max_pending < 1:
-            raise ValueError("max_batch and max_pending must be >= 1")
+        if max_batch < 1 or max_pending < 1 or workers < 1:
+            raise ValueError("max_batch, max_pending and workers must be >= 1")
         if any(not 0 < share <= 1 for share in (duty or {}).values()):
             raise ValueError("duty shares must be in (0, 1]")
         if call_timeout_s is not None and call_timeout_s <= 0:
@@ -108,8 +82,8 @@ class Scheduler(Generic[Req, Res]):
         self.max_batch = max_batch
         self.max_pending = max_pending
         self._metrics = metrics
-        self._pending: list[_Entry] = []
-        self._by_key: dict[Hashable, _Entry] = {}
+        self._pending: list[Entry] = []
+        self._by_key: dict[Hashable, Entry] = {}
         self._seq = itertools.count()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -124,12 +98,14 @@ class Scheduler(Generic[Req, Res]):
         self.duty = {int(p): share for p, share in (duty or {}).items()}
         self._live_active = live_active
         self._ready_at: dict[int, float] = {}  # priority -> monotonic time its next capped batch may start
-        self._running: int | None = None  # the priority of the batch on the model's thread, if one runs
+        self.workers = workers
+        self._running: list[tuple[int, frozenset]] = []  # (priority, owners) of the batches running
+        self._stalled_calls = 0
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{self.name}")
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"model-{self.name}")
         self._task = asyncio.create_task(self._loop(), name=f"scheduler-{self.name}")
 
     async def stop(self) -> None:
@@ -155,8 +131,8 @@ class Scheduler(Generic[Req, Res]):
 
     @property
     def busy(self) -> bool:
-        """A batch is running on the model's thread."""
-        return self._running is not None
+        """A batch is running on one of the model's threads."""
+        return bool(self._running)
 
     @property
     def live_depth(self) -> int:
@@ -166,7 +142,12 @@ class Scheduler(Generic[Req, Res]):
     @property
     def busy_live(self) -> bool:
         """A batch of live requests is running (a file segment running does not count)."""
-        return self._running is not None and self._running < Priority.BULK
+        return any(priority < Priority.BULK for priority, _ in self._running)
+
+    def live_running_only(self, owner: Hashable) -> bool:
+        """No live batch runs but one made only of ``owner``'s requests (a stream's own partial): what a request
+        of that stream submitted now would wait for is its own work, or file work."""
+        return all(priority >= Priority.BULK or owners == {owner} for priority, owners in self._running)
 
     # -- submitting ------------------------------------------------------------
     async def submit(
@@ -177,6 +158,7 @@ class Scheduler(Generic[Req, Res]):
         batch_key: Hashable = None,
         replace_key: Hashable | None = None,
         max_batch: int = 0,
+        owner: Hashable = None,
     ) -> Res:
         if self._closed or self._wakeup is None:
             raise ServiceError(ErrorCode.OVERLOADED, f"the {self.name} model is not running")
@@ -190,15 +172,14 @@ class Scheduler(Generic[Req, Res]):
         else:
             bulk = priority >= Priority.BULK
             limit = self.max_bulk_pending if bulk else self.max_pending
-            if self._lane_depth(bulk) >= limit:
-                self._purge_gone()
+            self._purge_gone()  # cancelled callers' entries would otherwise pile up while a long batch runs
             if self._lane_depth(bulk) >= limit:
                 if self._metrics is not None:
                     self._metrics.refusals.labels(reason=f"{self.name}_{'bulk_' if bulk else ''}queue_full").inc()
                 raise ServiceError(ErrorCode.OVERLOADED, f"the {self.name} {'file lane' if bulk else 'queue'} is "
                                                          f"full ({limit} waiting); try again later")
-        entry = _Entry(int(priority), next(self._seq), request, batch_key, replace_key,
-                       asyncio.get_running_loop().create_future(), max_batch, time.perf_counter())
+        entry = Entry(int(priority), next(self._seq), request, batch_key, replace_key,
+                       asyncio.get_running_loop().create_future(), max_batch, time.perf_counter(), owner)
         self._pending.append(entry)
         if replace_key is not None:
             self._by_key[replace_key] = entry
@@ -232,10 +213,11 @@ class Scheduler(Generic[Req, Res]):
             self._remove(entry)
 
     def _lane_depth(self, bulk: bool) -> int:
-        return sum(1 for e in self._pending if (e.priority >= Priority.BULK) == bulk)
+        """Requests of one lane still waiting (a cancelled caller's entry, not yet dropped, does not count)."""
+        return sum(1 for e in self._pending if (e.priority >= Priority.BULK) == bulk and not e.future.done())
 
     # -- the owner task ----------------------------------------------------------
-    def _remove(self, entry: _Entry) -> None:
+    def _remove(self, entry: Entry) -> None:
         try:
             self._pending.remove(entry)
         except ValueError:
@@ -243,7 +225,7 @@ class Scheduler(Generic[Req, Res]):
         if entry.replace_key is not None and self._by_key.get(entry.replace_key) is entry:
             del self._by_key[entry.replace_key]
 
-    def _take_batch(self) -> tuple[list[_Entry], float | None]:
+    def _take_batch(self) -> tuple[list[Entry], float | None]:
         """The next batch, or none and how long until a resting lane may run again (None: until woken)."""
         for entry in [e for e in self._pending if e.future.done()]:
             self._remove(entry)
@@ -256,6 +238,8 @@ class Scheduler(Generic[Req, Res]):
         for head in ordered:
             cap = min(self.max_batch, head.max_batch or self.max_batch)
             if head.priority in self.duty and live:
+                if any(priority == head.priority for priority, _ in self._running):
+                    continue  # one capped batch at a time: its rest starts when it ends
                 rest = self._ready_at.get(head.priority, 0.0) - now
                 if rest > 0:  # this lane rests; the next waiting lane may use the time (file work in partials' rest)
                     rests.append(rest)
@@ -265,7 +249,7 @@ class Scheduler(Generic[Req, Res]):
             for entry in batch:
                 self._remove(entry)
             return batch, None
-        return [], min(rests)
+        return [], min(rests, default=None)
 
     def _run_isolated(self, requests: list[Req]) -> list[Any]:
         try:
@@ -287,47 +271,69 @@ class Scheduler(Generic[Req, Res]):
 
     async def _loop(self) -> None:
         assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            batch, retry_s = self._take_batch()
-            self._set_depth()
-            if not batch:
-                self._wakeup.clear()
+        running: set[asyncio.Task] = set()
+        try:
+            while True:
+                retry_s = None
+                # (capacity from _running, which a batch leaves before it wakes the owner; `running` is for stop)
+                while len(self._running) < self.workers and self.stalled_since is None:
+                    batch, retry_s = self._take_batch()
+                    if not batch:
+                        break
+                    running_now = (batch[0].priority, frozenset(e.owner for e in batch))
+                    self._running.append(running_now)
+                    task = asyncio.create_task(self._run(batch, running_now), name=f"batch-{self.name}")
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    batch = task = running_now = None  # nothing of this batch waits in this frame for the next one
+                self._set_depth()
+                self._wakeup.clear()  # no await since the batches were taken: no submit went unseen
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), retry_s)
-                continue
-            started = time.perf_counter()
-            self._running = batch[0].priority
-            try:
-                call = loop.run_in_executor(self._executor, self._run_isolated, [e.request for e in batch])
-                if self.call_timeout_s is not None:
-                    done, _ = await asyncio.wait({call}, timeout=self.call_timeout_s)
-                    if not done:
-                        self._stall(batch)
-                try:
-                    results = await call
-                finally:
-                    if self.stalled_since is not None and not call.cancelled():
-                        self._recover()
-            except asyncio.CancelledError:
-                for entry in batch:  # stopping mid-batch: its callers must not wait forever
-                    if not entry.future.done():
-                        entry.future.set_exception(ServiceError(ErrorCode.OVERLOADED, "the service is shutting down"))
-                raise
-            except Exception as exc:
-                log.exception("%s inference failed", self.name)
-                results = [Failed(exc)] * len(batch)
-            self._running = None
-            elapsed = time.perf_counter() - started
-            share = self.duty.get(batch[0].priority)
-            if share is not None:  # latency-critical work may use the rest of the time
-                self._ready_at[batch[0].priority] = time.monotonic() + elapsed * (1 / share - 1)
-            self.batches_run += 1
-            self._record(batch, started, elapsed)
-            self._deliver(batch, results)
-            batch = results = call = done = None  # nothing of this batch waits in this frame for the next one
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
 
-    def _record(self, batch: list[_Entry], started: float, elapsed: float) -> None:
+    async def _run(self, batch: list[Entry], running_now: tuple[int, frozenset]) -> None:
+        """One batch on a worker thread, watched; then its results delivered and the owner woken."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        stalled = False
+        try:
+            call = loop.run_in_executor(self._executor, self._run_isolated, [e.request for e in batch])
+            if self.call_timeout_s is not None:
+                done, _ = await asyncio.wait({call}, timeout=self.call_timeout_s)
+                if not done:
+                    stalled = True
+                    self._stall(batch)
+            try:
+                results = await call
+            finally:
+                if stalled and not call.cancelled():
+                    self._recover()
+        except asyncio.CancelledError:
+            for entry in batch:  # stopping mid-batch: its callers must not wait forever
+                if not entry.future.done():
+                    entry.future.set_exception(ServiceError(ErrorCode.OVERLOADED, "the service is shutting down"))
+            raise
+        except Exception as exc:
+            log.exception("%s inference failed", self.name)
+            results = [Failed(exc)] * len(batch)
+        finally:
+            self._running.remove(running_now)
+        elapsed = time.perf_counter() - started
+        share = self.duty.get(batch[0].priority)
+        if share is not None:  # latency-critical work may use the rest of the time
+            self._ready_at[batch[0].priority] = time.monotonic() + elapsed * (1 / share - 1)
+        self.batches_run += 1
+        self._record(batch, started, elapsed)
+        self._deliver(batch, results)
+        if self._wakeup is not None:
+            self._wakeup.set()  # a worker is free
+
+    def _record(self, batch: list[Entry], started: float, elapsed: float) -> None:
         """Metrics of a batch (in a method: a loop variable in ``_loop`` would keep a request alive)."""
         if self._metrics is None:
             return
@@ -338,7 +344,7 @@ class Scheduler(Generic[Req, Res]):
             self._metrics.queue_wait_seconds.labels(**labels).observe(started - entry.submitted)
             self._metrics.compute_seconds.labels(**labels).observe(elapsed)
 
-    def _deliver(self, batch: list[_Entry], results: list[Any]) -> None:
+    def _deliver(self, batch: list[Entry], results: list[Any]) -> None:
         for entry, result in zip(batch, results):
             if entry.future.done():
                 continue
@@ -352,9 +358,10 @@ class Scheduler(Generic[Req, Res]):
             else:
                 entry.future.set_result(result)
 
-    def _stall(self, batch: list[_Entry]) -> None:
+    def _stall(self, batch: list[Entry]) -> None:
         """The running call passed ``call_timeout_s``: nobody waits on it any longer (see the module docstring)."""
-        self.stalled_since = time.monotonic()
+        self._stalled_calls += 1
+        self.stalled_since = self.stalled_since or time.monotonic()
         waiting = [e for e in self._pending if not e.future.done()]
         log.error("%s model call has not returned after %.1f s: failing its %d requests and %d waiting; "
                   "refusing new ones until it returns", self.name, self.call_timeout_s, len(batch), len(waiting))
@@ -374,6 +381,9 @@ class Scheduler(Generic[Req, Res]):
             self._on_stall(self.name, True)
 
     def _recover(self) -> None:
+        self._stalled_calls -= 1
+        if self._stalled_calls or self.stalled_since is None:
+            return  # another call is still hung: still refusing
         log.warning("%s model call returned after stalling %.1f s; serving again", self.name,
                     time.monotonic() - self.stalled_since + (self.call_timeout_s or 0))
         self.stalled_since = None
@@ -383,10 +393,3 @@ class Scheduler(Generic[Req, Res]):
     def _set_depth(self) -> None:
         if self._metrics is not None:
             self._metrics.queue_depth.labels(model=self.name).set(len(self._pending))
-
-
-@dataclass
-class Failed:
-    """In a batch function's results, in place of a request that failed: its caller gets ``error``."""
-
-    error: BaseException

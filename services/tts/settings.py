@@ -32,9 +32,10 @@ class EngineSettings(Section):
     cpu_threads: int = Field(0, ge=0)
     """Intra-op threads of the model on CPU; 0 lets the runtime choose."""
     lanes: int = Field(2, ge=1, le=16)
-    """Piper on CPU: pieces of different sessions synthesized at once, each on its own one-thread copy of the
-    voice (a piece alone still gets the ``cpu_threads`` copy). 2 on 2 cores: 8 sessions' first audio p50
-    1.4x sooner than one piece at a time (README "Benchmarks"); 1 turns it off. Chatterbox ignores it."""
+    """Piper on CPU: pieces of different sessions synthesized at once (the TTS scheduler's worker threads), each
+    on its own one-thread copy of the voice (a piece that starts alone gets the ``cpu_threads`` copy), so a first
+    piece starts on a free lane while a long one is spoken. 2 on 2 cores (README "Benchmarks"); 1 turns it off.
+    Chatterbox ignores it."""
 
 
 class PiperVoiceFile(Section):
