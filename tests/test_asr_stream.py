@@ -174,8 +174,18 @@ def test_unsupported_language_falls_back_with_a_warning(asr_service):
     assert rest[-1] == {"type": "closed"}
 
 
+def _no_sessions_left(service, bound_s: float = 10.0) -> None:
+    """The previous test's sessions have released their slots (the server frees one just after its close frame):
+    a test that opens all ``max_connections`` (4) at once must not race them."""
+    deadline = time.monotonic() + bound_s
+    while httpx.get(service.http + "/ready", timeout=10).json()["sessions"]:
+        assert time.monotonic() < deadline, "a previous session still holds its slot"
+        time.sleep(0.05)
+
+
 def test_bad_clients_do_not_hurt_a_good_one(asr_service, jfk):
     """While misbehaving clients garble, overflow and vanish, a concurrent good stream is transcribed exactly."""
+    _no_sessions_left(asr_service)
     async def vanisher():
         ws = await websockets.connect(f"{asr_service.ws}/v1/stream/asr")
         await ws.send(jfk.tobytes()[:64000])
@@ -198,6 +208,8 @@ def test_bad_clients_do_not_hurt_a_good_one(asr_service, jfk):
 
 
 def test_max_connections_refused_at_once_and_ready_503(asr_service):
+    _no_sessions_left(asr_service)
+
     async def go():
         held = [await websockets.connect(f"{asr_service.ws}/v1/stream/asr") for _ in range(4)]
         for ws in held:
