@@ -212,7 +212,8 @@ class AudioProcessor:
                 partial.cancel()  # the pause has begun: the final is what counts now (a running one finishes)
             if u is not None:
                 u.pause_end = action.end_sample
-                if self.endpointer.options.mode is not TurnMode.SMART_TURN or self.runtime.whisper_free_for(self.session_id):
+                smart_turn = self.endpointer.options.mode is TurnMode.SMART_TURN
+                if not smart_turn or self.runtime.whisper_free_for(self.session_id):
                     self._speculate(u)  # else (under load) the first turn check says whether the pause looks final
         elif isinstance(action, Resumed):
             u = self.utterance
