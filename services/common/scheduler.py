@@ -172,7 +172,8 @@ class Scheduler(Generic[Req, Res]):
         else:
             bulk = priority >= Priority.BULK
             limit = self.max_bulk_pending if bulk else self.max_pending
-            self._purge_gone()  # cancelled callers' entries would otherwise pile up while a long batch runs
+            if len(self._pending) >= limit:  # cancelled callers' entries must not pile up while a long batch runs
+                self._purge_gone()
             if self._lane_depth(bulk) >= limit:
                 if self._metrics is not None:
                     self._metrics.refusals.labels(reason=f"{self.name}_{'bulk_' if bulk else ''}queue_full").inc()
@@ -227,8 +228,7 @@ class Scheduler(Generic[Req, Res]):
 
     def _take_batch(self) -> tuple[list[Entry], float | None]:
         """The next batch, or none and how long until a resting lane may run again (None: until woken)."""
-        for entry in [e for e in self._pending if e.future.done()]:
-            self._remove(entry)
+        self._purge_gone()
         if not self._pending:
             return [], None
         ordered = sorted(self._pending, key=lambda e: (e.priority, e.seq))
