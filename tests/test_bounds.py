@@ -199,6 +199,7 @@ class LoadingEngine:
     name = "chatterbox"
     can_clone = True
     lanes = 1
+    first_lanes = 0
 
     def __init__(self) -> None:
         self.loads = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
@@ -407,3 +408,39 @@ def test_workers_run_batches_side_by_side_but_a_capped_lane_one_at_a_time():
     (took, most), capped = asyncio.run(go())
     assert most == 2 and took < 0.35  # two 0.2 s calls at once, not one after the other
     assert capped == 1
+
+
+class Niceness(Slow):
+    """A Slow engine that records each call's priority and its thread's nice value (Linux: per thread)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seen: list[tuple[str, int]] = []
+
+    def __call__(self, requests: list) -> list:
+        self.seen.append((requests[0], os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return super().__call__(requests)
+
+
+def test_an_urgent_worker_starts_urgent_work_at_once_beside_busy_workers_at_a_lower_os_priority():
+    """``urgent_workers``: threads kept for ``URGENT`` work (a reply's first piece), so it starts while every
+    worker is busy with later work, and those workers run at ``worker_nice`` so the CPU goes to it first. Work of
+    other priorities never takes an urgent worker."""
+
+    async def go():
+        engine = Niceness(0.3)
+        s = await _started(engine, max_batch=1, workers=2, urgent_workers=1, worker_nice=7)
+        started = time.monotonic()
+        later = [asyncio.create_task(s.submit(f"later{i}")) for i in range(3)]
+        await asyncio.sleep(0.05)
+        first = await s.submit("first", priority=Priority.URGENT)
+        first_at = time.monotonic() - started
+        await asyncio.gather(*later)
+        await s.stop()
+        return first, first_at, time.monotonic() - started, engine.seen
+    first, first_at, took, seen = asyncio.run(go())
+    assert first == "done:first" and first_at < 0.5  # at once, not after one of the 0.3 s calls: 0.6 s
+    nice = dict(seen)
+    assert nice["first"] == os.getpriority(os.PRIO_PROCESS, 0)  # the process's own: the urgent worker's
+    assert all(nice[f"later{i}"] == nice["first"] + 7 or nice[f"later{i}"] == 19 for i in range(3))
+    assert took > 0.55  # the third later call waited for a worker: it did not take the urgent one

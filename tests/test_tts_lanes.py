@@ -1,6 +1,7 @@
-"""Piper's lanes (``engine.lanes``): pieces of different sessions synthesized at once, one per worker thread of
-the TTS scheduler, each on its own one-thread copy of the voice, with the real embedded voice. A short piece does
-not wait for a long one beside it; a failing piece fails alone."""
+"""Piper's lanes (``engine.lanes``, ``engine.first_piece_lanes``): pieces of different sessions synthesized at once,
+one per worker thread of the TTS scheduler, each on its own one-thread copy of the voice, with the real embedded
+voice. A short piece does not wait for a long one beside it, a first piece not even for two; a failing piece fails
+alone."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from services.common.errors import ErrorCode, ServiceError
-from services.common.scheduler import Scheduler
+from services.common.scheduler import Priority, Scheduler
 from services.tts.engine import SynthesisJob, run_jobs
 from services.tts.piper import EMBEDDED_VOICE, PiperEngine, embedded_voice_files
 from tts_support import Transcriber, mostly_heard
@@ -32,16 +33,19 @@ def job(text: str, chunks: list, voice: str = EMBEDDED_VOICE) -> SynthesisJob:
     return SynthesisJob(text, voice, sink=lambda samples, rate: chunks.append((samples.copy(), rate)))
 
 
-async def speak_all(engine: PiperEngine, jobs: list[SynthesisJob], gap_s: float = 0.0) -> tuple[list, list]:
+async def speak_all(engine: PiperEngine, jobs: list[SynthesisJob], gap_s: float = 0.0,
+                    priorities: list[Priority] | None = None) -> tuple[list, list]:
     """Submit ``jobs`` to a scheduler like the service's (``gap_s`` apart); results (or errors) in order, and the
     order in which they finished."""
-    scheduler = Scheduler("tts", lambda batch: run_jobs(engine, batch), max_batch=1, workers=engine.lanes)
+    scheduler = Scheduler("tts", lambda batch: run_jobs(engine, batch), max_batch=1, workers=engine.lanes,
+                          urgent_workers=engine.first_lanes, worker_nice=10)
+    priorities = priorities or [Priority.NORMAL] * len(jobs)
     await scheduler.start()
     finished: list[int] = []
 
     async def one(i: int, j: SynthesisJob):
         try:
-            return await scheduler.submit(j)
+            return await scheduler.submit(j, priority=priorities[i])
         except ServiceError as err:
             return err
         finally:
@@ -90,3 +94,19 @@ def test_a_failing_piece_fails_alone(engine):
     results, _ = asyncio.run(speak_all(engine, [job(TEXTS[0], good), job(TEXTS[1], [], voice="no-such-voice")]))
     assert isinstance(results[1], ServiceError) and results[1].code is ErrorCode.NOT_FOUND
     assert not isinstance(results[0], ServiceError) and good  # the good piece's audio went out
+
+
+def test_a_first_piece_starts_on_its_own_lane_while_both_lanes_speak_long_pieces():
+    """``first_lanes``: with both lanes busy with other sessions' long pieces, a reply's first piece (``URGENT``)
+    starts at once on the lane kept for first pieces, on its own copy of the voice, and is done first and heard;
+    without that lane it would wait for a long piece to end."""
+    engine = PiperEngine({EMBEDDED_VOICE: embedded_voice_files()}, cpu_threads=2, lanes=2, first_lanes=1,
+                         noise_scale=0, noise_w_scale=0)
+    outs: list[list] = [[], [], []]
+    jobs = [job(LONG, outs[0]), job(LONG, outs[1]), job(TEXTS[0], outs[2])]
+    results, finished = asyncio.run(speak_all(engine, jobs, gap_s=0.05,
+                                              priorities=[Priority.NORMAL, Priority.NORMAL, Priority.URGENT]))
+    assert finished[0] == 2, finished
+    assert all(r.audio_s > 4 * results[2].audio_s for r in results[:2])
+    audio = np.concatenate([samples for samples, _ in outs[2]])
+    assert mostly_heard(TEXTS[0], Transcriber()(audio, outs[2][0][1]))

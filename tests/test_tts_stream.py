@@ -231,3 +231,42 @@ def test_ops_endpoints(tts):
                  "tts_real_time_factor", "tts_cancels_total", "tts_errors_total"):
         assert name in text, name
     assert 'tts_errors_total{code="bad_message"}' in text
+
+
+def metric(service, name: str) -> float:
+    text = httpx.get(service.http + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
+
+
+def test_each_reply_after_done_is_a_new_turn_and_an_idle_session_then_times_out(tmp_path):
+    """After a reply's ``done`` the session is idle again: the next reply's first piece is a first piece (cut
+    short, served first, counted in time to first audio), and with nothing more sent the idle timeout closes it.
+    (A regression: the queued ``done`` mark left the session 'speaking' for good, so later replies waited behind
+    other sessions' later pieces and an idle session was never closed.)"""
+    env = {"TTS_VOICES__STORE_DIR": str(tmp_path / "voices"), "TTS_SERVER__IDLE_TIMEOUT_S": "2",
+           "TTS_ENGINE__CPU_THREADS": "2"}
+    sentences = ["Our meeting has been moved to three o'clock on Thursday.",
+                 "Please remember to water the plants before you leave."]
+
+    async def go(service) -> Received:
+        async with websockets.connect(f"{service.ws}/v1/stream/tts") as ws:
+            got = Received()
+            await recv_until(ws, got, "ready")
+            for text in sentences:
+                await ws.send(json.dumps({"type": "text", "text": text}))
+                await ws.send(json.dumps({"type": "flush"}))
+                await recv_until(ws, got, "done")
+            t0 = time.perf_counter()
+            await recv_until(ws, got, None, timeout_s=15)
+            got.idle_s = time.perf_counter() - t0
+            return got
+
+    with running("services.tts", env, tmp_path) as service:
+        got = run(go(service))
+        first_audio = metric(service, "tts_time_to_first_audio_seconds_count")
+    # each reply starts with a short first piece (first_piece_max_chars), then the rest of its sentence
+    assert [s["text"] for s in got.of("segment")] == ["Our meeting has", "been moved to three o'clock on Thursday.",
+                                                     "Please remember", "to water the plants before you leave."]
+    assert first_audio == len(sentences)
+    assert got.of("error")[-1]["code"] == "timeout" and 1.5 < got.idle_s < 10

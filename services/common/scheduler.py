@@ -2,8 +2,9 @@
 
 One asyncio task per model pulls requests from a bounded pending set, forms a batch and runs it on the model's own
 worker thread, so blocking inference leaves the event loop in exactly this place. An engine that can run several
-calls at once (Piper's lanes: a copy of the voice per thread) gets ``workers`` threads: the owner starts a batch
-whenever one of them is free, so a piece never waits for a longer one beside it. The habits of TGI's router:
+calls at once (Piper's lanes: a copy of the voice per thread) gets ``workers`` threads, and ``urgent_workers`` more
+for ``URGENT`` work only (workers.py): the owner starts a batch whenever one it may take is free, so a piece never
+waits for a longer one beside it. The habits of TGI's router:
 
 * bounded: when ``max_pending`` requests wait, a new one is refused at once with ``overloaded``;
 * ordered: lower :class:`Priority` first (finals before partials), then FIFO;
@@ -39,13 +40,13 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from .admission import stalled_refusal
 from .errors import ErrorCode, ServiceError
 from .metrics import Metrics
 from .work import Entry, Failed, Priority, Superseded
+from .workers import Running, WorkerThreads
 
 __all__ = ["Failed", "Priority", "Scheduler", "Superseded"]
 
@@ -69,12 +70,10 @@ class Scheduler(Generic[Req, Res]):
         max_bulk_pending: int | None = None,
         duty: dict[Priority, float] | None = None,
         live_active: Callable[[], bool] = lambda: False,
-        workers: int = 1,
+        workers: int = 1, urgent_workers: int = 0, worker_nice: int = 0,
     ) -> None:
-        if max_batch < 1 or max_pending < 1 or workers < 1:
-            raise ValueError("max_batch, max_pending and workers must be >= 1")
-        if any(not 0 < share <= 1 for share in (duty or {}).values()):
-            raise ValueError("duty shares must be in (0, 1]")
+        if max_batch < 1 or max_pending < 1 or any(not 0 < share <= 1 for share in (duty or {}).values()):
+            raise ValueError("max_batch and max_pending must be >= 1, duty shares in (0, 1]")
         if call_timeout_s is not None and call_timeout_s <= 0:
             raise ValueError("call_timeout_s must be > 0 (or None: no limit)")
         self.name = name
@@ -87,7 +86,7 @@ class Scheduler(Generic[Req, Res]):
         self._seq = itertools.count()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads = WorkerThreads(name, workers, urgent_workers, worker_nice)
         self._closed = False
         self.batches_run = 0
         self.call_timeout_s = call_timeout_s
@@ -98,14 +97,13 @@ class Scheduler(Generic[Req, Res]):
         self.duty = {int(p): share for p, share in (duty or {}).items()}
         self._live_active = live_active
         self._ready_at: dict[int, float] = {}  # priority -> monotonic time its next capped batch may start
-        self.workers = workers
-        self._running: list[tuple[int, frozenset]] = []  # (priority, owners) of the batches running
+        self._running: list[Running] = []
         self._stalled_calls = 0
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"model-{self.name}")
+        self._threads.start()
         self._task = asyncio.create_task(self._loop(), name=f"scheduler-{self.name}")
 
     async def stop(self) -> None:
@@ -121,8 +119,7 @@ class Scheduler(Generic[Req, Res]):
                 entry.future.set_exception(ServiceError(ErrorCode.OVERLOADED, "the service is shutting down"))
         self._pending.clear()
         self._by_key.clear()
-        if self._executor is not None:  # a hung call's thread cannot be joined: leave it behind
-            self._executor.shutdown(wait=self.stalled_since is None, cancel_futures=True)
+        self._threads.shutdown(wait=self.stalled_since is None)  # a hung call's thread cannot be joined: leave it
         self._set_depth()
 
     @property
@@ -142,12 +139,12 @@ class Scheduler(Generic[Req, Res]):
     @property
     def busy_live(self) -> bool:
         """A batch of live requests is running (a file segment running does not count)."""
-        return any(priority < Priority.BULK for priority, _ in self._running)
+        return any(r.priority < Priority.BULK for r in self._running)
 
     def live_running_only(self, owner: Hashable) -> bool:
         """No live batch runs but one made only of ``owner``'s requests (a stream's own partial): what a request
         of that stream submitted now would wait for is its own work, or file work."""
-        return all(priority >= Priority.BULK or owners == {owner} for priority, owners in self._running)
+        return all(r.priority >= Priority.BULK or r.owners == {owner} for r in self._running)
 
     # -- submitting ------------------------------------------------------------
     async def submit(
@@ -226,19 +223,21 @@ class Scheduler(Generic[Req, Res]):
         if entry.replace_key is not None and self._by_key.get(entry.replace_key) is entry:
             del self._by_key[entry.replace_key]
 
-    def _take_batch(self) -> tuple[list[Entry], float | None]:
-        """The next batch, or none and how long until a resting lane may run again (None: until woken)."""
+    def _take_batch(self, urgent_only: bool = False) -> tuple[list[Entry], float | None]:
+        """The next batch (only an ``URGENT`` one if ``urgent_only``: just a thread kept for urgent work is free),
+        or none and how long until a resting lane may run again (None: until woken)."""
         self._purge_gone()
-        if not self._pending:
+        ordered = sorted((e for e in self._pending if not urgent_only or e.priority <= Priority.URGENT),
+                         key=lambda e: (e.priority, e.seq))
+        if not ordered:
             return [], None
-        ordered = sorted(self._pending, key=lambda e: (e.priority, e.seq))
         live = self._live_active()
         now = time.monotonic()
         rests: list[float] = []
         for head in ordered:
             cap = min(self.max_batch, head.max_batch or self.max_batch)
             if head.priority in self.duty and live:
-                if any(priority == head.priority for priority, _ in self._running):
+                if any(r.priority == head.priority for r in self._running):
                     continue  # one capped batch at a time: its rest starts when it ends
                 rest = self._ready_at.get(head.priority, 0.0) - now
                 if rest > 0:  # this lane rests; the next waiting lane may use the time (file work in partials' rest)
@@ -276,11 +275,15 @@ class Scheduler(Generic[Req, Res]):
             while True:
                 retry_s = None
                 # (capacity from _running, which a batch leaves before it wakes the owner; `running` is for stop)
-                while len(self._running) < self.workers and self.stalled_since is None:
-                    batch, retry_s = self._take_batch()
+                while self.stalled_since is None:
+                    general, urgent = self._threads.free(self._running)
+                    if not general and not urgent:
+                        break
+                    batch, retry_s = self._take_batch(urgent_only=not general)
                     if not batch:
                         break
-                    running_now = (batch[0].priority, frozenset(e.owner for e in batch))
+                    running_now = Running(batch[0].priority, frozenset(e.owner for e in batch),
+                                          self._threads.place(batch[0].priority, urgent))
                     self._running.append(running_now)
                     task = asyncio.create_task(self._run(batch, running_now), name=f"batch-{self.name}")
                     running.add(task)
@@ -296,13 +299,14 @@ class Scheduler(Generic[Req, Res]):
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
 
-    async def _run(self, batch: list[Entry], running_now: tuple[int, frozenset]) -> None:
+    async def _run(self, batch: list[Entry], running_now: Running) -> None:
         """One batch on a worker thread, watched; then its results delivered and the owner woken."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         stalled = False
         try:
-            call = loop.run_in_executor(self._executor, self._run_isolated, [e.request for e in batch])
+            call = loop.run_in_executor(self._threads.executor(running_now.urgent_thread), self._run_isolated,
+                                        [e.request for e in batch])
             if self.call_timeout_s is not None:
                 done, _ = await asyncio.wait({call}, timeout=self.call_timeout_s)
                 if not done:

@@ -50,6 +50,7 @@ class ChatterboxEngine:
     name = "chatterbox"
     can_clone = True
     lanes = 1  # one GPU stream: pieces run one at a time
+    first_lanes = 0
 
     def __init__(self, model: Any, conditionals_cls: Any, *, device: str = "cpu", chunk_tokens: int = 25,
                  context_window: int = 50, exaggeration: float = 0.5, cfg_weight: float = 0.5,

@@ -60,6 +60,8 @@ class TtsEngine(Protocol):
     lanes: int
     """Pieces the engine can synthesize at once, each on its own thread: the TTS scheduler's ``workers``
     (``synthesize`` is then called from that many threads at a time)."""
+    first_lanes: int
+    """Threads beside ``lanes`` for a reply's first piece only (the scheduler's ``urgent_workers``)."""
 
     def builtin_voices(self) -> dict[str, int]:
         """Built-in voice ids and their native sample rates, the default first."""

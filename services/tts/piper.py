@@ -41,7 +41,7 @@ class PiperEngine:
 
     def __init__(self, voice_files: dict[str, tuple[Path, Path]], *, cpu_threads: int = 0, use_cuda: bool = False,
                  noise_scale: float | None = None, noise_w_scale: float | None = None, volume: float = 0.9,
-                 lanes: int = 1) -> None:
+                 lanes: int = 1, first_lanes: int = 0) -> None:
         import onnxruntime
         from piper import PiperVoice
         from piper.config import PiperConfig
@@ -49,6 +49,8 @@ class PiperEngine:
         if not voice_files:
             raise ValueError("PiperEngine needs at least one voice")
         self.lanes = 1 if use_cuda else lanes
+        self.first_lanes = 0 if use_cuda else first_lanes
+        self._threads = threads = self.lanes + self.first_lanes  # the scheduler's worker threads, a voice copy each
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
 
         def load(model_path: Path, config: Any, threads: int) -> Any:
@@ -63,12 +65,12 @@ class PiperEngine:
             return PiperVoice(session=session, config=config)
 
         self._voices: dict[str, Any] = {}
-        self._lane_voices: dict[str, dict[int, Any]] = {}  # lane -> a one-thread copy (lanes > 1)
+        self._lane_voices: dict[str, dict[int, Any]] = {}  # lane -> a one-thread copy (threads > 1)
         for voice_id, (model_path, config_path) in voice_files.items():
             config = PiperConfig.from_dict(json.loads(Path(config_path).read_text(encoding="utf-8")))
             self._voices[voice_id] = load(model_path, config, cpu_threads)
-            if self.lanes > 1:
-                self._lane_voices[voice_id] = {lane: load(model_path, config, 1) for lane in range(self.lanes)}
+            if threads > 1:
+                self._lane_voices[voice_id] = {lane: load(model_path, config, 1) for lane in range(threads)}
         self._thread_lane = threading.local()  # each scheduler worker thread keeps one lane
         self._next_lane = itertools.count()
         self._running = 0  # pieces being synthesized now, on any thread
@@ -86,7 +88,7 @@ class PiperEngine:
         p = settings.piper
         return cls(files, cpu_threads=settings.engine.cpu_threads, use_cuda=settings.engine.device == "cuda",
                    noise_scale=p.noise_scale, noise_w_scale=p.noise_w_scale, volume=p.volume,
-                   lanes=settings.engine.lanes)
+                   lanes=settings.engine.lanes, first_lanes=settings.engine.first_piece_lanes)
 
     def warm_up(self) -> None:
         for voice_id in self._voices:
@@ -105,7 +107,7 @@ class PiperEngine:
         """This thread's lane: the scheduler's worker threads take one each, for good."""
         lane = getattr(self._thread_lane, "lane", None)
         if lane is None:
-            lane = self._thread_lane.lane = next(self._next_lane) % self.lanes
+            lane = self._thread_lane.lane = next(self._next_lane) % self._threads
         return lane
 
     def synthesize(self, job: SynthesisJob, lane: int | None = None) -> SynthesisResult:
@@ -115,7 +117,7 @@ class PiperEngine:
             self._running += 1
             alone = self._running == 1
         try:
-            if lane is None and self.lanes > 1 and not alone:
+            if lane is None and self._lane_voices and not alone:
                 lane = self._lane()
             return self._synthesize(job, lane)
         finally:

@@ -170,6 +170,7 @@ class TtsRuntime:
         runtime = cls(
             settings=settings, engine=engine,
             scheduler=Scheduler("tts", lambda jobs: run_jobs(engine, jobs), max_batch=1, workers=engine.lanes,
+                                urgent_workers=engine.first_lanes, worker_nice=settings.engine.lane_nice,
                                 max_pending=settings.scheduler.max_pending, **watch),
             store=store, voices=catalog, admission=admission, metrics=metrics,
             chunker_options=ChunkerOptions(t.first_piece_min_chars, t.first_piece_max_chars, t.min_piece_chars,

@@ -92,6 +92,7 @@ class Speaker:
         while True:
             item = await work.get()
             if isinstance(item, Mark):
+                self.speaking = not work.empty()  # a reply answered with done: the next piece starts a new one
                 if item.done:
                     outbox.put(Done(item.flushes), generation=generation)
                 if item.end:
