@@ -439,7 +439,7 @@ def test_an_urgent_worker_starts_urgent_work_at_once_beside_busy_workers_at_a_lo
         await s.stop()
         return first, first_at, time.monotonic() - started, engine.seen
     first, first_at, took, seen = asyncio.run(go())
-    assert first == "done:first" and first_at < 0.5  # at once, not after one of the 0.3 s calls: 0.6 s
+    assert first == "done:first" and first_at < 0.55  # at once, not after one of the 0.3 s calls: 0.6 s
     nice = dict(seen)
     assert nice["first"] == os.getpriority(os.PRIO_PROCESS, 0)  # the process's own: the urgent worker's
     assert all(nice[f"later{i}"] == nice["first"] + 7 or nice[f"later{i}"] == 19 for i in range(3))

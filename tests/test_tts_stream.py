@@ -12,6 +12,13 @@ import pytest
 import websockets
 
 from conftest import running
+from services.common.outbox import Outbox
+from services.tts.formats import AudioEncoder
+from services.tts.protocol import Done
+from services.tts.serving import TtsRuntime
+from services.tts.settings import load
+from services.tts.speaker import Audio, Mark, Piece, Speaker, audio_bytes, droppable, merge_marks
+from services.tts.text import TextChunker
 from tts_support import Received, Transcriber, mostly_heard, pcm_to_float, recv_until
 
 SENTENCE = "The little cat sat quietly on the warm kitchen floor."
@@ -270,3 +277,40 @@ def test_each_reply_after_done_is_a_new_turn_and_an_idle_session_then_times_out(
                                                      "Please remember", "to water the plants before you leave."]
     assert first_audio == len(sentences)
     assert got.of("error")[-1]["code"] == "timeout" and 1.9 < got.idle_s < 10
+
+
+def test_a_reply_waiting_for_room_in_a_full_audio_buffer_is_already_speaking(tmp_path):
+    """The next reply's first piece waits for a slow reader to make room: the session counts as speaking from
+    the moment the piece is taken, so a piece cut meanwhile is not another 'first' (URGENT, timed), and a drain
+    then does not close the session with the taken piece unspoken. Real runtime (Piper), real outboxes."""
+    async def go():
+        runtime = TtsRuntime.load(load(voices={"store_dir": str(tmp_path)}, engine={"cpu_threads": 2}))
+        await runtime.start()
+        try:
+            voice = await runtime.voices.resolve(None)
+            out = Outbox(100, size_of=audio_bytes, droppable=droppable, limit_bytes=4000)
+            work = Outbox(100, merge=merge_marks)
+            speaker = Speaker(runtime, voice, AudioEncoder("pcm", 22050), out, TextChunker(runtime.chunker_options))
+            task = asyncio.create_task(speaker.speak(work, out.generation))
+            work.put(Piece("Hello there.", time.perf_counter(), first=True))
+            work.put(Mark(done=True, flushes=1))
+            for _ in range(200):  # the first reply is spoken: its audio and done are queued for the client
+                await asyncio.sleep(0.05)
+                if any(isinstance(item, Done) for item in out.items()):
+                    break
+            idle_after_reply = not speaker.speaking
+            out.put(Audio(b"\0" * 8000))  # the client has not read: the audio budget is spent
+            work.put(Piece("Second reply.", time.perf_counter(), first=not speaker.speaking and work.empty()))
+            await asyncio.sleep(0.3)
+            speaking_while_waiting = speaker.speaking
+            speaker.draining = True
+            closed = speaker.leave_if_drained(work, out.generation)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return idle_after_reply, speaking_while_waiting, closed
+        finally:
+            await runtime.stop()
+
+    idle_after_reply, speaking_while_waiting, closed = run(go())
+    assert idle_after_reply  # done ended the reply
+    assert speaking_while_waiting and not closed

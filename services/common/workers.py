@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +35,11 @@ class Running:
 
 
 def lower_thread_priority(nice: int) -> None:
-    """Run the calling thread at ``nice`` (0: leave it)."""
+    """Run the calling thread at ``nice`` (0: leave it). Linux only: elsewhere a thread id is no process id."""
     if nice <= 0:
+        return
+    if not sys.platform.startswith("linux"):
+        log.warning("model threads keep their priority: per-thread nice needs Linux")
         return
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)

@@ -58,10 +58,10 @@ class TtsEngine(Protocol):
     name: str
     can_clone: bool
     lanes: int
-    """Pieces the engine can synthesize at once, each on its own thread: the TTS scheduler's ``workers``
-    (``synthesize`` is then called from that many threads at a time)."""
+    """Pieces the engine can synthesize at once, each on its own thread: the TTS scheduler's ``workers``."""
     first_lanes: int
-    """Threads beside ``lanes`` for a reply's first piece only (the scheduler's ``urgent_workers``)."""
+    """Threads beside ``lanes`` for a reply's first piece only (the scheduler's ``urgent_workers``);
+    ``synthesize`` is called from up to ``lanes + first_lanes`` threads at a time."""
 
     def builtin_voices(self) -> dict[str, int]:
         """Built-in voice ids and their native sample rates, the default first."""

