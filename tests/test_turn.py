@@ -254,8 +254,11 @@ def test_policy_rule() -> None:
 @pytest.mark.parametrize("text,unfinished", [
     ("And so my fellow Americans,", True), ("to consider how.", True), ("rounder and", True),
     ("Eight of spades, four of-", True), ("The horizon seems", True), ("of the", True),
-    ("than he was.", False), ("Go forward 10 meters.", False), ("Hello?", False), ("", False),
-    ("as the invention of the art of printing.", False),
+    ("than he was.", False), ("Go forward 10 meters.", False), ("Hello?", False), ("Stop!", False),
+    ("as the invention of the art of printing.", False), ('He said "yes."', False),
+    # nothing heard is no finished sentence; nor is one Whisper leaves unclosed or trailing off
+    ("", True), ("  ", True), ("Feels like these days", True), ("Why'd you...", True),
+    ("and it was natural therefore\u2026", True),
 ])
 def test_text_that_runs_on(text: str, unfinished: bool) -> None:
     assert sounds_unfinished(text) is unfinished

@@ -81,8 +81,8 @@ class TurnSettings(Section):
     least this high. Lower: finals start earlier under load, more decodes are wasted on pauses inside sentences
     (and delay the next final: a running decode cannot be stopped)."""
     text_cues: bool = True
-    """A turn whose speculative final stops mid-sentence (a trailing comma, "and", "the", "because", ...) is not
-    ended by the model, only by the silence timeout."""
+    """A turn whose speculative final stops mid-sentence (a trailing comma, "and", "the", "because", no closing
+    punctuation, an ellipsis, nothing heard) is not ended by the model, only by the silence timeout."""
     max_silence_ms: int = Field(700, ge=100)
     """A pause this long ends the utterance whatever the model said (reason: silence)."""
 

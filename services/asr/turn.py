@@ -230,15 +230,17 @@ question words, possessives, linking verbs. (Auxiliaries are not here: "than he 
 
 
 def sounds_unfinished(text: str) -> bool:
-    """True when a transcript stops mid-sentence: a trailing comma, colon, semicolon or dash, or a last word
-    from :data:`CONTINUING_WORDS`. Whisper ends almost every utterance with a full stop, so a stop proves
-    nothing; what precedes it does ("...to consider how.")."""
+    """True when a transcript does not end a sentence: nothing heard at all, no closing punctuation (Whisper
+    closes almost every finished utterance with ``.``, ``?`` or ``!``), a trailing ellipsis (Whisper's mark for
+    speech that trails off: "Why'd you..."), comma, colon, semicolon or dash, or a last word from
+    :data:`CONTINUING_WORDS`. A full stop alone proves nothing; what precedes it does ("...to consider how.")."""
     words = text.strip().split()
     if not words:
-        return False
-    if words[-1][-1] in ",;:-\u2013\u2014":
         return True
-    return re.sub(r"[^\w']", "", words[-1].lower()) in CONTINUING_WORDS
+    last = words[-1]
+    if last[-1] not in ".?!\"')" or last.endswith("..."):  # (an ellipsis character is not in the set either)
+        return True
+    return re.sub(r"[^\w']", "", last.lower()) in CONTINUING_WORDS
 
 
 @dataclass
