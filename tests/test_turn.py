@@ -259,6 +259,7 @@ def test_policy_rule() -> None:
     # nothing heard is no finished sentence; nor is one Whisper leaves unclosed or trailing off
     ("", True), ("  ", True), ("Feels like these days", True), ("Why'd you...", True),
     ("and it was natural therefore\u2026", True),
+    ("\u4eca\u65e5\u306f\u3044\u3044\u5929\u6c17\u3067\u3059\u3002", False), ("\u00bfD\u00f3nde est\u00e1s?", False),
 ])
 def test_text_that_runs_on(text: str, unfinished: bool) -> None:
     assert sounds_unfinished(text) is unfinished

@@ -229,6 +229,11 @@ CONTINUING_WORDS = frozenset("""
 question words, possessives, linking verbs. (Auxiliaries are not here: "than he was." ends a sentence.)"""
 
 
+SENTENCE_CLOSERS = frozenset(".?!\"')\u3002\uff1f\uff01\uff61\u061f\u0964\u300d\u300f\u201d\u2019\uff09")
+"""Characters a finished sentence ends with, in the scripts Whisper writes: . ? ! and closing quotes or brackets,
+and their CJK, Arabic and Devanagari forms (。？！ ؟ ।)."""
+
+
 def sounds_unfinished(text: str) -> bool:
     """True when a transcript does not end a sentence: nothing heard at all, no closing punctuation (Whisper
     closes almost every finished utterance with ``.``, ``?`` or ``!``), a trailing ellipsis (Whisper's mark for
@@ -238,7 +243,7 @@ def sounds_unfinished(text: str) -> bool:
     if not words:
         return True
     last = words[-1]
-    if last[-1] not in ".?!\"')" or last.endswith("..."):  # (an ellipsis character is not in the set either)
+    if last[-1] not in SENTENCE_CLOSERS or last.endswith("..."):  # (an ellipsis character is no closer either)
         return True
     return re.sub(r"[^\w']", "", last.lower()) in CONTINUING_WORDS
 
