@@ -34,6 +34,13 @@ def normalise(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
 
 
+def metric(service: Loopback, name: str) -> float:
+    """The sum of a metric's samples (all label sets) on a running service's /metrics."""
+    text = httpx.get(service.http + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

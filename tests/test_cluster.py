@@ -26,7 +26,7 @@ import pytest
 import websockets
 
 from asr_client import stream
-from conftest import DATA, ROOT, Loopback, ServiceProcess, free_port, normalise, read_wav
+from conftest import DATA, ROOT, Loopback, ServiceProcess, free_port, metric, normalise, read_wav
 from test_tts_cloning import wav_bytes
 from tts_support import Received, recv_until
 
@@ -96,12 +96,6 @@ class Cluster(Loopback):
             if service.proc is not None and service.proc.poll() is None:
                 service.proc.kill()
                 service.proc.wait(10)
-
-
-def metric(service: ServiceProcess, name: str) -> float:
-    text = httpx.get(service.http + "/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
 
 
 @pytest.fixture(scope="module")

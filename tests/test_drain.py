@@ -14,16 +14,10 @@ import httpx
 import numpy as np
 
 from asr_client import stream
-from conftest import DATA, ServiceProcess, normalise, read_wav
+from conftest import DATA, ServiceProcess, metric, normalise, read_wav
 from test_tts_cloning import wav_bytes
 
 ENV = {"ASR_SERVER__DRAIN_TIMEOUT_S": "20", "ASR_MODEL__CPU_THREADS": "2", "ASR_SERVER__IDLE_TIMEOUT_S": "30"}
-
-
-def metric(service: ServiceProcess, name: str) -> float:
-    text = httpx.get(service.http + "/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
 
 
 def test_sigterm_gives_an_open_utterance_of_a_commit_only_stream_its_final(tmp_path):

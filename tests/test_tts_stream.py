@@ -11,7 +11,7 @@ import httpx
 import pytest
 import websockets
 
-from conftest import running
+from conftest import metric, running
 from services.common.outbox import Outbox
 from services.tts.formats import AudioEncoder
 from services.tts.protocol import Done
@@ -238,12 +238,6 @@ def test_ops_endpoints(tts):
                  "tts_real_time_factor", "tts_cancels_total", "tts_errors_total"):
         assert name in text, name
     assert 'tts_errors_total{code="bad_message"}' in text
-
-
-def metric(service, name: str) -> float:
-    text = httpx.get(service.http + "/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
 
 
 def test_each_reply_after_done_is_a_new_turn_and_an_idle_session_then_times_out(tmp_path):
