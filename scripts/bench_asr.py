@@ -14,7 +14,10 @@ Phases
 2. Streaming, for each N in ``--sessions``: N concurrent WebSocket sessions
    (default query parameters, so the server's default turn detection), started
    at random times over ~1 s. Each streams all clips one after another at real
-   time in 20 ms frames, each clip followed by ``--silence`` s of zeros and then
+   time in 20 ms frames (``--order same``: all in one order, so the N speakers
+   finish each clip within ~1 s of each other, the worst case; ``--order
+   rotated``: session i starts i/N of the way through the list, so utterances
+   end at unrelated times, as independent callers' do), each clip followed by ``--silence`` s of zeros and then
    more zeros until the clip's final arrives (after ``--final-timeout`` s the
    bench sends ``commit`` and counts the turn as *forced*).
    Time-to-final = wall time from sending the frame that holds the LAST SPEECH
@@ -173,6 +176,14 @@ def speech_bounds(audio: np.ndarray, sr: int = RATE):
     return 0.0, len(audio) / sr, "none"
 
 
+def session_clips(clips: list, index: int, n: int, order: str) -> list:
+    """The clips session ``index`` of ``n`` streams, in its order (``--order``)."""
+    if order == "same" or n <= 1:
+        return list(clips)
+    k = round(index * len(clips) / n) % len(clips)
+    return clips[k:] + clips[:k]
+
+
 def assign_clip(t: float, clip_starts: list[float]) -> int:
     """Index of the clip whose stream range [start_i, start_{i+1}) holds time t
     (times before the first clip go to clip 0)."""
@@ -326,6 +337,7 @@ class SessionResult:
     errors: list = field(default_factory=list)
     finals: list = field(default_factory=list)  # (event, arrival monotonic)
     clip_starts: list = field(default_factory=list)  # stream seconds
+    clips: list = field(default_factory=list)  # the clips in the order this session streamed them
     ttf_s: dict = field(default_factory=dict)  # clip index -> seconds, from the VAD's speech end
     ttf_word_s: dict = field(default_factory=dict)  # clip index -> seconds, from the end of the last word
     forced: set = field(default_factory=set)
@@ -337,7 +349,7 @@ async def run_session(index: int, url: str, clips: list[Clip], delay: float, arg
                       headers: dict | None) -> SessionResult:
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidStatus
-    res = SessionResult(index)
+    res = SessionResult(index, clips=list(clips))
     await asyncio.sleep(delay)
     frame_bytes = int(RATE * FRAME_S) * 2
     zero = bytes(frame_bytes)
@@ -504,7 +516,8 @@ async def run_streaming(n: int, args, clips: list[Clip], headers, rng: random.Ra
     # worst case per clip: audio, waiting for the final, then a forced commit (10 s)
     budget = sum(c.duration + max(args.silence, args.final_timeout) + 10 for c in clips) + 60
     with CpuMeter(args.pid) as cpu:
-        tasks = [asyncio.create_task(run_session(i, url, clips, rng.uniform(0, 1.0), args, headers))
+        tasks = [asyncio.create_task(run_session(i, url, session_clips(clips, i, n, args.order), rng.uniform(0, 1.0),
+                                                 args, headers))
                  for i in range(n)]
         done, pending = await asyncio.wait(tasks, timeout=budget)
         for t in pending:
@@ -534,7 +547,7 @@ async def run_streaming(n: int, args, clips: list[Clip], headers, rng: random.Ra
         ttf += [v * 1000 for ci, v in s.ttf_word_s.items() if ci not in s.forced]
         ttf_vad += [v * 1000 for ci, v in s.ttf_s.items() if ci not in s.forced]
         for ci in range(s.clips_sent):
-            refs.append(clips[ci].ref)
+            refs.append(s.clips[ci].ref)
             hyps.append(" ".join(t.strip() for t in texts[ci]))
         clips_done += s.clips_sent
     dropped = [{"session": s.index, "reason": s.drop_reason} for s in sessions if s.drop_reason]
@@ -549,7 +562,7 @@ async def run_streaming(n: int, args, clips: list[Clip], headers, rng: random.Ra
         "finals_per_clip": finals / clips_done if clips_done else None,
         "final_reasons": reasons,
         "forced_commits": sum(len(s.forced) for s in sessions),
-        "forced_clips": sorted({clips[ci].name for s in sessions for ci in s.forced}),
+        "forced_clips": sorted({s.clips[ci].name for s in sessions for ci in s.forced}),
         "streaming_wer": corpus_wer(refs, hyps),
         "dropped_sessions": len(dropped),
         "dropped": dropped,
@@ -674,6 +687,10 @@ def main(argv=None) -> int:
     p.add_argument("--final-timeout", type=float, default=15.0,
                    help="seconds after a clip's last speech before the bench forces a commit")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--order", choices=("same", "rotated"), default="same",
+                   help="same: every session streams the clips in one order, so N speakers finish the same clip "
+                        "within ~1 s of each other (the worst case); rotated: session i starts i/N of the way "
+                        "through the list, so utterances end at unrelated times, as independent callers' do")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
     args = p.parse_args(argv)
     if not is_loopback_url(args.url) and not args.allow_remote:
@@ -710,7 +727,7 @@ def main(argv=None) -> int:
         },
         "config": {"sessions": levels, "post_repeat": args.post_repeat, "silence_s": args.silence,
                    "final_timeout_s": args.final_timeout, "frame_ms": FRAME_S * 1000, "rate": RATE,
-                   "close_tolerance_s": CLOSE_TOL_S, "seed": args.seed, "data": str(args.data)},
+                   "close_tolerance_s": CLOSE_TOL_S, "seed": args.seed, "order": args.order, "data": str(args.data)},
         "clips": [{"name": c.name, "duration_s": round(c.duration, 3), "speech_end_s": round(c.speech_end, 3),
                    "last_word_end_s": round(c.word_end, 3), "speech_end_method": c.speech_end_method}
                   for c in clips],

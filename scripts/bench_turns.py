@@ -25,9 +25,15 @@ sentences mid-clause) and the 13 utterances of the two-person call in ``eval/tur
 ``--streams N`` runs N sessions at once (default 1). Only loopback URLs unless ``--allow-remote``.
 
 ``--simulate FILE`` does not stream: it computes, in-process, what the service's turn policy sees for every
-case - Smart Turn's P(complete) at every ``--check-ms`` of the pause (the room tone included, as the service
-passes it) and the beam-5 final's text - and writes them to FILE, so a policy can be tuned offline
-(``services.asr.turn.TurnPolicy``) before it is measured through the socket.
+case - Smart Turn's P(complete) at every ``--check-ms`` of the pause after the last word (``p``, the room tone
+included, as the service passes it), at each checkpoint the default service would ask it (``service_p``: its
+endpointer's silence, counted from where the VAD ends the speech, every ``turn.check_interval_ms`` up to the
+silence fallback) and the beam-5 final's text - and writes them to FILE, so a policy can be tuned offline
+(``services.asr.turn.TurnPolicy``) before it is measured through the socket. ``--sweep FILE`` reads such a file
+and tries every curve of thresholds at those checkpoints (a grid of 13 levels each, text cue applied): for each
+number of premature ends, the most complete utterances any curve ends by ``turn``. Pauses inside an utterance
+are not in the simulation; measure a chosen curve through the socket (``turns_inside``, and the service's debug
+log's ``turn check`` lines for their text).
 """
 
 from __future__ import annotations
@@ -265,26 +271,109 @@ def report(results: list[dict]) -> dict:
     return {"tuning_set": part(tuned), **({"heldout": part(heldout)} if heldout else {})}
 
 
+def service_checks(audio: np.ndarray, vad) -> dict[int, tuple[int, int]]:
+    """{silence_ms: (utterance start, position)} of the default service's turn checks in the last pause of
+    ``audio``: where its endpointer asks Smart Turn (silence counted from the VAD's end of speech, not the
+    last word's energy end), and the audio it passes (utterance start to that position)."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from services.asr.endpointing import CheckTurn, Endpointer, Started, TurnMode
+    from services.asr.serving import AsrRuntime
+    from services.asr.settings import load
+    from services.asr.turn import TurnPolicy
+    from services.common.vad import VAD_WINDOW_SAMPLES, VadStream
+
+    s = load()  # the runtime's own option builders, on the settings alone
+    shell = SimpleNamespace(settings=s, policy=TurnPolicy(tuple(s.turn.curve), s.turn.text_cues))
+    every = s.turn.check_interval_ms  # every checkpoint a curve could use, up to the silence fallback
+    options = replace(AsrRuntime.endpoint_options(shell, TurnMode.SMART_TURN),
+                      turn_checkpoints_ms=tuple(range(every, s.turn.max_silence_ms, every)))
+    endpointer = Endpointer(options, AsrRuntime.detector_options(shell))
+    n = audio.size // VAD_WINDOW_SAMPLES * VAD_WINDOW_SAMPLES
+    start, checks = 0, {}
+    for i, p in enumerate(vad.probabilities(VadStream(), audio[:n])):
+        for action in endpointer.push(float(p)):
+            if isinstance(action, Started):
+                start, checks = action.start_sample, {}
+            elif isinstance(action, CheckTurn):
+                checks[action.silence_ms] = (start, (i + 1) * VAD_WINDOW_SAMPLES)
+    return checks
+
+
 def simulate(args, cases: list[Case]) -> dict:
     """P(complete) at each check of each case's pause, and the final's text, computed in-process."""
     from services.asr.engine import DecodeRequest, WhisperEngine
     from services.asr.turn import SmartTurnModel
+    from services.common.vad import SileroVad
 
-    model, engine = SmartTurnModel(), WhisperEngine(cpu_threads=2)
+    model, engine, vad = SmartTurnModel(), WhisperEngine(cpu_threads=2), SileroVad()
     checks = list(range(args.check_ms, args.max_check_ms + 1, args.check_ms))
     out = {}
     for case in cases:
         speech = case.speech[: case.speech_end]
-        pause = mirror_tile(case.tone, int(checks[-1] * RATE / 1000))
+        pause = mirror_tile(case.tone, int(max(checks[-1], 1500) * RATE / 1000))
         audios = [np.concatenate([speech, pause[: int(ms * RATE / 1000)]]) for ms in checks]
         probabilities = model.predict(audios)
         pad = np.concatenate([speech, pause[: int(0.096 * RATE)]])
         text = engine.decode_batch([DecodeRequest(pad, beam_size=5)])[0].text.strip()
+        stream = np.concatenate([speech, pause])
+        at = service_checks(stream, vad)
+        service = model.predict([stream[a:b] for a, b in at.values()]) if at else []
         out[case.name] = {"kind": case.kind, "text": text,
-                          "p": {str(ms): round(p, 4) for ms, p in zip(checks, probabilities)}}
+                          "p": {str(ms): round(p, 4) for ms, p in zip(checks, probabilities)},
+                          "service_p": {str(ms): round(p, 4) for ms, p in zip(at, service)}}
         print(f"{case.name:40s} {case.kind:8s} {text[-40:]!r:44s} "
               + " ".join(f"{p:.2f}" for p in probabilities[:10]), file=sys.stderr)
     return {"checks_ms": checks, "cases": out}
+
+
+SWEEP_LEVELS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 2.0)  # 2.0: no end here
+
+
+def sweep(sim: dict, heldout: bool) -> list[dict]:
+    """Every curve of thresholds at the default service's checkpoints (one of ``SWEEP_LEVELS`` at each), on the
+    simulated inputs (``service_p``, the text cue applied): for each number of premature ends, the most complete
+    utterances any of them ends by ``turn``, with one curve that does it."""
+    from itertools import product
+
+    from services.asr.turn import sounds_unfinished
+
+    cases = [c for name, c in sim["cases"].items() if name.startswith("heldout:") == heldout and c.get("service_p")]
+    marks = sorted({int(ms) for c in cases for ms in c["service_p"]})
+    levels = np.array(SWEEP_LEVELS)
+    # passes[case, mark, level]: the check at this mark would end this case's turn at this level
+    p = np.array([[c["service_p"].get(str(m), 0.0) for m in marks] for c in cases])
+    ok = np.array([not sounds_unfinished(c["text"]) for c in cases])
+    passes = (p[:, :, None] >= levels[None, None, :]) & ok[:, None, None]
+    complete = np.array([c["kind"] == "complete" for c in cases])
+    best: dict[int, tuple[int, tuple]] = {}
+    half = len(marks) // 2
+    tails = list(product(range(len(levels)), repeat=len(marks) - half))
+    tail_idx = np.array(tails).T  # [marks - half, combos]
+    tail_ends = np.zeros((len(cases), len(tails)), dtype=bool)
+    for k, m in enumerate(range(half, len(marks))):
+        tail_ends |= passes[:, m, :][:, tail_idx[k]]
+    for head in product(range(len(levels)), repeat=half):
+        ends = tail_ends.copy()
+        for m, j in enumerate(head):
+            ends |= passes[:, m, j][:, None]
+        n_complete = ends[complete].sum(axis=0)
+        n_premature = ends[~complete].sum(axis=0)
+        for prem in np.unique(n_premature):
+            cols = np.flatnonzero(n_premature == prem)
+            col = cols[np.argmax(n_complete[cols])]
+            if int(n_complete[col]) > best.get(int(prem), (-1,))[0]:
+                best[int(prem)] = (int(n_complete[col]), head + tails[col])
+    rows, top = [], -1
+    for prem in sorted(best):
+        n, combo = best[prem]
+        if n > top:  # the frontier: more premature ends only where they buy more complete ones
+            top = n
+            rows.append({"premature": prem, "paused": int((~complete).sum()), "complete_by_turn": n,
+                         "complete": int(complete.sum()),
+                         "curve": {m: float(levels[j]) for m, j in zip(marks, combo) if levels[j] <= 1}})
+    return rows
 
 
 def main(argv=None) -> int:
@@ -304,7 +393,16 @@ def main(argv=None) -> int:
     p.add_argument("--simulate", type=Path, help="compute the policy's inputs in-process into this file instead")
     p.add_argument("--check-ms", type=int, default=96)
     p.add_argument("--max-check-ms", type=int, default=1536)
+    p.add_argument("--sweep", type=Path, help="read a --simulate FILE and print the best any threshold curve can do")
     args = p.parse_args(argv)
+    if args.sweep:
+        sim = json.loads(args.sweep.read_text())
+        for heldout in (False, True):
+            print("held-out set" if heldout else "tuning set")
+            for row in sweep(sim, heldout):
+                print(f"  premature {row['premature']:2d} of {row['paused']}: at most {row['complete_by_turn']:2d} of "
+                      f"{row['complete']} complete ended by turn  (e.g. {row['curve']})")
+        return 0
     if not is_loopback_url(args.url) and not args.allow_remote:
         p.error(f"{args.url} is not a loopback URL (use --allow-remote)")
     cases = [c for c in build_cases(args) if re.search(args.only, c.name)]

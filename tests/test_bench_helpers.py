@@ -149,6 +149,15 @@ def test_assign_clip(bench):
     assert bench.assign_clip(99.0, starts) == 2
 
 
+def test_session_clips_same_or_rotated(bench):
+    clips = list("abcdefgh")
+    assert [bench.session_clips(clips, i, 4, "same") for i in range(4)] == [clips] * 4
+    rotated = [bench.session_clips(clips, i, 4, "rotated") for i in range(4)]
+    assert [r[0] for r in rotated] == ["a", "c", "e", "g"]  # each starts i/N of the way through
+    assert all(sorted(r) == clips for r in rotated)  # every session still streams every clip once
+    assert bench.session_clips(clips, 0, 1, "rotated") == clips
+
+
 def test_parse_proc_stat_with_odd_command_name(bench):
     fields = ["S", "41"] + ["0"] * 9 + ["250", "50"] + ["0"] * 30
     line = "1234 (python (uvicorn) x) " + " ".join(fields) + "\n"
@@ -170,3 +179,36 @@ def test_urls(bench):
     assert bench.is_loopback_url("http://[::1]:8001")
     assert not bench.is_loopback_url("http://10.0.0.5:8001")
     assert not bench.is_loopback_url("http://example.com")
+
+
+# ----------------------------------------------------------------- bench_turns --sweep
+
+def test_turn_sweep_frontier_is_the_best_any_curve_can_do(bench):
+    spec = importlib.util.spec_from_file_location("bench_turns", _PATH.with_name("bench_turns.py"))
+    turns = importlib.util.module_from_spec(spec)
+    sys.modules["bench_turns"] = turns
+    try:
+        spec.loader.exec_module(turns)
+    finally:
+        sys.modules.pop("bench_turns", None)
+
+    def case(kind, p96, p192, text="Done."):
+        return {"kind": kind, "text": text, "service_p": {"96": p96, "192": p192}}
+
+    sim = {"cases": {
+        "a": case("complete", 0.99, 0.99),
+        "b": case("complete", 0.94, 0.96),    # only a bar of <= 0.95 at 96 or <= 0.96 at 192 ends it
+        "c": case("complete", 0.99, 0.99, "and the"),  # the text cue refuses it at any level
+        "x": case("paused", 0.2, 0.97),       # a cut-off that climbs with the pause
+        "y": case("paused", 0.95, 0.5),       # one that scores high early only
+        "heldout:z": case("complete", 0.5, 0.5),
+    }}
+    rows = turns.sweep(sim, heldout=False)
+    assert [(r["premature"], r["complete_by_turn"]) for r in rows] == [(0, 1), (1, 2)]
+    assert all(r["paused"] == 2 and r["complete"] == 3 for r in rows)
+    # the one-premature curve ends b and exactly one of x, y
+    best = rows[1]["curve"]
+    ends = lambda p96, p192: p96 >= best.get(96, 9) or p192 >= best.get(192, 9)  # noqa: E731
+    assert ends(0.94, 0.96) and ends(0.2, 0.97) != ends(0.95, 0.5)
+    held = turns.sweep(sim, heldout=True)
+    assert [(r["premature"], r["complete_by_turn"]) for r in held] == [(0, 1)]

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Latency floor of live time-to-final on this machine: what no turn policy or scheduling can remove.
+
+    .venv/bin/python scripts/bench_floor.py --out bench-results/floor.json
+
+In-process, no service: the service's own VAD, endpointer, Smart Turn model and Whisper engine with their
+default settings (and the service's ``OMP_WAIT_POLICY=PASSIVE``), each clip of ``--data`` followed by
+``--silence`` s of zeros as ``scripts/bench_asr.py`` streams it. For every clip, from the end of its last word
+(the last 20 ms frame within 30 dB of its loudest frame, as bench_asr counts):
+
+* ``audio_ms``: until the endpointer has the utterance's whole audio - the pause has reached ``vad.end_pad_ms``
+  (the final is decoded from the speech plus that pad; less costs words: README "Benchmarks") - counted on the
+  audio clock, i.e. when that audio has arrived at real time;
+* ``final_ms``: the greedy final of that audio (word timestamps, as a stream's final), decoded alone;
+* ``check_ms``: one Smart Turn check of it, alone;
+* ``floor_ms`` = ``audio_ms`` + max(``final_ms``, ``check_ms``): the time-to-final of a perfect turn detector that
+  is sure at its first check, on an otherwise idle machine, with the two models never slowing each other down.
+
+``--burst N`` (default 8) adds what N streams that end an utterance at the same moment need (bench_asr's
+``--order same``, where every session streams the same clip within ~1 s): the N finals decoded as one batch and N
+Smart Turn checks, each alone; ``burst_floor_ms`` = ``audio_ms`` + max of the two. Percentiles are over clips;
+each timing is the median of ``--repeat`` runs. A measurement tool, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as services/asr/__main__.py, before CTranslate2 loads
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_asr import RATE, load_clips, summarize  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def timed(fn, repeat: int) -> tuple[float, object]:
+    """Median wall time of ``fn()`` in ms over ``repeat`` runs, and its last result."""
+    times, result = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times), result
+
+
+def utterance_audio(audio: np.ndarray, vad, endpointer) -> tuple[int, int, int] | None:
+    """(start, end, ready) samples: the final the endpointer would decode for the clip's last utterance (the pause
+    after it reaches ``end_pad_ms``), and the sample at which that audio is complete (the end of that window)."""
+    from services.asr.endpointing import Speculate, Started
+    from services.common.vad import VAD_WINDOW_SAMPLES, VadStream
+
+    n = audio.size // VAD_WINDOW_SAMPLES * VAD_WINDOW_SAMPLES
+    start, found = None, None
+    for i, p in enumerate(vad.probabilities(VadStream(), audio[:n])):
+        for action in endpointer.push(float(p)):
+            if isinstance(action, Started):
+                start = action.start_sample
+            elif isinstance(action, Speculate) and start is not None:  # the last one is the pause after the clip
+                found = start, action.end_sample, (i + 1) * VAD_WINDOW_SAMPLES
+    return found
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="/work/shared/eval/asr", type=Path)
+    p.add_argument("--out", default="bench-results/floor.json", type=Path)
+    p.add_argument("--silence", type=float, default=1.5, help="seconds of zeros after each clip (as bench_asr)")
+    p.add_argument("--burst", type=int, default=8, help="streams ending an utterance at once (0 = skip)")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--max-clips", type=int, default=None)
+    args = p.parse_args(argv)
+
+    from services.asr.engine import DecodeRequest, WhisperEngine
+    from services.asr.serving import AsrRuntime
+    from services.asr.settings import load
+    from services.asr.endpointing import Endpointer, TurnMode
+    from services.asr.turn import SmartTurnModel, TurnPolicy
+    from services.common.vad import SileroVad
+
+    settings = load()
+    # The runtime's own option builders, on the settings alone (no schedulers, no second copy of the models).
+    shell = SimpleNamespace(settings=settings, policy=TurnPolicy(tuple(settings.turn.curve), settings.turn.text_cues))
+    endpoint = AsrRuntime.endpoint_options(shell, TurnMode.SMART_TURN)
+    detector = AsrRuntime.detector_options(shell)
+
+    m = settings.model
+    engine = WhisperEngine(m.name, device=m.device, compute_type=m.compute_type, cpu_threads=m.cpu_threads)
+    turn = SmartTurnModel(settings.turn.model_path, threads=settings.turn.threads)
+    vad = SileroVad(settings.vad.model_path)
+    clips = load_clips(args.data, args.max_clips)
+    if not clips:
+        p.error(f"no *.wav with a .txt transcript in {args.data}")
+    warm = np.frombuffer(clips[0].pcm, dtype="<i2").astype(np.float32) / 32768
+    engine.decode_batch([DecodeRequest(warm, beam_size=1, word_timestamps=True, final=True)])
+    turn.predict([warm])
+
+    rows = []
+    for clip in clips:
+        x = np.frombuffer(clip.pcm, dtype="<i2").astype(np.float32) / 32768
+        audio = np.concatenate([x, np.zeros(int(args.silence * RATE), dtype=np.float32)])
+        word_end = round(clip.word_end * RATE)
+        found = utterance_audio(audio, vad, Endpointer(endpoint, detector))
+        if found is None:
+            print(f"{clip.name}: no pause after the last word within {args.silence} s", file=sys.stderr)
+            continue
+        start, end, ready = found
+        utt = audio[start:end]
+        request = DecodeRequest(utt, beam_size=settings.streaming.final_beam_size, word_timestamps=True, final=True)
+        final_ms, result = timed(lambda: engine.decode_batch([request]), args.repeat)
+        check_ms, _ = timed(lambda: turn.predict([audio[start:ready]]), args.repeat)
+        row = {"clip": clip.name, "utterance_s": round(utt.size / RATE, 2),
+               "audio_ms": round((ready - word_end) * 1000 / RATE, 1),
+               "final_ms": round(final_ms, 1), "check_ms": round(check_ms, 1), "text": result[0].text.strip()}
+        row["floor_ms"] = round(row["audio_ms"] + max(final_ms, check_ms), 1)
+        if args.burst > 1:
+            burst_final, _ = timed(lambda: engine.decode_batch([request] * args.burst), args.repeat)
+            burst_check, _ = timed(lambda: turn.predict([audio[start:ready]] * args.burst), args.repeat)
+            row.update(burst_final_ms=round(burst_final, 1), burst_check_ms=round(burst_check, 1),
+                       burst_floor_ms=round(row["audio_ms"] + max(burst_final, burst_check), 1))
+        rows.append(row)
+        print(f"{clip.name:28s} {row['utterance_s']:5.1f} s  audio {row['audio_ms']:6.0f}  final {final_ms:5.0f}  "
+              f"check {check_ms:4.0f}  floor {row['floor_ms']:6.0f}"
+              + (f"  burst floor {row['burst_floor_ms']:6.0f}" if args.burst > 1 else "") + " ms", file=sys.stderr)
+
+    keys = ["audio_ms", "final_ms", "check_ms", "floor_ms"]
+    if args.burst > 1:
+        keys += ["burst_final_ms", "burst_check_ms", "burst_floor_ms"]
+    summary = {k: summarize([r[k] for r in rows]) for k in keys}
+    report = {"config": {"data": str(args.data), "silence_s": args.silence, "burst": args.burst,
+                         "repeat": args.repeat, "compute_type": engine.compute_type,
+                         "end_pad_ms": settings.vad.end_pad_ms, "final_beam_size": settings.streaming.final_beam_size,
+                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpu_count": os.cpu_count()},
+              "summary": summary, "clips": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print("| stage | p50 ms | p95 ms |\n|---|---:|---:|")
+    for k in keys:
+        print(f"| {k} | {summary[k]['p50']:.0f} | {summary[k]['p95']:.0f} |")
+    print(f"written {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
