@@ -14,10 +14,11 @@ Phases
 2. Streaming, for each N in ``--sessions``: N concurrent WebSocket sessions
    (default query parameters, so the server's default turn detection), started
    at random times over ~1 s. Each streams all clips one after another at real
-   time in 20 ms frames (``--order same``: all in one order, so the N speakers
-   finish each clip within ~1 s of each other, the worst case; ``--order
-   rotated``: session i starts i/N of the way through the list, so utterances
-   end at unrelated times, as independent callers' do), each clip followed by ``--silence`` s of zeros and then
+   time in 20 ms frames (``--order same``: all in one order, so the N speakers'
+   utterances end close together - within ~1 s at first, drifting apart as each
+   waits for its own finals; ``--order rotated``: session i starts i/N of the
+   way through the list, so utterances end at unrelated times, as independent
+   callers' do), each clip followed by ``--silence`` s of zeros and then
    more zeros until the clip's final arrives (after ``--final-timeout`` s the
    bench sends ``commit`` and counts the turn as *forced*).
    Time-to-final = wall time from sending the frame that holds the LAST SPEECH
@@ -688,9 +689,9 @@ def main(argv=None) -> int:
                    help="seconds after a clip's last speech before the bench forces a commit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--order", choices=("same", "rotated"), default="same",
-                   help="same: every session streams the clips in one order, so N speakers finish the same clip "
-                        "within ~1 s of each other (the worst case); rotated: session i starts i/N of the way "
-                        "through the list, so utterances end at unrelated times, as independent callers' do")
+                   help="same: every session streams the clips in one order, so the N speakers' utterances end "
+                        "close together; rotated: session i starts i/N of the way through the list, so utterances "
+                        "end at unrelated times, as independent callers' do")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
     args = p.parse_args(argv)
     if not is_loopback_url(args.url) and not args.allow_remote:

@@ -6,7 +6,8 @@
 In-process, no service: the service's own VAD, endpointer, Smart Turn model and Whisper engine with their
 default settings (and the service's ``OMP_WAIT_POLICY=PASSIVE``), each clip of ``--data`` followed by
 ``--silence`` s of zeros as ``scripts/bench_asr.py`` streams it. For every clip, from the end of its last word
-(the last 20 ms frame within 30 dB of its loudest frame, as bench_asr counts):
+(the last 20 ms frame within 30 dB of its loudest frame, or the VAD's end of speech where that comes first:
+bench_asr's time-to-final clock):
 
 * ``audio_ms``: until the endpointer has the utterance's whole audio - the pause has reached ``vad.end_pad_ms``
   (the final is decoded from the speech plus that pad; less costs words: README "Benchmarks") - counted on the
@@ -16,10 +17,10 @@ default settings (and the service's ``OMP_WAIT_POLICY=PASSIVE``), each clip of `
 * ``floor_ms`` = ``audio_ms`` + max(``final_ms``, ``check_ms``): the time-to-final of a perfect turn detector that
   is sure at its first check, on an otherwise idle machine, with the two models never slowing each other down.
 
-``--burst N`` (default 8) adds what N streams that end an utterance at the same moment need (bench_asr's
-``--order same``, where every session streams the same clip within ~1 s): the N finals decoded as one batch and N
-Smart Turn checks, each alone; ``burst_floor_ms`` = ``audio_ms`` + max of the two. Percentiles are over clips;
-each timing is the median of ``--repeat`` runs. A measurement tool, not a test.
+``--burst N`` (default 8) adds what N streams that end an utterance at exactly the same moment need (a worst
+case, not a floor of bench_asr's ``--order same``, whose sessions start up to 1 s apart and drift): the N finals
+decoded as one batch and the N Smart Turn checks as one batch; ``burst_floor_ms`` = ``audio_ms`` + max of the two.
+Percentiles are over clips; each timing is the median of ``--repeat`` runs. A measurement tool, not a test.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import os
 import statistics
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -106,11 +108,13 @@ def main(argv=None) -> int:
     engine.decode_batch([DecodeRequest(warm, beam_size=1, word_timestamps=True, final=True)])
     turn.predict([warm])
 
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = []
     for clip in clips:
         x = np.frombuffer(clip.pcm, dtype="<i2").astype(np.float32) / 32768
         audio = np.concatenate([x, np.zeros(int(args.silence * RATE), dtype=np.float32)])
-        word_end = round(clip.word_end * RATE)
+        # From where bench_asr starts its clock: the end of the last word, or the VAD's end of speech if earlier.
+        word_end = round(min(clip.word_end, clip.speech_end) * RATE)
         found = utterance_audio(audio, vad, Endpointer(endpoint, detector))
         if found is None:
             print(f"{clip.name}: no pause after the last word within {args.silence} s", file=sys.stderr)
@@ -138,7 +142,7 @@ def main(argv=None) -> int:
     if args.burst > 1:
         keys += ["burst_final_ms", "burst_check_ms", "burst_floor_ms"]
     summary = {k: summarize([r[k] for r in rows]) for k in keys}
-    report = {"config": {"data": str(args.data), "silence_s": args.silence, "burst": args.burst,
+    report = {"config": {"started": started, "data": str(args.data), "silence_s": args.silence, "burst": args.burst,
                          "repeat": args.repeat, "compute_type": engine.compute_type,
                          "end_pad_ms": settings.vad.end_pad_ms, "final_beam_size": settings.streaming.final_beam_size,
                          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpu_count": os.cpu_count()},

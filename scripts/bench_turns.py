@@ -28,12 +28,14 @@ sentences mid-clause) and the 13 utterances of the two-person call in ``eval/tur
 case - Smart Turn's P(complete) at every ``--check-ms`` of the pause after the last word (``p``, the room tone
 included, as the service passes it), at each checkpoint the default service would ask it (``service_p``: its
 endpointer's silence, counted from where the VAD ends the speech, every ``turn.check_interval_ms`` up to the
-silence fallback) and the beam-5 final's text - and writes them to FILE, so a policy can be tuned offline
-(``services.asr.turn.TurnPolicy``) before it is measured through the socket. ``--sweep FILE`` reads such a file
-and tries every curve of thresholds at those checkpoints (a grid of 13 levels each, text cue applied): for each
-number of premature ends, the most complete utterances any curve ends by ``turn``. Pauses inside an utterance
-are not in the simulation; measure a chosen curve through the socket (``turns_inside``, and the service's debug
-log's ``turn check`` lines for their text).
+silence fallback: 7 checkpoints, of which the default curve asks the first 6) and the beam-5 final's text - and
+writes them to FILE, so a policy can be tuned offline (``services.asr.turn.TurnPolicy``) before it is measured
+through the socket. ``--sweep FILE`` reads such a file and tries every curve of thresholds at those checkpoints
+on the tuning set (a grid of 13 levels each, text cue applied): for each number of premature ends, the most
+complete utterances any curve ends by ``turn``, and what that curve does on the held-out set. The simulation is
+optimistic: pauses inside an utterance are not in it (through the service an utterance ended at one leaves the
+model a shorter one at the next) and the service's finals are greedy; measure a chosen curve through the socket
+(``turns_inside``, and the service's debug log's ``turn check`` lines for the text of each end).
 """
 
 from __future__ import annotations
@@ -328,33 +330,41 @@ def simulate(args, cases: list[Case]) -> dict:
     return {"checks_ms": checks, "cases": out}
 
 
-SWEEP_LEVELS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 2.0)  # 2.0: no end here
+SWEEP_LEVELS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 1.0)  # 1.0: (almost) never
 
 
-def sweep(sim: dict, heldout: bool) -> list[dict]:
-    """Every curve of thresholds at the default service's checkpoints (one of ``SWEEP_LEVELS`` at each), on the
-    simulated inputs (``service_p``, the text cue applied): for each number of premature ends, the most complete
-    utterances any of them ends by ``turn``, with one curve that does it."""
-    from itertools import product
-
+def _sweep_inputs(cases: list[dict], marks: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """passes[case, mark, level] (the check at this mark would end the turn at this level, text cue applied),
+    and which cases are complete."""
     from services.asr.turn import sounds_unfinished
 
-    cases = [c for name, c in sim["cases"].items() if name.startswith("heldout:") == heldout and c.get("service_p")]
+    p = np.array([[c["service_p"].get(str(m), 0.0) for m in marks] for c in cases]).reshape(len(cases), len(marks))
+    ok = np.array([not sounds_unfinished(c["text"]) for c in cases], dtype=bool)
+    passes = (p[:, :, None] >= np.array(SWEEP_LEVELS)[None, None, :]) & ok[:, None, None]
+    return passes, np.array([c["kind"] == "complete" for c in cases], dtype=bool)
+
+
+def sweep(sim: dict) -> list[dict]:
+    """Every curve of thresholds at the checkpoints of ``service_p`` (one of ``SWEEP_LEVELS`` at each), on the
+    tuning set's simulated inputs: for each number of premature ends, the most complete utterances any curve ends
+    by ``turn``, one curve that does it, and what that curve does on the held-out set (never swept)."""
+    from itertools import product
+
+    sets = {held: [c for name, c in sim["cases"].items() if name.startswith("heldout:") == held and c.get("service_p")]
+            for held in (False, True)}
+    cases = sets[False]
+    if not cases:
+        return []
     marks = sorted({int(ms) for c in cases for ms in c["service_p"]})
-    levels = np.array(SWEEP_LEVELS)
-    # passes[case, mark, level]: the check at this mark would end this case's turn at this level
-    p = np.array([[c["service_p"].get(str(m), 0.0) for m in marks] for c in cases])
-    ok = np.array([not sounds_unfinished(c["text"]) for c in cases])
-    passes = (p[:, :, None] >= levels[None, None, :]) & ok[:, None, None]
-    complete = np.array([c["kind"] == "complete" for c in cases])
+    passes, complete = _sweep_inputs(cases, marks)
     best: dict[int, tuple[int, tuple]] = {}
-    half = len(marks) // 2
-    tails = list(product(range(len(levels)), repeat=len(marks) - half))
-    tail_idx = np.array(tails).T  # [marks - half, combos]
+    half = len(marks) // 2  # the curves over the last marks are tabled once; the first marks are looped over
+    tails = list(product(range(len(SWEEP_LEVELS)), repeat=len(marks) - half))
+    tail_idx = np.array(tails, dtype=int).reshape(len(tails), len(marks) - half).T
     tail_ends = np.zeros((len(cases), len(tails)), dtype=bool)
     for k, m in enumerate(range(half, len(marks))):
         tail_ends |= passes[:, m, :][:, tail_idx[k]]
-    for head in product(range(len(levels)), repeat=half):
+    for head in product(range(len(SWEEP_LEVELS)), repeat=half):
         ends = tail_ends.copy()
         for m, j in enumerate(head):
             ends |= passes[:, m, j][:, None]
@@ -365,14 +375,21 @@ def sweep(sim: dict, heldout: bool) -> list[dict]:
             col = cols[np.argmax(n_complete[cols])]
             if int(n_complete[col]) > best.get(int(prem), (-1,))[0]:
                 best[int(prem)] = (int(n_complete[col]), head + tails[col])
+    held_passes, held_complete = _sweep_inputs(sets[True], marks) if sets[True] else (None, None)
     rows, top = [], -1
     for prem in sorted(best):
         n, combo = best[prem]
-        if n > top:  # the frontier: more premature ends only where they buy more complete ones
-            top = n
-            rows.append({"premature": prem, "paused": int((~complete).sum()), "complete_by_turn": n,
-                         "complete": int(complete.sum()),
-                         "curve": {m: float(levels[j]) for m, j in zip(marks, combo) if levels[j] <= 1}})
+        if n <= top:  # the frontier: more premature ends only where they buy more complete ones
+            continue
+        top = n
+        row = {"premature": prem, "paused": int((~complete).sum()), "complete_by_turn": n,
+               "complete": int(complete.sum()), "curve": {m: SWEEP_LEVELS[j] for m, j in zip(marks, combo)}}
+        if held_passes is not None:
+            ends = np.any(held_passes[:, np.arange(len(marks)), list(combo)], axis=1)
+            row["heldout"] = {"premature": int(ends[~held_complete].sum()), "paused": int((~held_complete).sum()),
+                              "complete_by_turn": int(ends[held_complete].sum()),
+                              "complete": int(held_complete.sum())}
+        rows.append(row)
     return rows
 
 
@@ -393,15 +410,16 @@ def main(argv=None) -> int:
     p.add_argument("--simulate", type=Path, help="compute the policy's inputs in-process into this file instead")
     p.add_argument("--check-ms", type=int, default=96)
     p.add_argument("--max-check-ms", type=int, default=1536)
-    p.add_argument("--sweep", type=Path, help="read a --simulate FILE and print the best any threshold curve can do")
+    p.add_argument("--sweep", type=Path,
+                   help="read a --simulate FILE and print the best any threshold curve can do on the tuning set")
     args = p.parse_args(argv)
     if args.sweep:
-        sim = json.loads(args.sweep.read_text())
-        for heldout in (False, True):
-            print("held-out set" if heldout else "tuning set")
-            for row in sweep(sim, heldout):
-                print(f"  premature {row['premature']:2d} of {row['paused']}: at most {row['complete_by_turn']:2d} of "
-                      f"{row['complete']} complete ended by turn  (e.g. {row['curve']})")
+        for row in sweep(json.loads(args.sweep.read_text())):
+            held = row.get("heldout")
+            print(f"premature {row['premature']:2d} of {row['paused']}: at most {row['complete_by_turn']:2d} of "
+                  f"{row['complete']} complete ended by turn, e.g. {row['curve']}"
+                  + (f"; held out: {held['complete_by_turn']} of {held['complete']} complete, "
+                     f"{held['premature']} of {held['paused']} premature" if held else ""))
         return 0
     if not is_loopback_url(args.url) and not args.allow_remote:
         p.error(f"{args.url} is not a loopback URL (use --allow-remote)")

@@ -203,12 +203,17 @@ def test_turn_sweep_frontier_is_the_best_any_curve_can_do(bench):
         "y": case("paused", 0.95, 0.5),       # one that scores high early only
         "heldout:z": case("complete", 0.5, 0.5),
     }}
-    rows = turns.sweep(sim, heldout=False)
+    rows = turns.sweep(sim)
     assert [(r["premature"], r["complete_by_turn"]) for r in rows] == [(0, 1), (1, 2)]
     assert all(r["paused"] == 2 and r["complete"] == 3 for r in rows)
     # the one-premature curve ends b and exactly one of x, y
     best = rows[1]["curve"]
-    ends = lambda p96, p192: p96 >= best.get(96, 9) or p192 >= best.get(192, 9)  # noqa: E731
+    assert set(best) == {96, 192}
+    ends = lambda p96, p192: p96 >= best[96] or p192 >= best[192]  # noqa: E731
     assert ends(0.94, 0.96) and ends(0.2, 0.97) != ends(0.95, 0.5)
-    held = turns.sweep(sim, heldout=True)
-    assert [(r["premature"], r["complete_by_turn"]) for r in held] == [(0, 1)]
+    # the held-out set is scored with the tuning set's curves, never swept itself
+    for row in rows:
+        held = row["heldout"]
+        assert (held["complete"], held["paused"], held["premature"]) == (1, 0, 0)
+        assert held["complete_by_turn"] == int(min(row["curve"].values()) <= 0.5)
+    assert turns.sweep({"cases": {"heldout:z": sim["cases"]["heldout:z"]}}) == []  # no tuning set: nothing to sweep
