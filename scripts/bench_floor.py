@@ -33,7 +33,6 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from types import SimpleNamespace
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as services/asr/__main__.py, before CTranslate2 loads
 
@@ -85,17 +84,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from services.asr.engine import DecodeRequest, WhisperEngine
-    from services.asr.serving import AsrRuntime
-    from services.asr.settings import load
     from services.asr.endpointing import Endpointer, TurnMode
-    from services.asr.turn import SmartTurnModel, TurnPolicy
+    from services.asr.serving import detector_options, endpoint_options, turn_policy
+    from services.asr.settings import load
+    from services.asr.turn import SmartTurnModel
     from services.common.vad import SileroVad
 
     settings = load()
-    # The runtime's own option builders, on the settings alone (no schedulers, no second copy of the models).
-    shell = SimpleNamespace(settings=settings, policy=TurnPolicy(tuple(settings.turn.curve), settings.turn.text_cues))
-    endpoint = AsrRuntime.endpoint_options(shell, TurnMode.SMART_TURN)
-    detector = AsrRuntime.detector_options(shell)
+    endpoint = endpoint_options(settings, turn_policy(settings), TurnMode.SMART_TURN)
+    detector = detector_options(settings)
 
     m = settings.model
     engine = WhisperEngine(m.name, device=m.device, compute_type=m.compute_type, cpu_threads=m.cpu_threads)

@@ -273,25 +273,30 @@ def report(results: list[dict]) -> dict:
     return {"tuning_set": part(tuned), **({"heldout": part(heldout)} if heldout else {})}
 
 
-def service_checks(audio: np.ndarray, vad) -> dict[int, tuple[int, int]]:
-    """{silence_ms: (utterance start, position)} of the default service's turn checks in the last pause of
-    ``audio``: where its endpointer asks Smart Turn (silence counted from the VAD's end of speech, not the
-    last word's energy end), and the audio it passes (utterance start to that position)."""
+def service_options():
+    """The default service's endpointer options, asking at every checkpoint a curve could use (every
+    ``turn.check_interval_ms`` up to the silence fallback), and its VAD detector options."""
     from dataclasses import replace
-    from types import SimpleNamespace
 
-    from services.asr.endpointing import CheckTurn, Endpointer, Started, TurnMode
-    from services.asr.serving import AsrRuntime
+    from services.asr.endpointing import TurnMode
+    from services.asr.serving import detector_options, endpoint_options, turn_policy
     from services.asr.settings import load
-    from services.asr.turn import TurnPolicy
+
+    s = load()
+    every = s.turn.check_interval_ms
+    options = replace(endpoint_options(s, turn_policy(s), TurnMode.SMART_TURN),
+                      turn_checkpoints_ms=tuple(range(every, s.turn.max_silence_ms, every)))
+    return options, detector_options(s)
+
+
+def service_checks(audio: np.ndarray, vad, options) -> dict[int, tuple[int, int]]:
+    """{silence_ms: (utterance start, position)} of the service's turn checks in the last pause of ``audio``
+    (``options``: :func:`service_options`): where its endpointer asks Smart Turn (silence counted from the VAD's end
+    of speech, not the last word's energy end), and the audio it passes (utterance start to that position)."""
+    from services.asr.endpointing import CheckTurn, Endpointer, Started
     from services.common.vad import VAD_WINDOW_SAMPLES, VadStream
 
-    s = load()  # the runtime's own option builders, on the settings alone
-    shell = SimpleNamespace(settings=s, policy=TurnPolicy(tuple(s.turn.curve), s.turn.text_cues))
-    every = s.turn.check_interval_ms  # every checkpoint a curve could use, up to the silence fallback
-    options = replace(AsrRuntime.endpoint_options(shell, TurnMode.SMART_TURN),
-                      turn_checkpoints_ms=tuple(range(every, s.turn.max_silence_ms, every)))
-    endpointer = Endpointer(options, AsrRuntime.detector_options(shell))
+    endpointer = Endpointer(*options)
     n = audio.size // VAD_WINDOW_SAMPLES * VAD_WINDOW_SAMPLES
     start, checks = 0, {}
     for i, p in enumerate(vad.probabilities(VadStream(), audio[:n])):
@@ -310,6 +315,7 @@ def simulate(args, cases: list[Case]) -> dict:
     from services.common.vad import SileroVad
 
     model, engine, vad = SmartTurnModel(), WhisperEngine(cpu_threads=2), SileroVad()
+    options = service_options()
     checks = list(range(args.check_ms, args.max_check_ms + 1, args.check_ms))
     out = {}
     for case in cases:
@@ -320,7 +326,7 @@ def simulate(args, cases: list[Case]) -> dict:
         pad = np.concatenate([speech, pause[: int(0.096 * RATE)]])
         text = engine.decode_batch([DecodeRequest(pad, beam_size=5)])[0].text.strip()
         stream = np.concatenate([speech, pause])
-        at = service_checks(stream, vad)
+        at = service_checks(stream, vad, options)
         service = model.predict([stream[a:b] for a, b in at.values()]) if at else []
         out[case.name] = {"kind": case.kind, "text": text,
                           "p": {str(ms): round(p, 4) for ms, p in zip(checks, probabilities)},

@@ -8,19 +8,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "scripts" / "bench_asr.py"
+_SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, _SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses need the module registered
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_asr", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_asr"] = mod  # dataclasses need the module registered
     try:
-        spec.loader.exec_module(mod)
-        yield mod
+        yield _load("bench_asr")
     finally:
         sys.modules.pop("bench_asr", None)
+
+
+@pytest.fixture(scope="module")
+def turns(bench):
+    try:
+        yield _load("bench_turns")  # it imports bench_asr's helpers
+    finally:
+        sys.modules.pop("bench_turns", None)
 
 
 # ----------------------------------------------------------------- percentiles
@@ -183,15 +195,7 @@ def test_urls(bench):
 
 # ----------------------------------------------------------------- bench_turns --sweep
 
-def test_turn_sweep_frontier_is_the_best_any_curve_can_do(bench):
-    spec = importlib.util.spec_from_file_location("bench_turns", _PATH.with_name("bench_turns.py"))
-    turns = importlib.util.module_from_spec(spec)
-    sys.modules["bench_turns"] = turns
-    try:
-        spec.loader.exec_module(turns)
-    finally:
-        sys.modules.pop("bench_turns", None)
-
+def test_turn_sweep_frontier_is_the_best_any_curve_can_do(turns):
     def case(kind, p96, p192, text="Done."):
         return {"kind": kind, "text": text, "service_p": {"96": p96, "192": p192}}
 

@@ -7,6 +7,8 @@ worker thread and never on the event loop. Sessions and the file route only
 call the small async methods here. Uploads take a slot of ``http_admission``
 (``server.max_file_jobs``) and their requests run in the schedulers' bulk lane,
 after live work and, while streams are open, in a bounded share of the time.
+How utterances end follows from the settings alone (``turn_policy``,
+``detector_options``, ``endpoint_options``), so tools reproduce it without a runtime.
 """
 
 from __future__ import annotations
@@ -42,6 +44,29 @@ class AsrMetrics(Metrics):
         self.audio_seconds = self.counter("audio_seconds", "Seconds of audio received on streams")
         self.file_seconds = self.counter("file_audio_seconds", "Seconds of audio transcribed from uploads")
         self.turn_checks = self.counter("turn_checks", "Smart Turn decisions", ["decision"])
+
+
+def turn_policy(settings: AsrSettings) -> TurnPolicy:
+    """The end-of-turn rule the settings describe (``turn.curve``, ``turn.text_cues``)."""
+    return TurnPolicy(curve=tuple(settings.turn.curve), text_cues=settings.turn.text_cues)
+
+
+def detector_options(settings: AsrSettings) -> DetectorOptions:
+    v = settings.vad
+    return DetectorOptions(v.threshold, v.neg_threshold, v.min_speech_ms, v.speech_pad_ms)
+
+
+def endpoint_options(settings: AsrSettings, policy: TurnPolicy, mode: TurnMode) -> EndpointOptions:
+    """How utterances end in ``mode``: the VAD's pad and silence, and the turn checkpoints ``policy`` uses
+    (every ``turn.check_interval_ms`` from its first point to its last, before ``turn.max_silence_ms``)."""
+    v, t = settings.vad, settings.turn
+    last = min(policy.last_check_ms, t.max_silence_ms - 1)
+    checks = tuple(range(int(policy.first_check_ms), int(last) + 1, t.check_interval_ms))
+    return EndpointOptions(
+        mode=mode, end_pad_ms=v.end_pad_ms, vad_silence_ms=v.min_silence_ms,
+        turn_checkpoints_ms=checks, max_silence_ms=t.max_silence_ms,
+        max_utterance_ms=int(settings.streaming.max_utterance_s * 1000),
+    )
 
 
 @dataclass
@@ -87,7 +112,7 @@ class AsrRuntime:
                           live_active=lambda: admission.active > 0, **watch),
             turn_model=turn_model,
             turn=Scheduler("turn", turn_model.predict, max_batch=4, max_pending=max(32, s.max_pending), **watch),
-            policy=TurnPolicy(curve=tuple(settings.turn.curve), text_cues=settings.turn.text_cues),
+            policy=turn_policy(settings),
             admission=admission,
             http_admission=Admission(settings.server.max_file_jobs, "file transcription"),
             metrics=metrics,
@@ -111,18 +136,10 @@ class AsrRuntime:
         return self.engine.name
 
     def detector_options(self) -> DetectorOptions:
-        v = self.settings.vad
-        return DetectorOptions(v.threshold, v.neg_threshold, v.min_speech_ms, v.speech_pad_ms)
+        return detector_options(self.settings)
 
     def endpoint_options(self, mode: TurnMode) -> EndpointOptions:
-        v, t = self.settings.vad, self.settings.turn
-        last = min(self.policy.last_check_ms, t.max_silence_ms - 1)
-        checks = tuple(range(int(self.policy.first_check_ms), int(last) + 1, t.check_interval_ms))
-        return EndpointOptions(
-            mode=mode, end_pad_ms=v.end_pad_ms, vad_silence_ms=v.min_silence_ms,
-            turn_checkpoints_ms=checks, max_silence_ms=t.max_silence_ms,
-            max_utterance_ms=int(self.settings.streaming.max_utterance_s * 1000),
-        )
+        return endpoint_options(self.settings, self.policy, mode)
 
     async def speech_probabilities(self, stream: VadStream, samples: np.ndarray,
                                    priority: Priority = Priority.URGENT) -> np.ndarray:
