@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -43,6 +44,10 @@ MARKERS = {"feature": 12345, "encode": 11111, "timeout": 10101}  # int16 amplitu
 HANG = 20202  # a marker that makes ``encode`` hang until the test releases it
 MARK_AT_S = 2.0
 MARK_LEN = 64
+# An injected failure takes this long, as a failing device call does, rather than failing at once: the other streams'
+# finals, due within milliseconds, then queue behind it and share the next batch. (Failing at once, marked requests
+# that came first could each run alone before the good ones arrived: no batch mixed the two in ~1 run of 10.)
+FAILURE_S = 0.3
 
 
 def mark(samples: np.ndarray, amplitude: int) -> np.ndarray:
@@ -82,6 +87,7 @@ class FaultyFeatures:
     def __call__(self, audio, *args, **kwargs):
         kind = marker_in(audio)
         if kind == "feature":
+            time.sleep(FAILURE_S)
             raise ValueError("feature extraction failed (injected)")
         feats = self.real(audio, *args, **kwargs)
         if kind is not None:
@@ -118,6 +124,7 @@ class FaultyWhisper:
         if bad:
             if len(bad) < len(kinds):
                 self.mixed_batches += 1
+            time.sleep(FAILURE_S)
             if "timeout" in bad:
                 raise TimeoutError("device timed out (injected)")
             raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
