@@ -17,7 +17,7 @@ Four user classes (pick some by name on the command line; all by default):
 Targets: ``--host`` (the nginx front, e.g. http://127.0.0.1:8080, serves both);
 against single instances set ``LOADTEST_ASR_HOST`` / ``LOADTEST_TTS_HOST``.
 Clips: ``LOADTEST_CLIPS`` (comma-separated globs of 16-bit mono/stereo wav; default
-``tests/data/asr/*.wav``, e.g. ``../shared/eval/asr/*.wav``). Commands are in
+``tests/data/asr/*.wav``; e.g. ``samples/*.wav,tests/data/asr/*.wav``). Commands are in
 LOAD_BALANCING.md ("Load testing").
 """
 

@@ -5,7 +5,7 @@ This is a measurement tool, not a test: start the service first, e.g.
 ``scripts/start_asr.sh --port 8001 &``, then
 
     python scripts/bench_asr.py --url http://127.0.0.1:8001 --sessions 1,2,4,8,12 \
-        --data /work/shared/eval/asr --out bench-results/asr.json --pid $(pgrep -n -f services.asr)
+        --data samples --out bench-results/asr.json --pid $(pgrep -n -f services.asr)
 
 Phases
 1. Batch reference: every clip (``*.wav`` with a ``.txt`` transcript next to it)
@@ -678,7 +678,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default="http://127.0.0.1:8001", help="service base URL")
     p.add_argument("--sessions", default="1,2,4,8,12", help="comma-separated concurrency levels")
-    p.add_argument("--data", default="/work/shared/eval/asr", type=Path)
+    p.add_argument("--data", default="samples", type=Path)
     p.add_argument("--out", default="bench-results/asr.json", type=Path)
     p.add_argument("--post-repeat", type=int, default=3, help="times each clip is POSTed (0 = skip)")
     p.add_argument("--pid", type=int, default=None, help="service pid, for its CPU use")

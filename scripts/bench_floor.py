@@ -10,7 +10,7 @@ default settings (and the service's ``OMP_WAIT_POLICY=PASSIVE``), each clip of `
 bench_asr's time-to-final clock):
 
 * ``audio_ms``: until the endpointer has the utterance's whole audio - the pause has reached ``vad.end_pad_ms``
-  (the final is decoded from the speech plus that pad; less costs words: README "Benchmarks") - counted on the
+  (the final is decoded from the speech plus that pad; less costs words: docs/benchmarks.md) - counted on the
   audio clock, i.e. when that audio has arrived at real time;
 * ``final_ms``: the greedy final of that audio (word timestamps, as a stream's final), decoded alone;
 * ``check_ms``: one Smart Turn check of it, alone;
@@ -75,7 +75,7 @@ def utterance_audio(audio: np.ndarray, vad, endpointer) -> tuple[int, int, int] 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="/work/shared/eval/asr", type=Path)
+    p.add_argument("--data", default="samples", type=Path)
     p.add_argument("--out", default="bench-results/floor.json", type=Path)
     p.add_argument("--silence", type=float, default=1.5, help="seconds of zeros after each clip (as bench_asr)")
     p.add_argument("--burst", type=int, default=8, help="streams ending an utterance at once (0 = skip)")

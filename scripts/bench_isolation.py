@@ -298,7 +298,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default="http://127.0.0.1:8001")
     p.add_argument("--pid", type=int, required=True, help="the service's pid (its memory is sampled)")
-    p.add_argument("--data", default="/work/shared/eval/asr", type=Path)
+    p.add_argument("--data", default="samples", type=Path)
     p.add_argument("--phases", default="bomb,long,flood,mixed")
     p.add_argument("--streams", type=int, default=4)
     p.add_argument("--uploads", type=int, default=8)

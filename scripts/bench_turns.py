@@ -7,7 +7,7 @@
 Real speech, two kinds of utterance, each streamed in its own session at real time in 20 ms frames and followed
 by the recording's own room tone (``--tail`` s; the session then sends ``end``):
 
-* **complete**: a clip of ``--asr-data`` (26 clips) up to the end of its last word - unless its reference text
+* **complete**: a clip of ``--asr-data`` (``samples`` by default) up to the end of its last word - unless its reference text
   stops mid-sentence (LJSpeech splits sentences at clause boundaries: a reference that is punctuated but does not
   end with . ! ?, or ends with a comma), which makes it a pause;
 * **paused**: the same clip cut after a word near its middle that no punctuation follows (word times from the
@@ -402,9 +402,9 @@ def sweep(sim: dict) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default="http://127.0.0.1:8001")
-    p.add_argument("--asr-data", default="/work/shared/eval/asr")
-    p.add_argument("--turns-data", default="/work/shared/eval/turns")
-    p.add_argument("--long-data", default="/work/shared/eval/long")
+    p.add_argument("--asr-data", default="samples")
+    p.add_argument("--turns-data", default="tests/data/turns")
+    p.add_argument("--long-data", default="eval/long", help="with --heldout (docs/benchmarks.md)")
     p.add_argument("--heldout", action="store_true", help="add the held-out speech (LJ concatenation, a call)")
     p.add_argument("--tail", type=float, default=2.5, help="seconds of room tone after each utterance")
     p.add_argument("--streams", type=int, default=1)

@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 from services.asr.turn import SmartTurnModel, TurnDecision, TurnPolicy  # noqa: E402
 
 SAMPLE_RATE_HZ = 16000
-DEFAULT_DATA = Path("/work/shared/eval/turns")
+DEFAULT_DATA = Path("tests/data/turns")
 DEFAULT_CHECKPOINTS_MS = (200, 500, 1000)
 FILLS = ("room", "zeros", "noise50", "noise60")
 ROOM_TONE_SKIP_MS = 50

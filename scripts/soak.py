@@ -47,7 +47,7 @@ import numpy as np
 import websockets
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CLIPS = [ROOT / "tests" / "data" / "asr", ROOT.parent / "shared" / "eval" / "asr"]
+DEFAULT_CLIPS = [ROOT / "tests" / "data" / "asr", ROOT / "samples"]
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "Please remember to water the plants before you leave.",
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration-s", type=float, default=600.0)
     p.add_argument("--warmup-s", type=float, default=120.0, help="RSS growth is measured from here")
     p.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period")
-    p.add_argument("--clips", nargs="*", help="dirs of 16 kHz wav clips (default: tests/data/asr, ../shared/eval/asr)")
+    p.add_argument("--clips", nargs="*", help="dirs of 16 kHz wav clips (default: tests/data/asr, samples)")
     p.add_argument("--api-key", default=os.environ.get("VOICE_API_KEY"), help="when the services require keys")
     p.add_argument("--max-growth-pct", type=float, default=5.0)
     p.add_argument("--out", help="JSON report path (default: bench-results/soak-<time>.json)")

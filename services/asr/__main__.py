@@ -9,9 +9,9 @@ from ..common.serve import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    # CTranslate2's OpenMP threads sleep when idle instead of spinning: Whisper shares two cores with Smart Turn
-    # and Silero here, and spinning threads took their CPU (8 streams: TTF p50/p95 0.83/0.85x with it; see
-    # README "Benchmarks"). Set before CTranslate2 loads; an operator's own setting wins.
+    # CTranslate2's OpenMP threads sleep when idle instead of spinning: Whisper shares the cores with Smart Turn
+    # and Silero, and spinning threads take their CPU (docs/benchmarks.md). Set before CTranslate2 loads; an
+    # operator's own setting wins.
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     from .app import create_app

@@ -108,9 +108,9 @@ def resolve_compute_type(requested: str, device: str, machine: str | None = None
                          cpu_flags: set[str] | None = None) -> str:
     """``auto``: float16 on CUDA; on CPU int8 where the CPU multiplies int8 exactly, else float32.
 
-    x86 CPUs without VNNI (AVX2, AVX-512F) sum int8 products in saturating 16-bit registers. On an AVX2 AMD
-    EPYC, tiny.en int8 transcribed the 26 clips of shared/eval/asr with 4.3 % WER against 3.55 % in float32
-    (the figure int8 gives on a VNNI machine), for 18 % less decoding time."""
+    x86 CPUs without VNNI (AVX2, AVX-512F) sum int8 products in saturating 16-bit registers, which costs
+    accuracy; float32 there gives the results int8 gives on a VNNI machine, at some more decoding time
+    (figures: docs/benchmarks.md)."""
     if requested != "auto":
         return requested
     if device == "cuda":

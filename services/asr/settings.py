@@ -28,7 +28,7 @@ class ModelSettings(Section):
     compute_type: str = "auto"
     """CTranslate2 compute type: auto, int8, int8_float16, float16, float32, default. ``auto``: float16 on CUDA;
     on CPU int8 where the CPU multiplies int8 exactly (VNNI, AMX, ARM) and float32 on x86 CPUs without VNNI,
-    whose int8 sums saturate (WER 4.3 % vs 3.55 % on shared/eval/asr; int8 is 18 % faster there)."""
+    whose int8 sums saturate and lose accuracy (docs/benchmarks.md)."""
     cpu_threads: int = Field(0, ge=0)
     """Threads for inference on CPU; 0 lets CTranslate2 choose."""
     download_root: str | None = None
@@ -99,9 +99,9 @@ class TurnSettings(Section):
 
 class StreamingSettings(Section):
     final_beam_size: int = Field(1, ge=1, le=10)
-    """Beam width of a stream's finals. 1 (greedy) answers sooner: on 2 CPU cores a final took 270 ms instead of
-    364 ms with beam 5, for 4.06 % instead of 3.30 % WER on shared/eval/asr. With ``model.beam_size`` here too,
-    a ``turn_detection=vad`` stream and an upload of the same audio give the same text."""
+    """Beam width of a stream's finals. 1 (greedy) answers sooner, for a little accuracy (docs/benchmarks.md).
+    With ``model.beam_size`` here too, a ``turn_detection=vad`` stream and an upload of the same audio give the
+    same text."""
     partial_interval_ms: int = Field(480, ge=100)
     """New speech between two partial decodes of an utterance."""
     min_partial_audio_ms: int = Field(1000, ge=0)
@@ -125,9 +125,8 @@ class SchedulerSettings(common_settings.SchedulerSettings):
     bulk_share: float = Field(0.1, gt=0, le=1)
     """While live streams are open, file work runs one segment at a time and takes at most this share of
     Whisper's time (in the time partials rest, too); with no live stream it takes all of it. A live final that
-    arrives while a file segment runs waits for it (~1 s on 2 cores), so the share is small: 4 live streams
-    with 8 uploading clients kept time-to-final within 1.12x / 0.94x (p50 / p95) of live alone at 0.1, against
-    1.48x / 1.56x at 0.5 (README "Reliability")."""
+    arrives while a file segment runs waits for it, so the share is small enough that uploads beside live
+    streams leave the streams' time-to-final where it is without them (docs/benchmarks.md)."""
 
 
 class ServerSettings(common_settings.ServerSettings):

@@ -175,14 +175,13 @@ class SmartTurnModel:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.inter_op_num_threads = 1
         options.intra_op_num_threads = threads
-        # With threads > 1, onnxruntime's workers would spin between runs on cores Whisper shares. (2 threads, not
-        # spinning, measured no faster per check than 1 on 2 cores: README "Benchmarks".)
+        # With threads > 1, onnxruntime's workers would spin between runs on cores Whisper shares.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.enable_cpu_mem_arena = False  # the arena keeps the largest batch's buffers for good (RELIABILITY.md)
         # The model is int8. x86 CPUs without VNNI (AVX2, AVX-512F) saturate 16-bit sums in u8s8 products, which
-        # moved scores by up to 0.27 on an AVX2 machine; this promotes them to 16 bits, so every CPU gives the
-        # reference scores (at ~20 % more time per check).
+        # moves scores; this promotes them to 16 bits, so every CPU gives the reference scores (at some more time
+        # per check).
         options.add_session_config_entry("session.x64quantprecision", "1")
         self._session = ort.InferenceSession(
             str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
@@ -260,9 +259,9 @@ class TurnPolicy:
     so waiting for that text costs no latency.
 
     Why a high, flat curve by default: Smart Turn scores a sentence cut off mid-way *higher* the longer the pause
-    after it (scripts/bench_turns.py --simulate on shared/eval: 0.02 -> 0.9+ within a second for several cuts),
-    while complete sentences it recognises score 0.93-0.99 from the first check. A threshold that falls with the
-    silence only adds cut-offs. Measured choices and figures: ARCHITECTURE.md, "Turn-taking".
+    after it (``scripts/bench_turns.py --simulate`` shows the scores), while complete sentences it recognises
+    score high from the first check. A threshold that falls with the silence only adds cut-offs. The reasoning:
+    ARCHITECTURE.md, "Turn-taking"; the figures: docs/benchmarks.md.
     """
 
     curve: tuple[tuple[float, float], ...] = ((96.0, 0.97), (576.0, 0.97))

@@ -34,7 +34,7 @@ class EngineSettings(Section):
     lanes: int = Field(2, ge=1, le=16)
     """Piper on CPU: pieces of different sessions synthesized at once (the TTS scheduler's worker threads), each
     on its own one-thread copy of the voice (a piece that starts alone gets the ``cpu_threads`` copy), so a first
-    piece starts on a free lane while a long one is spoken. 2 on 2 cores (README "Benchmarks"); 1 (with
+    piece starts on a free lane while a long one is spoken. 2 on 2 cores (docs/benchmarks.md); 1 (with
     ``first_piece_lanes`` 0) speaks one piece at a time. Chatterbox ignores it."""
     first_piece_lanes: int = Field(1, ge=0, le=8)
     """Piper on CPU: more lanes, for the first piece of a reply only (its first audio), so it starts at once even
