@@ -73,7 +73,8 @@ def read_query_names(endpoint) -> list[str]:
     names: list[tuple[int, int, str]] = []
     for node in ast.walk(tree):
         target = key = None
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" and node.args:
+        call = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        if call and node.func.attr == "get" and node.args:
             target, key = node.func.value, node.args[0]
         elif isinstance(node, ast.Subscript):
             target, key = node.value, node.slice

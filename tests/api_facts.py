@@ -154,17 +154,30 @@ def native_events() -> list[WireObject]:
     return events
 
 
-def client_messages() -> list[WireObject]:
-    """Client message dataclasses (a ``type`` field with a literal default) and every message table's keys."""
-    found: dict[tuple[str, str], WireObject] = {}
+def message_classes() -> list[type]:
+    """Client message dataclasses: a ``type`` field whose default is the literal (``Commit``, ``Text``...)."""
+    found = []
     for name, module in service_modules().items():
         for value in vars(module).values():
             if inspect.isclass(value) and dataclasses.is_dataclass(value) and value.__module__ == name:
-                kind = {f.name: f.default for f in dataclasses.fields(value)}.get("type")
-                if isinstance(kind, str):
-                    fields = frozenset(f.name for f in dataclasses.fields(value)) - {"type"}
-                    found[(name, kind)] = WireObject(kind, fields, True, name)
-            elif (isinstance(value, dict) and value and all(isinstance(k, str) for k in value)
+                if isinstance({f.name: f.default for f in dataclasses.fields(value)}.get("type"), str):
+                    found.append(value)
+    return found
+
+
+def message_type(cls: type) -> str:
+    return {f.name: f.default for f in dataclasses.fields(cls)}["type"]
+
+
+def client_messages() -> list[WireObject]:
+    """Client message dataclasses and every message table's keys."""
+    found: dict[tuple[str, str], WireObject] = {}
+    for cls in message_classes():
+        fields = frozenset(f.name for f in dataclasses.fields(cls)) - {"type"}
+        found[(cls.__module__, message_type(cls))] = WireObject(message_type(cls), fields, True, cls.__module__)
+    for name, module in service_modules().items():
+        for value in vars(module).values():
+            if (isinstance(value, dict) and value and all(isinstance(k, str) for k in value)
                   and all(callable(v) and not inspect.isclass(v) for v in value.values())):
                 for kind in value:
                     found.setdefault((name, kind), WireObject(kind, frozenset(), False, name))

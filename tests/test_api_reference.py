@@ -12,6 +12,7 @@ field or code is reported. No model is loaded.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import re
@@ -120,7 +121,8 @@ def _covered(kind: str, fields: frozenset[str], exact: bool, described: dict[str
 
 def check_events(ref: Reference) -> list[str]:
     problems = []
-    described = {"docs/asyncapi.yaml": asyncapi_objects(ref.asyncapi), "docs/api.md examples": example_objects(ref.api_md)}
+    described = {"docs/asyncapi.yaml": asyncapi_objects(ref.asyncapi),
+                 "docs/api.md examples": example_objects(ref.api_md)}
     for obj in facts.all_wire_objects():
         for doc, shapes in described.items():
             if (why := _covered(obj.type, obj.fields, obj.exact, shapes)) is not None:
@@ -168,13 +170,15 @@ def check_native_types(ref: Reference) -> list[str]:
     """The native events' field types and the native sockets' query parameters match the classes."""
     doc, problems = ref.asyncapi, []
     schemas = [n for n in _walk(doc) if isinstance(n.get("properties"), dict)]
-    for cls in facts.event_classes():
-        fields = facts.wire_fields(cls)
+    typed = [(c.type, facts.wire_fields(c), c) for c in facts.event_classes()]
+    for cls in facts.message_classes():
+        typed.append((facts.message_type(cls), frozenset(f.name for f in dataclasses.fields(cls)) - {"type"}, cls))
+    for kind, names, cls in typed:
         code = TypeAdapter(cls).json_schema()
-        shapes = [s for s in schemas if cls.type in _type_of(s) and set(s["properties"]) == fields | {"type"}]
+        shapes = [s for s in schemas if kind in _type_of(s) and set(s["properties"]) == names | {"type"}]
         for found in shapes[:1]:
-            problems += [f"event {cls.type!r} ({cls.__module__}): {p}"
-                         for p in _compare(code, found["properties"], doc, sorted(fields), False)]
+            problems += [f"event {kind!r} ({cls.__module__}): {p}"
+                         for p in _compare(code, found["properties"], doc, sorted(names), False)]
     queries = [c["bindings"]["ws"]["query"].get("properties", {}) for c in doc.get("channels", {}).values()
                if "query" in (c.get("bindings") or {}).get("ws", {})]
     for service in facts.SERVICES:
@@ -197,7 +201,8 @@ def check_codes(ref: Reference) -> list[str]:
         if row is None:
             problems.append(f"error code {code!r} has no row in docs/api.md's error table")
         elif row[:3] != [str(status), str(close), "yes" if fatal else "no"]:
-            problems.append(f"error code {code!r}: docs/api.md says {row[:3]}, the code {status}, {close}, fatal={fatal}")
+            problems.append(f"error code {code!r}: docs/api.md says {row[:3]}, "
+                            f"the code {status}, {close}, fatal={fatal}")
     for name, where in facts.query_parameters().items():
         if f"`{name}`" not in ref.api_md:
             problems.append(f"query parameter {name!r} ({where}) is not in docs/api.md")
@@ -296,6 +301,7 @@ def test_an_event_or_field_removed_from_the_reference_is_reported(reference):
     schemas = asyncapi["components"]["schemas"]
     del schemas["DgSpeechStarted"]["properties"]["timestamp"]
     schemas["Segment"]["properties"]["index"]["type"] = "string"
+    schemas["Text"]["properties"]["text"]["type"] = "integer"
     schemas["Final"]["properties"]["reason"]["enum"].remove("max_length")
     del schemas["RtCleared"]
     del asyncapi["channels"]["ttsStream"]["bindings"]["ws"]["query"]["properties"]["voice"]
@@ -305,6 +311,7 @@ def test_an_event_or_field_removed_from_the_reference_is_reported(reference):
     assert "'SpeechStarted'" in found and "lacks the fields ['timestamp']" in found
     assert "'input_audio_buffer.cleared'" in found
     assert "event 'segment' (services.tts.protocol): index is ['string'], the code says ['integer']" in found
+    assert "event 'text' (services.tts.protocol): text is ['integer'], the code says ['string']" in found
     assert "reason allows ['commit', 'end', 'silence', 'turn']" in found
     assert "query of the native tts socket: voice is missing" in found
 
