@@ -35,8 +35,6 @@ _REF = "#/components/schemas/"
 
 def build_app(service: str):
     """The service's app exactly as ``create_app()`` makes it (the lifespan, which loads models, never runs)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     return importlib.import_module(f"services.{service}.app").create_app()
 
 
