@@ -18,5 +18,5 @@ from .settings import AsrSettings, load
 def create_app(settings: AsrSettings | None = None) -> FastAPI:
     settings = settings or load()
     return build_app(title="ASR service", settings=settings, router=router,
-                     description="Streaming and file speech-to-text. Wire protocol: docs/api.md.",
+                     description="Streaming and file speech-to-text. API reference: docs/api.md.",
                      load_runtime=lambda: AsrRuntime.load(settings))

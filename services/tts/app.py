@@ -20,6 +20,6 @@ from .settings import TtsSettings, load
 def create_app(settings: TtsSettings | None = None, engine: TtsEngine | None = None) -> FastAPI:
     settings = settings or load()
     return build_app(title="TTS service", settings=settings, router=router,
-                     description="Streaming text-to-speech. Wire protocol: docs/api.md.",
+                     description="Streaming text-to-speech. API reference: docs/api.md.",
                      load_runtime=lambda: TtsRuntime.load(settings, engine),
                      ready_extra=lambda runtime: {"engine": runtime.engine.name})

@@ -3,7 +3,7 @@
 Every message the socket carries is one of the small classes here, with a
 ``type`` literal; :func:`parse_client_message` is the one place incoming text
 is parsed and :func:`parse_stream_params` the one place query parameters are.
-Field names follow the wire protocol (``docs/api.md``) exactly.
+Field names follow the API reference (``docs/api.md``) exactly.
 """
 
 from __future__ import annotations
