@@ -2,32 +2,16 @@
 no service, no eval data)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-_SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, _SCRIPTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses need the module registered
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import script_modules
 
 
 @pytest.fixture(scope="module")
 def scripts():
-    names = ("benchlib", "bench_asr", "bench_turns")  # benchlib first: the others import it
-    try:
-        yield {name: _load(name) for name in names}
-    finally:
-        for name in names:
-            sys.modules.pop(name, None)
+    names = ("benchlib", "bench_asr", "bench_turns")
+    with script_modules(*names) as modules:
+        yield dict(zip(names, modules))
 
 
 @pytest.fixture(scope="module")
