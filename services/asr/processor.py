@@ -2,10 +2,10 @@
 
 :class:`AudioProcessor` owns all per-stream state - the byte decoder and
 resampler, the :class:`~.segmenter.Segmenter` (sample buffer, VAD state and
-endpointer) and the open utterance with its LocalAgreement - and asks the shared models for everything through the
-runtime's schedulers. It writes events to its session's outbox (it holds the
-outbox and task set, never the session, so a finished session is freed by
-reference counting):
+endpointer) and the open utterance with its LocalAgreement - and asks the
+shared models for everything through the runtime's schedulers. It writes
+events to its session's outbox (it holds the outbox and task set, never the
+session, so a finished session is freed by reference counting):
 
 * ``speech_start`` when an utterance begins;
 * at ``end_pad_ms`` of a pause the partial in flight is cancelled and the
