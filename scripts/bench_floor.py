@@ -37,13 +37,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as services/asr/__main__.py, before CTranslate2 loads
 
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_asr import RATE, load_clips, summarize  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench_asr import load_clips  # noqa: E402
+from benchlib import RATE, summarize  # noqa: E402
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:
@@ -56,20 +51,19 @@ def timed(fn, repeat: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def utterance_audio(audio: np.ndarray, vad, endpointer) -> tuple[int, int, int] | None:
-    """(start, end, ready) samples: the final the endpointer would decode for the clip's last utterance (the pause
-    after it reaches ``end_pad_ms``), and the sample at which that audio is complete (the end of that window)."""
+def utterance_audio(audio: np.ndarray, vad, segmenter) -> tuple[int, int, int] | None:
+    """(start, end, ready) samples: the final the service's segmenter would decode for the clip's last utterance
+    (the pause after it reaches ``end_pad_ms``), and the sample at which that audio is complete (the end of that
+    window)."""
     from services.asr.endpointing import Speculate, Started
-    from services.common.vad import VAD_WINDOW_SAMPLES, VadStream
 
-    n = audio.size // VAD_WINDOW_SAMPLES * VAD_WINDOW_SAMPLES
+    segmenter.append(audio)
     start, found = None, None
-    for i, p in enumerate(vad.probabilities(VadStream(), audio[:n])):
-        for action in endpointer.push(float(p)):
-            if isinstance(action, Started):
-                start = action.start_sample
-            elif isinstance(action, Speculate) and start is not None:  # the last one is the pause after the clip
-                found = start, action.end_sample, (i + 1) * VAD_WINDOW_SAMPLES
+    for action in segmenter.detect(vad.probabilities):
+        if isinstance(action, Started):
+            start = action.start_sample
+        elif isinstance(action, Speculate) and start is not None:  # the last one is the pause after the clip
+            found = start, action.end_sample, segmenter.position_sample
     return found
 
 
@@ -84,7 +78,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from services.asr.engine import DecodeRequest, WhisperEngine
-    from services.asr.endpointing import Endpointer, TurnMode
+    from services.asr.endpointing import TurnMode
+    from services.asr.segmenter import Segmenter
     from services.asr.serving import detector_options, endpoint_options, turn_policy
     from services.asr.settings import load
     from services.asr.turn import SmartTurnModel
@@ -112,7 +107,7 @@ def main(argv=None) -> int:
         audio = np.concatenate([x, np.zeros(int(args.silence * RATE), dtype=np.float32)])
         # From where bench_asr starts its clock: the end of the last word, or the VAD's end of speech if earlier.
         word_end = round(min(clip.word_end, clip.speech_end) * RATE)
-        found = utterance_audio(audio, vad, Endpointer(endpoint, detector))
+        found = utterance_audio(audio, vad, Segmenter(endpoint, detector))
         if found is None:
             print(f"{clip.name}: no pause after the last word within {args.silence} s", file=sys.stderr)
             continue

@@ -40,11 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_asr import (Clip, corpus_wer, is_loopback_url, load_clips, run_streaming,  # noqa: E402
-                       ws_url)
-
-RATE = 16000
+from bench_asr import Clip, corpus_wer, load_clips, run_streaming
+from benchlib import RATE, is_loopback_url, rss_mb, ws_url
 UPLOAD_DRAIN_S = 300.0  # after the live phase, how long admitted uploads may take to finish
 
 
@@ -128,14 +125,6 @@ def opus_bytes(samples: np.ndarray, bit_rate: int = 32000) -> bytes:
 
 # --------------------------------------------------------------------------- memory
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 class RssPeak:
     """Samples a process's resident memory every 20 ms while the block runs."""
 
@@ -146,11 +135,8 @@ class RssPeak:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            try:
-                self.peak = max(self.peak, rss_mb(self.pid))
-            except OSError:
-                return
+        while not self._stop.wait(0.02) and (now := rss_mb(self.pid)) is not None:
+            self.peak = max(self.peak, now)
 
     def __enter__(self) -> "RssPeak":
         self._thread.start()

@@ -47,30 +47,15 @@ import json
 import re
 import sys
 import time
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from benchlib import RATE, is_loopback_url, mirror_tile, read_wav, summarize, ws_url
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_asr import is_loopback_url, summarize, ws_url  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-RATE = 16000
 FRAME = RATE // 50  # 20 ms
 ENERGY_DB = 30.0
 TERMINAL = re.compile(r"[.!?]['\")\]]*$")
-
-
-def read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path), "rb") as w:
-        if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (1, 2, RATE):
-            raise ValueError(f"{path}: expected mono 16-bit {RATE} Hz")
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768
 
 
 def frame_rms(x: np.ndarray) -> np.ndarray:
@@ -83,11 +68,6 @@ def last_word_end(x: np.ndarray) -> int:
     rms = frame_rms(x)
     loud = np.flatnonzero(rms >= rms.max() * 10 ** (-ENERGY_DB / 20))
     return min(x.size, (int(loud[-1]) + 1) * FRAME)
-
-
-def mirror_tile(x: np.ndarray, n: int) -> np.ndarray:
-    reps = -(-n // max(1, x.size))
-    return np.concatenate([x if i % 2 == 0 else x[::-1] for i in range(max(1, reps))])[:n]
 
 
 def room_tone(x: np.ndarray, first_word_s: float | None = None) -> np.ndarray:
@@ -293,18 +273,17 @@ def service_checks(audio: np.ndarray, vad, options) -> dict[int, tuple[int, int]
     """{silence_ms: (utterance start, position)} of the service's turn checks in the last pause of ``audio``
     (``options``: :func:`service_options`): where its endpointer asks Smart Turn (silence counted from the VAD's end
     of speech, not the last word's energy end), and the audio it passes (utterance start to that position)."""
-    from services.asr.endpointing import CheckTurn, Endpointer, Started
-    from services.common.vad import VAD_WINDOW_SAMPLES, VadStream
+    from services.asr.endpointing import CheckTurn, Started
+    from services.asr.segmenter import Segmenter
 
-    endpointer = Endpointer(*options)
-    n = audio.size // VAD_WINDOW_SAMPLES * VAD_WINDOW_SAMPLES
+    segmenter = Segmenter(*options)
+    segmenter.append(audio)
     start, checks = 0, {}
-    for i, p in enumerate(vad.probabilities(VadStream(), audio[:n])):
-        for action in endpointer.push(float(p)):
-            if isinstance(action, Started):
-                start, checks = action.start_sample, {}
-            elif isinstance(action, CheckTurn):
-                checks[action.silence_ms] = (start, (i + 1) * VAD_WINDOW_SAMPLES)
+    for action in segmenter.detect(vad.probabilities):
+        if isinstance(action, Started):
+            start, checks = action.start_sample, {}
+        elif isinstance(action, CheckTurn):
+            checks[action.silence_ms] = (start, segmenter.position_sample)
     return checks
 
 

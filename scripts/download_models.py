@@ -14,10 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CHATTERBOX_REPO = "ResembleAI/chatterbox"
 

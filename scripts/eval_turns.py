@@ -23,18 +23,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
-import wave
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from benchlib import mirror_tile, read_wav
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from services.asr.turn import SmartTurnModel, TurnDecision, TurnPolicy  # noqa: E402
+from services.asr.turn import SmartTurnModel, TurnDecision, TurnPolicy
 
 SAMPLE_RATE_HZ = 16000
 DEFAULT_DATA = Path("tests/data/turns")
@@ -50,15 +45,6 @@ class TurnClip:
     label: str  # "complete" | "incomplete"
     speech: np.ndarray  # float32, cut at last_word_end_s
     room_tone: np.ndarray  # float32, silence of the same recording
-
-
-def read_wav(path: Path) -> np.ndarray:
-    """16-bit mono 16 kHz wav -> float32 in [-1, 1)."""
-    with wave.open(str(path), "rb") as w:
-        if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (1, 2, SAMPLE_RATE_HZ):
-            raise ValueError(f"{path}: expected mono 16-bit {SAMPLE_RATE_HZ} Hz")
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    return pcm.astype(np.float32) / 32768.0
 
 
 def load_clips(data_dir: Path) -> list[TurnClip]:
@@ -79,13 +65,6 @@ def load_clips(data_dir: Path) -> list[TurnClip]:
             raise ValueError(f"{recording}: less than 50 ms of room tone after the last word")
         clips.append(TurnClip(name, row["label"], audio[:end], room_tone))
     return clips
-
-
-def mirror_tile(x: np.ndarray, n: int) -> np.ndarray:
-    """``x``, reversed ``x``, ``x``, ... cut to ``n`` samples (no clicks at the joins)."""
-    reps = -(-n // x.size) if n else 0
-    parts = [x if i % 2 == 0 else x[::-1] for i in range(reps)]
-    return np.concatenate(parts)[:n] if parts else np.zeros(0, np.float32)
 
 
 def pause(clip: TurnClip, silence_ms: int, fill: str = "room") -> np.ndarray:

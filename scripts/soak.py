@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import websockets
+from benchlib import RATE, rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLIPS = [ROOT / "tests" / "data" / "asr", ROOT / "samples"]
@@ -56,7 +57,6 @@ SENTENCES = [
     "Could you send me the report by the end of the day?",
     "Thank you for calling, how can I help you today?",
 ]
-RATE = 16000
 FRAME_MS = 20
 
 
@@ -83,17 +83,6 @@ class Record:
 
 
 # -- process memory ----------------------------------------------------------------------------------
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
 
 def pid_listening_on(port: int) -> int | None:
     """The pid of the process listening on a local TCP port (psutil; root sees every process)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import socket
@@ -32,6 +33,21 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
 
 def normalise(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+@contextlib.contextmanager
+def script_modules(*names: str):
+    """scripts/NAME.py imported as modules, as Python runs a script: with its folder on ``sys.path`` (where
+    ``benchlib`` is); the folder and the scripts' modules are gone again afterwards."""
+    folder = str(ROOT / "scripts")
+    sys.path.insert(0, folder)
+    try:
+        yield [importlib.import_module(name) for name in names]
+    finally:
+        sys.path.remove(folder)
+        for name in [n for n, m in sys.modules.items() if getattr(m, "__file__", None) and
+                     str(Path(m.__file__).parent) == folder]:
+            del sys.modules[name]
 
 
 def metric(service: Loopback, name: str) -> float:

@@ -1,65 +1,59 @@
-"""Unit tests for the pure helpers of scripts/bench_asr.py (no service, no eval data)."""
+"""Unit tests for the pure helpers of the benchmark scripts (scripts/benchlib.py, bench_asr.py, bench_turns.py;
+no service, no eval data)."""
 from __future__ import annotations
-
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-_SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, _SCRIPTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses need the module registered
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import script_modules
 
 
 @pytest.fixture(scope="module")
-def bench():
-    try:
-        yield _load("bench_asr")
-    finally:
-        sys.modules.pop("bench_asr", None)
+def scripts():
+    names = ("benchlib", "bench_asr", "bench_turns")
+    with script_modules(*names) as modules:
+        yield dict(zip(names, modules))
 
 
 @pytest.fixture(scope="module")
-def turns(bench):
-    try:
-        yield _load("bench_turns")  # it imports bench_asr's helpers
-    finally:
-        sys.modules.pop("bench_turns", None)
+def lib(scripts):
+    return scripts["benchlib"]
+
+
+@pytest.fixture(scope="module")
+def bench(scripts):
+    return scripts["bench_asr"]
+
+
+@pytest.fixture(scope="module")
+def turns(scripts):
+    return scripts["bench_turns"]
 
 
 # ----------------------------------------------------------------- percentiles
 
-def test_percentile_matches_numpy_linear(bench):
+def test_percentile_matches_numpy_linear(lib):
     rng = np.random.default_rng(1)
     for n in (1, 2, 3, 10, 101):
         xs = rng.exponential(100.0, n).tolist()
         for q in (0, 1, 50, 90, 95, 99, 100):
-            assert bench.percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+            assert lib.percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
 
 
-def test_percentile_small_cases(bench):
-    assert bench.percentile([], 50) is None
-    assert bench.percentile([7], 95) == 7
-    assert bench.percentile([1, 2, 3, 4], 50) == pytest.approx(2.5)
-    assert bench.percentile([4, 1, 3, 2], 0) == 1  # order of input does not matter
-    assert bench.percentile([4, 1, 3, 2], 100) == 4
-    assert bench.percentile(range(1, 101), 95) == pytest.approx(95.05)
+def test_percentile_small_cases(lib):
+    assert lib.percentile([], 50) is None
+    assert lib.percentile([7], 95) == 7
+    assert lib.percentile([1, 2, 3, 4], 50) == pytest.approx(2.5)
+    assert lib.percentile([4, 1, 3, 2], 0) == 1  # order of input does not matter
+    assert lib.percentile([4, 1, 3, 2], 100) == 4
+    assert lib.percentile(range(1, 101), 95) == pytest.approx(95.05)
     with pytest.raises(ValueError):
-        bench.percentile([1, 2], 101)
+        lib.percentile([1, 2], 101)
 
 
-def test_summarize(bench):
-    s = bench.summarize([300, 100, 200])
+def test_summarize(lib):
+    s = lib.summarize([300, 100, 200])
     assert s == {"n": 3, "p50": 200, "p95": pytest.approx(290), "max": 300, "mean": 200}
-    empty = bench.summarize([])
+    empty = lib.summarize([])
     assert empty["n"] == 0 and empty["p50"] is None and empty["max"] is None
 
 
@@ -183,14 +177,41 @@ def test_tree_cpu_seconds_of_self(bench):
     assert bench.tree_cpu_seconds(2 ** 22 + 12345) is None  # beyond pid_max
 
 
-def test_urls(bench):
-    assert bench.ws_url("http://127.0.0.1:8001") == "ws://127.0.0.1:8001/v1/stream/asr"
-    assert bench.ws_url("https://localhost:9/") == "wss://localhost:9/v1/stream/asr"
-    assert bench.is_loopback_url("http://127.0.0.1:8001")
-    assert bench.is_loopback_url("http://localhost:8001")
-    assert bench.is_loopback_url("http://[::1]:8001")
-    assert not bench.is_loopback_url("http://10.0.0.5:8001")
-    assert not bench.is_loopback_url("http://example.com")
+def test_urls(lib):
+    assert lib.ws_url("http://127.0.0.1:8001") == "ws://127.0.0.1:8001/v1/stream/asr"
+    assert lib.ws_url("https://localhost:9/") == "wss://localhost:9/v1/stream/asr"
+    assert lib.is_loopback_url("http://127.0.0.1:8001")
+    assert lib.is_loopback_url("http://localhost:8001")
+    assert lib.is_loopback_url("http://[::1]:8001")
+    assert not lib.is_loopback_url("http://10.0.0.5:8001")
+    assert not lib.is_loopback_url("http://example.com")
+
+
+def test_mirror_tile(lib):
+    x = np.arange(1, 4, dtype=np.float32)
+    assert lib.mirror_tile(x, 8).tolist() == [1, 2, 3, 3, 2, 1, 1, 2]
+    assert lib.mirror_tile(x, 2).tolist() == [1, 2]
+    assert lib.mirror_tile(x, 0).size == 0 and lib.mirror_tile(x[:0], 5).size == 0
+
+
+def test_read_wav_round_trip_and_format_check(lib, tmp_path):
+    import wave
+
+    pcm = np.array([0, 16384, -32768, 32767], dtype="<i2")
+    for name, rate in (("ok.wav", 16000), ("bad.wav", 8000)):
+        with wave.open(str(tmp_path / name), "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
+            w.writeframes(pcm.tobytes())
+    assert lib.read_wav(tmp_path / "ok.wav").tolist() == [0.0, 0.5, -1.0, 32767 / 32768]
+    with pytest.raises(ValueError, match="16000"):
+        lib.read_wav(tmp_path / "bad.wav")
+
+
+def test_rss_mb(lib):
+    import os
+
+    assert lib.rss_mb(os.getpid()) > 1.0
+    assert lib.rss_mb(2 ** 22 + 12345) is None  # beyond pid_max: no such process
 
 
 # ----------------------------------------------------------------- bench_turns --sweep

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import script_modules
 
 from services.asr.turn import (
     N_FRAMES,
@@ -60,15 +61,8 @@ def clips() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def evalmod():
-    path = ROOT / "scripts" / "eval_turns.py"
-    spec = importlib.util.spec_from_file_location("eval_turns", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["eval_turns"] = mod  # dataclasses need the module registered
-    try:
-        spec.loader.exec_module(mod)
+    with script_modules("eval_turns") as (mod,):
         yield mod
-    finally:
-        sys.modules.pop("eval_turns", None)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Transcription of uploaded files (``POST /v1/transcribe``, ``POST /v1/audio/transcriptions``).
 
 The file is decoded window by window (``server.file_window_s``, off the event
-loop) and cut into utterances by the same :class:`~.endpointing.Endpointer`
-the live streams use, in ``vad`` mode; every utterance is decoded through the
+loop) and cut into utterances by the same :class:`~.segmenter.Segmenter` the
+live streams use, in ``vad`` mode; every utterance is decoded through the
 shared Whisper scheduler exactly like a stream's final (same request, same
 batching rule), so streaming a file with ``turn_detection=vad`` and uploading it
 give the same text. One upload holds at most a window, its open utterance and
@@ -15,7 +15,9 @@ Also owns the response formats (json, text, srt, vtt, verbose_json).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,10 +25,10 @@ import numpy as np
 from ..common.audio import SAMPLE_RATE_HZ, AudioFileReader
 from ..common.errors import ErrorCode, ServiceError
 from ..common.scheduler import Priority
-from ..common.vad import VAD_WINDOW_SAMPLES, VadStream
-from .buffer import SampleBuffer
-from .endpointing import Ended, Endpointer, EndReason, SpeechState, TurnMode
+from ..common.vad import VAD_WINDOW_SAMPLES
+from .endpointing import Action, Ended, EndReason, TurnMode
 from .engine import DecodeRequest, DecodeResult
+from .segmenter import Segmenter
 from .serving import AsrRuntime
 
 VAD_CHUNK_SAMPLES = VAD_WINDOW_SAMPLES * 320  # ~10 s per VAD request keeps the shared VAD fair
@@ -67,13 +69,10 @@ async def transcribe_file(runtime: AsrRuntime, reader: AudioFileReader, options:
     except ValueError as exc:
         raise ServiceError(ErrorCode.INVALID_PARAMETER, str(exc)) from None
     s = runtime.settings
-    endpointer = Endpointer(runtime.endpoint_options(TurnMode.VAD), runtime.detector_options())
-    stream = VadStream()
-    buffer = SampleBuffer()
-    vad_position = 0
+    segmenter = Segmenter(runtime.endpoint_options(TurnMode.VAD), runtime.detector_options(), VAD_CHUNK_SAMPLES)
+    score = functools.partial(runtime.speech_probabilities, priority=Priority.BULK)
     in_flight = asyncio.Semaphore(max(2, s.scheduler.max_batch))
     decodes: list[tuple[Ended, asyncio.Task]] = []
-    keep_back = (s.vad.speech_pad_ms + s.vad.min_speech_ms) * SAMPLE_RATE_HZ // 1000 + 4 * VAD_WINDOW_SAMPLES
 
     async def decode(ended: Ended, audio: np.ndarray, prompt: str | None) -> DecodeResult:
         try:
@@ -83,29 +82,23 @@ async def transcribe_file(runtime: AsrRuntime, reader: AudioFileReader, options:
         finally:
             in_flight.release()
 
-    async def submit(actions) -> None:
-        for ended in (a for a in actions if isinstance(a, Ended) and a.end_sample > a.start_sample):
+    async def submit(action: Action) -> None:
+        if isinstance(action, Ended) and action.end_sample > action.start_sample:
             await in_flight.acquire()  # at most max_batch utterances of this upload wait for Whisper
             prompt = options.prompt if not decodes else None
-            task = asyncio.ensure_future(decode(ended, buffer.slice(ended.start_sample, ended.end_sample), prompt))
-            decodes.append((ended, task))
+            audio = segmenter.slice(action.start_sample, action.end_sample)
+            decodes.append((action, asyncio.ensure_future(decode(action, audio, prompt))))
 
     try:
         window = int(s.server.file_window_s * SAMPLE_RATE_HZ)
         while (chunk := await asyncio.to_thread(reader.read, window)) is not None:
-            buffer.append(chunk)
-            while (windows := min(VAD_CHUNK_SAMPLES, buffer.end - vad_position) // VAD_WINDOW_SAMPLES) > 0:
-                audio = buffer.slice(vad_position, vad_position + windows * VAD_WINDOW_SAMPLES)
-                vad_position += windows * VAD_WINDOW_SAMPLES
-                for probability in await runtime.speech_probabilities(stream, audio, Priority.BULK):
-                    await submit(endpointer.push(float(probability)))
-            keep = vad_position - keep_back
-            if endpointer.in_utterance:
-                keep = min(keep, endpointer.start_sample)
-            buffer.discard_before(keep)
-        if endpointer.in_utterance:
-            speaking = endpointer.detector.state is SpeechState.SPEAKING
-            await submit(endpointer.split(EndReason.END, buffer.end if speaking else None))
+            segmenter.append(chunk)
+            async with aclosing(segmenter.detect_async(score)) as actions:
+                async for action in actions:
+                    await submit(action)
+            segmenter.trim()
+        for action in segmenter.close(EndReason.END):
+            await submit(action)
         results = await asyncio.gather(*(task for _, task in decodes))
     finally:
         for _, task in decodes:

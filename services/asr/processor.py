@@ -1,12 +1,11 @@
 """The work of one live transcription stream: audio in, utterances, partials and finals out.
 
 :class:`AudioProcessor` owns all per-stream state - the byte decoder and
-resampler, the sample buffer, the VAD recurrent state, the
-:class:`~.endpointing.Endpointer` and the open utterance with its
-LocalAgreement - and asks the shared models for everything through the
-runtime's schedulers. It writes events to its session's outbox (it holds the
-outbox and task set, never the session, so a finished session is freed by
-reference counting):
+resampler, the :class:`~.segmenter.Segmenter` (sample buffer, VAD state and
+endpointer) and the open utterance with its LocalAgreement - and asks the
+shared models for everything through the runtime's schedulers. It writes
+events to its session's outbox (it holds the outbox and task set, never the
+session, so a finished session is freed by reference counting):
 
 * ``speech_start`` when an utterance begins;
 * at ``end_pad_ms`` of a pause the partial in flight is cancelled and the
@@ -29,8 +28,8 @@ reference counting):
 * when an utterance ends, a :class:`FinalSlot` takes its place in the outbox at
   once, so utterance K+1's events never overtake K's final.
 
-The buffer is trimmed behind the open utterance, so memory is bounded by
-``streaming.max_utterance_s``.
+The segmenter trims its buffer behind the open utterance, so memory is bounded
+by ``streaming.max_utterance_s``.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ import dataclasses
 import logging
 import time
 import weakref
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,12 +50,11 @@ from ..common.outbox import Outbox, OutboxFull
 from ..common.scheduler import Priority, Superseded
 from ..common.session import report
 from ..common.tasks import TaskSet
-from ..common.vad import VAD_WINDOW_SAMPLES, VadStream
-from .buffer import SampleBuffer
 from .endpointing import (Action, CheckTurn, Ended, Endpointer, EndReason, Resumed, Speculate, SpeechState,
                           Started, TurnMode)
 from .engine import DecodeRequest, DecodeResult
 from .protocol import Final, Partial, SpeechStart, StreamParams
+from .segmenter import Segmenter
 from .serving import AsrRuntime
 from .streaming import LocalAgreement
 from .turn import TurnDecision
@@ -109,15 +108,15 @@ class AudioProcessor:
         self.language = language
         self.decoder = ByteDecoder(params.encoding)
         self.resampler = StreamResampler(params.sample_rate, SAMPLE_RATE_HZ)
-        self.buffer = SampleBuffer()
-        self.vad_stream = VadStream()
-        self.endpointer = Endpointer(runtime.endpoint_options(params.turn_detection), runtime.detector_options())
-        self.vad_position = 0
+        self.segmenter = Segmenter(runtime.endpoint_options(params.turn_detection), runtime.detector_options())
         self.utterances = 0
         self.utterance: _Utterance | None = None
         self.partial_interval = s.streaming.partial_interval_ms * SAMPLE_RATE_HZ // 1000
         self.min_partial = s.streaming.min_partial_audio_ms * SAMPLE_RATE_HZ // 1000
-        self.keep_back = (s.vad.speech_pad_ms + s.vad.min_speech_ms) * SAMPLE_RATE_HZ // 1000 + 4 * VAD_WINDOW_SAMPLES
+
+    @property
+    def endpointer(self) -> Endpointer:
+        return self.segmenter.endpointer
 
     @property
     def in_utterance(self) -> bool:
@@ -132,17 +131,17 @@ class AudioProcessor:
     async def audio(self, frame: bytes) -> None:
         samples = self.decoder.decode(frame)
         self.runtime.metrics.audio_seconds.inc(samples.size / self.params.sample_rate)
-        self.buffer.append(self.resampler.process(samples))
+        self.segmenter.append(self.resampler.process(samples))
         await self._run_vad()
         self._maybe_partial()
-        self._trim()
+        self.segmenter.trim()
 
     async def commit(self) -> None:
         await self._close_now(EndReason.COMMIT)
 
     async def finish(self) -> None:
         """No more audio: what is buffered is detected, and an open utterance ends with reason ``end``."""
-        self.buffer.append(self.resampler.process(np.zeros(0, dtype=np.float32), last=True))
+        self.segmenter.append(self.resampler.process(np.zeros(0, dtype=np.float32), last=True))
         await self._run_vad()
         await self._close_now(EndReason.END)
 
@@ -179,21 +178,13 @@ class AudioProcessor:
 
     # -- detection -------------------------------------------------------------------------------
     async def _run_vad(self) -> None:
-        windows = (self.buffer.end - self.vad_position) // VAD_WINDOW_SAMPLES
-        if windows <= 0:
-            return
-        chunk = self.buffer.slice(self.vad_position, self.vad_position + windows * VAD_WINDOW_SAMPLES)
-        self.vad_position += windows * VAD_WINDOW_SAMPLES
-        probabilities = await self.runtime.speech_probabilities(self.vad_stream, chunk)
-        for probability in probabilities:
-            for action in self.endpointer.push(float(probability)):
+        async with aclosing(self.segmenter.detect_async(self.runtime.speech_probabilities)) as actions:
+            async for action in actions:
                 await self._act(action)
 
     async def _close_now(self, reason: EndReason) -> None:
-        if self.endpointer.in_utterance:
-            speaking = self.endpointer.detector.state is SpeechState.SPEAKING
-            for action in self.endpointer.split(reason, self.buffer.end if speaking else None):
-                await self._act(action)
+        for action in self.segmenter.close(reason):
+            await self._act(action)
 
     async def _act(self, action: Action) -> None:
         if log.isEnabledFor(logging.DEBUG) and not isinstance(action, Started):
@@ -230,7 +221,7 @@ class AudioProcessor:
             last_check_ms = self.endpointer.options.turn_checkpoints_ms[-1]
             if rt.turn_backlogged() and action.silence_ms + rt.settings.turn.check_interval_ms < last_check_ms:
                 return  # the model is behind (load): this check is shed, a later one of this pause decides
-            audio = self.buffer.slice(u.start_sample, self.endpointer.position_sample)
+            audio = self.segmenter.slice(u.start_sample, self.endpointer.position_sample)
             probability = await rt.turn_probability(audio)
             if probability >= rt.settings.turn.speculate_threshold and u.pause_end == action.end_sample:
                 self._speculate(u)  # a pause that may end the turn: its final is decoded now, ahead of the decision
@@ -276,7 +267,7 @@ class AudioProcessor:
         # partials' stable prefix: it is the never-revised transcript, and with the same beam it is
         # the same request an upload of this audio makes (see files.py).
         request = DecodeRequest(
-            audio=self.buffer.slice(u.start_sample, end_sample), beam_size=rt.settings.streaming.final_beam_size,
+            audio=self.segmenter.slice(u.start_sample, end_sample), beam_size=rt.settings.streaming.final_beam_size,
             word_timestamps=True, language=self.language, final=True,
         )
         return rt.decode_final(request, priority, replace_key, owner=self.session_id)
@@ -313,7 +304,7 @@ class AudioProcessor:
         if position - u.last_partial_sample < self.partial_interval or position - u.start_sample < self.min_partial:
             return
         u.last_partial_sample = position
-        audio = self.buffer.slice(u.start_sample, position)
+        audio = self.segmenter.slice(u.start_sample, position)
         u.partial = weakref.ref(self.tasks.spawn(self._partial(u, audio, position), "partial"))
 
     async def _partial(self, u: _Utterance, audio: np.ndarray, position: int) -> None:
@@ -338,10 +329,3 @@ class AudioProcessor:
                 rt.metrics.partials.inc()
             except OutboxFull:
                 pass
-
-    def _trim(self) -> None:
-        keep = self.vad_position - self.keep_back
-        if self.utterance is not None:
-            keep = min(keep, self.utterance.start_sample)
-        if keep > self.buffer.start:
-            self.buffer.discard_before(keep)
