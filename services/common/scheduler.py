@@ -4,7 +4,8 @@ One asyncio task per model pulls requests from a bounded pending set, forms a ba
 worker thread, so blocking inference leaves the event loop in exactly this place. An engine that can run several
 calls at once (Piper's lanes: a copy of the voice per thread) gets ``workers`` threads, and ``urgent_workers`` more
 for ``URGENT`` work only (workers.py): the owner starts a batch whenever one it may take is free, so a piece never
-waits for a longer one beside it. The habits of TGI's router:
+waits for a longer one beside it. Its limits, caps and threads come in a :class:`SchedulerOptions` (work.py),
+which each runtime builds from its settings. The habits of TGI's router:
 
 * bounded: when ``max_pending`` requests wait, a new one is refused at once with ``overloaded``;
 * ordered: lower :class:`Priority` first (finals before partials), then FIFO;
