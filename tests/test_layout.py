@@ -125,3 +125,17 @@ def test_a_full_file_lane_refuses_an_upload_before_reading_it():
                                     headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert "file transcription slots" in response.json()["error"]["message"]
+
+
+def test_common_names_no_dialect():
+    """The compatible APIs are the services' business: common's generic modules neither import the one dialect
+    module there (common/deepgram.py, shared by both services' Deepgram sessions) nor name a dialect, its paths
+    or its headers; the services register their dialects' sockets and refusal headers with the app."""
+    marks = ("deepgram", "dg-error", "openai", "realtime", "/v1/listen", "/v1/speak")
+    naming = []
+    for name, path in modules().items():
+        if name.startswith("services.common.") and name != "services.common.deepgram":
+            text = path.read_text().lower()
+            naming += [f"{name}: {m}" for m in marks if m in text]
+            naming += [f"{name} imports it" for m in imports_of(name, path) if m == "services.common.deepgram"]
+    assert not naming, naming

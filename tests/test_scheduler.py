@@ -10,7 +10,7 @@ import time
 import pytest
 
 from services.common.errors import ErrorCode, ServiceError
-from services.common.scheduler import Priority, Scheduler, Superseded
+from services.common.scheduler import Priority, Scheduler, SchedulerOptions, Superseded
 
 
 class Recorder:
@@ -46,8 +46,8 @@ class Slow(Recorder):
         return super().__call__(requests)
 
 
-async def _started(engine, **kw) -> Scheduler:
-    s = Scheduler("test", engine, **kw)
+async def _started(engine, on_stall=None, live_active=lambda: False, **options) -> Scheduler:
+    s = Scheduler("test", engine, SchedulerOptions(**options), on_stall=on_stall, live_active=live_active)
     await s.start()
     return s
 
@@ -279,7 +279,7 @@ def test_a_hung_call_is_cut_off_then_the_scheduler_recovers():
 
 def test_call_timeout_must_be_positive():
     with pytest.raises(ValueError):
-        Scheduler("test", Recorder(), call_timeout_s=0)
+        SchedulerOptions(call_timeout_s=0)
 
 
 def test_stop_does_not_wait_for_a_hung_call():

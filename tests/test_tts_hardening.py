@@ -21,7 +21,7 @@ import websockets
 from conftest import DATA, read_wav, running
 from services.common.audio import decode_file
 from services.common.errors import ErrorCode, ServiceError
-from services.common.scheduler import Scheduler
+from services.common.scheduler import Scheduler, SchedulerOptions
 from services.tts.formats import AudioEncoder
 from services.tts.text import ChunkerOptions
 from services.tts.voices import VoiceStore
@@ -246,9 +246,9 @@ def test_damaged_conditionals_give_a_clear_error(tmp_path):
 def test_session_queues_are_bounded_by_count():
     """The outbox and the work queue refuse past their limit (the session then ends with overloaded; an
     end-to-end flood of bad frames would need megabytes of loopback socket buffers filled first)."""
-    from services.common.outbox import CloseRequest, Outbox, OutboxFull
+    from services.common.outbox import CloseRequest, Outbox, OutboxFull, QueueFull
     from services.tts.protocol import Closed, Done
-    from services.tts.speaker import Audio, Mark, Piece, audio_bytes, droppable, merge_marks
+    from services.tts.speaker import Audio, Mark, Piece, WorkQueue, audio_bytes, droppable
 
     async def go():
         outbox = Outbox(4, size_of=audio_bytes, droppable=droppable)
@@ -263,18 +263,18 @@ def test_session_queues_are_bounded_by_count():
         outbox.clear()
         assert len(outbox) == 0 and outbox.bytes == 0
 
-        work = Outbox(3, merge=merge_marks)
+        work = WorkQueue(3)
         for _ in range(100):
-            work.put(Mark(done=True))  # a burst of flushes: one mark
+            work.put(Mark())  # a burst of flushes: one mark
         assert len(work) == 1
         work.put(Piece("Hello.", 0.0, True))
-        work.put(Mark(done=True))
-        work.put(Mark(done=True, end=True))  # merged into the waiting mark, keeping end
+        work.put(Mark())
+        work.put(Mark(end=True))  # merged into the waiting mark, keeping end
         assert len(work) == 3
-        with pytest.raises(OutboxFull):
+        with pytest.raises(QueueFull):
             work.put(Piece("More.", 0.0, False))
         assert isinstance(await work.get(), Mark) and isinstance(await work.get(), Piece)
-        assert await work.get() == Mark(done=True, end=True) and work.empty()
+        assert await work.get() == Mark(end=True) and work.empty()
 
     run(go(), 10)
 
@@ -318,7 +318,7 @@ def test_scheduler_does_not_count_callers_that_left():
         return batch
 
     async def go():
-        scheduler = Scheduler("t", slow, max_batch=1, max_pending=2)
+        scheduler = Scheduler("t", slow, SchedulerOptions(max_batch=1, max_pending=2))
         await scheduler.start()
         try:
             running = asyncio.ensure_future(scheduler.submit("running"))

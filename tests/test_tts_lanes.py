@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from services.common.errors import ErrorCode, ServiceError
-from services.common.scheduler import Priority, Scheduler
+from services.common.scheduler import Priority, Scheduler, SchedulerOptions
 from services.tts.engine import SynthesisJob, run_jobs
 from services.tts.piper import EMBEDDED_VOICE, PiperEngine, embedded_voice_files
 from tts_support import Transcriber, mostly_heard
@@ -37,8 +37,8 @@ async def speak_all(engine: PiperEngine, jobs: list[SynthesisJob], gap_s: float 
                     priorities: list[Priority] | None = None) -> tuple[list, list]:
     """Submit ``jobs`` to a scheduler like the service's (``gap_s`` apart); results (or errors) in order, and the
     order in which they finished."""
-    scheduler = Scheduler("tts", lambda batch: run_jobs(engine, batch), max_batch=1, workers=engine.lanes,
-                          urgent_workers=engine.first_lanes, worker_nice=10)
+    scheduler = Scheduler("tts", lambda batch: run_jobs(engine, batch), SchedulerOptions(
+        max_batch=1, workers=engine.lanes, urgent_workers=engine.first_lanes, worker_nice=10))
     priorities = priorities or [Priority.NORMAL] * len(jobs)
     await scheduler.start()
     finished: list[int] = []

@@ -17,7 +17,7 @@ from services.tts.formats import AudioEncoder
 from services.tts.protocol import Done
 from services.tts.serving import TtsRuntime
 from services.tts.settings import load
-from services.tts.speaker import Audio, Mark, Piece, Speaker, audio_bytes, droppable, merge_marks
+from services.tts.speaker import Audio, Mark, Piece, Speaker, WorkQueue, audio_bytes, droppable
 from services.tts.text import TextChunker
 from tts_support import Received, Transcriber, mostly_heard, pcm_to_float, recv_until
 
@@ -283,11 +283,11 @@ def test_a_reply_waiting_for_room_in_a_full_audio_buffer_is_already_speaking(tmp
         try:
             voice = await runtime.voices.resolve(None)
             out = Outbox(100, size_of=audio_bytes, droppable=droppable, limit_bytes=4000)
-            work = Outbox(100, merge=merge_marks)
+            work = WorkQueue(100)
             speaker = Speaker(runtime, voice, AudioEncoder("pcm", 22050), out, TextChunker(runtime.chunker_options))
             task = asyncio.create_task(speaker.speak(work, out.generation))
             work.put(Piece("Hello there.", time.perf_counter(), first=True))
-            work.put(Mark(done=True, flushes=1))
+            work.put(Mark(flushes=1))
             for _ in range(200):  # the first reply is spoken: its audio and done are queued for the client
                 await asyncio.sleep(0.05)
                 if any(isinstance(item, Done) for item in out.items()):

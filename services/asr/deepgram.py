@@ -32,13 +32,13 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from ..common.audio import SAMPLE_RATE_HZ, Encoding
-from ..common.deepgram import parse_audio_query
+from ..common.deepgram import parse_audio_query, refusal_headers as deepgram_refusal_headers
 from ..common.errors import ErrorCode, ServiceError
 from ..common.protocol import Closed, End, parse_message
 from .endpointing import EndReason, TurnMode
 from .protocol import Final, Partial, SpeechStart, StreamParams
 from .serving import AsrRuntime
-from .session import AsrSession, Prepared
+from .session import AsrSession, AsrSetup
 
 __all__ = ["DeepgramListenSession", "parse_listen_query"]
 
@@ -55,7 +55,9 @@ class ListenOptions:
 
 
 @dataclass(frozen=True)
-class ListenPrepared(Prepared):
+class ListenSetup(AsrSetup):
+    """An ASR session's setup, with the Deepgram options that shape its messages."""
+
     options: ListenOptions = ListenOptions()
 
 
@@ -113,10 +115,11 @@ def _word(w: dict) -> dict:
 
 class DeepgramListenSession(AsrSession):
     handshake_refusal = True
+    refusal_headers = staticmethod(deepgram_refusal_headers)  # dg-error: why the handshake was refused
 
-    def __init__(self, ws: WebSocket, runtime: AsrRuntime, prepared: ListenPrepared, session_id: str) -> None:
-        super().__init__(ws, runtime, prepared, session_id)
-        self.options = prepared.options
+    def __init__(self, ws: WebSocket, runtime: AsrRuntime, setup: ListenSetup, session_id: str) -> None:
+        super().__init__(ws, runtime, setup, session_id)
+        self.options = setup.options
         self.request_id = str(uuid.uuid4())
         self.created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
         self.model_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, runtime.model_name))
@@ -125,13 +128,13 @@ class DeepgramListenSession(AsrSession):
         self._bytes = 0
 
     @classmethod
-    def prepare(cls, ws: WebSocket, runtime: AsrRuntime) -> ListenPrepared:
+    def prepare(cls, ws: WebSocket, runtime: AsrRuntime) -> ListenSetup:
         params, options = parse_listen_query(dict(ws.query_params))
         try:
             language = runtime.resolve_language(params.language)
         except ValueError as exc:
             raise ServiceError(ErrorCode.BAD_REQUEST, str(exc)) from None
-        return ListenPrepared(params, language, [], options)
+        return ListenSetup(params, language, [], options)
 
     def greet(self) -> None:
         """Deepgram says nothing at connect."""

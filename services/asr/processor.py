@@ -190,8 +190,7 @@ class AudioProcessor:
         if log.isEnabledFor(logging.DEBUG) and not isinstance(action, Started):
             log.debug("endpoint", extra={"action": type(action).__name__,
                                          "position_s": _seconds(self.endpointer.position_sample),
-                                         "whisper_depth": self.runtime.whisper.depth,
-                                         "whisper_busy": self.runtime.whisper.busy})
+                                         **self.runtime.whisper_load()})
         if isinstance(action, Started):
             self.utterance = _Utterance(self.utterances, action.start_sample, last_partial_sample=action.start_sample)
             self.utterances += 1
@@ -280,7 +279,7 @@ class AudioProcessor:
         decided_at = time.perf_counter()
         if u.speculative is not None and u.speculative_end == ended.end_sample:
             decoding = u.speculative
-            self.runtime.whisper.promote(self._speculation_key(u), Priority.URGENT)
+            self.runtime.promote_final(self._speculation_key(u))
         else:
             if u.speculative is not None:
                 u.speculative.cancel()

@@ -40,7 +40,7 @@ from ..common.protocol import Closed, parse_object, shown
 from .endpointing import EndReason, TurnMode
 from .protocol import Final, Partial, SpeechStart, StreamParams
 from .serving import AsrRuntime
-from .session import AsrSession, Prepared
+from .session import AsrSession, AsrSetup
 
 __all__ = ["RealtimeSession"]
 
@@ -87,12 +87,12 @@ def _ids(prefix: str):
 class RealtimeSession(AsrSession):
     handshake_refusal = True
 
-    def __init__(self, ws: WebSocket, runtime: AsrRuntime, prepared: Prepared, session_id: str) -> None:
-        super().__init__(ws, runtime, prepared, session_id)
+    def __init__(self, ws: WebSocket, runtime: AsrRuntime, setup: AsrSetup, session_id: str) -> None:
+        super().__init__(ws, runtime, setup, session_id)
         server = runtime.settings.server
         self.max_message_bytes = max(self.max_message_bytes, server.max_frame_bytes * 4 // 3 + 4096)
         self.session_key = f"sess_{session_id}"
-        self.turn_detection: dict | None = dict(_SERVER_VAD)
+        self.turn_detection: dict | None = dict(_SERVER_VAD)  # None: the client commits (turn mode none)
         self.transcription: dict | None = None
         self.processor.set_turn_mode(TurnMode.VAD, DEFAULT_SILENCE_MS)
         self._event_ids = _ids("event")
@@ -103,13 +103,13 @@ class RealtimeSession(AsrSession):
         self._audio_seen = False
 
     @classmethod
-    def prepare(cls, ws: WebSocket, runtime: AsrRuntime) -> Prepared:
+    def prepare(cls, ws: WebSocket, runtime: AsrRuntime) -> AsrSetup:
         intent = ws.query_params.get("intent")
         if intent != "transcription":
             raise ServiceError(ErrorCode.NOT_SUPPORTED, f"only transcription sessions are served here "
                                                         f"(?intent=transcription), not intent={shown(intent)}")
         params = StreamParams(DEFAULT_RATE_HZ, Encoding.PCM_S16LE, None, True, TurnMode.VAD)
-        return Prepared(params, runtime.resolve_language(None), [])
+        return AsrSetup(params, runtime.resolve_language(None), [])
 
     def greet(self) -> None:
         self._event({"type": "session.created", "session": self._session_body()})
@@ -275,7 +275,7 @@ class RealtimeSession(AsrSession):
         if isinstance(item, _Reply):
             await self._send(item.body)
         elif isinstance(item, SpeechStart):
-            if self.processor.endpointer.options.mode is not TurnMode.NONE:
+            if self.turn_detection is not None:  # the server detects turns: it reports speech
                 await self._send({"type": "input_audio_buffer.speech_started", "audio_start_ms": round(item.t * 1000),
                                   "item_id": self._item(item.utterance)})
         elif isinstance(item, Partial):
@@ -303,7 +303,7 @@ class RealtimeSession(AsrSession):
             await self._send({"type": "conversation.item.input_audio_transcription.delta", "item_id": item_id,
                               "content_index": 0, "delta": text[len(delivered):]})
         stopped_ms = None
-        if final.reason is not EndReason.COMMIT and self.processor.endpointer.options.mode is not TurnMode.NONE:
+        if final.reason is not EndReason.COMMIT and self.turn_detection is not None:
             stopped_ms = round(final.end * 1000)
         await self._complete(item_id, final.text, final.end - final.start, stopped_ms)
 

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from ..common.audio import SAMPLE_RATE_HZ, AudioFileReader
 from ..common.errors import ErrorCode, ServiceError
 from ..common.http import runtime_of, until_disconnected
+from ..common.session import handshake_refusals
 from .files import FileOptions, Transcript, as_contract_json, as_srt, as_verbose_json, as_vtt, transcribe_file
 from .deepgram import DeepgramListenSession
 from .realtime import RealtimeSession
@@ -42,6 +43,10 @@ async def deepgram_listen(ws: WebSocket) -> None:
 @router.websocket("/v1/realtime")
 async def openai_realtime(ws: WebSocket) -> None:
     await RealtimeSession.serve(ws, runtime_of(ws.app))
+
+
+HANDSHAKE_REFUSALS = handshake_refusals({"/v1/listen": DeepgramListenSession, "/v1/realtime": RealtimeSession})
+"""The dialects' sockets: a refusal there, a missing API key too, is an HTTP status on the handshake."""
 
 
 async def _transcribe(request: Request, runtime: AsrRuntime, file: UploadFile, options: FileOptions) -> Transcript:

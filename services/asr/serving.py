@@ -22,7 +22,7 @@ import numpy as np
 
 from ..common.admission import Admission
 from ..common.metrics import Metrics
-from ..common.scheduler import Priority, Scheduler
+from ..common.scheduler import Priority, Scheduler, SchedulerOptions
 from ..common.vad import SileroVad, VadJob, VadStream
 from .endpointing import DetectorOptions, EndpointOptions, TurnMode
 from .engine import AsrEngine, DecodeRequest, DecodeResult, WhisperEngine, frames_bucket
@@ -98,20 +98,21 @@ class AsrRuntime:
         metrics = AsrMetrics()
         s = settings.scheduler
         admission = Admission(settings.server.max_connections)
-        watch = {"metrics": metrics, "call_timeout_s": s.call_timeout_s, "on_stall": admission.set_stalled}
+        watch = {"metrics": metrics, "on_stall": admission.set_stalled, "live_active": lambda: admission.active > 0}
         runtime = cls(
             settings=settings,
             engine=engine,
-            whisper=Scheduler("whisper", engine.decode_batch, max_batch=s.max_batch, max_pending=s.max_pending,
-                              max_bulk_pending=s.max_bulk_pending,
-                              duty={Priority.BACKGROUND: s.partial_share, Priority.BULK: s.bulk_share},
-                              live_active=lambda: admission.active > 0, **watch),
+            whisper=Scheduler("whisper", engine.decode_batch, SchedulerOptions(
+                max_batch=s.max_batch, max_pending=s.max_pending, max_bulk_pending=s.max_bulk_pending,
+                duty={Priority.BACKGROUND: s.partial_share, Priority.BULK: s.bulk_share},
+                call_timeout_s=s.call_timeout_s), **watch),
             vad_model=vad_model,
-            vad=Scheduler("vad", vad_model.run_batch, max_batch=32, max_pending=max(64, s.max_pending * 4),
-                          max_bulk_pending=max(8, s.max_bulk_pending), duty={Priority.BULK: 1.0},
-                          live_active=lambda: admission.active > 0, **watch),
+            vad=Scheduler("vad", vad_model.run_batch, SchedulerOptions(
+                max_batch=32, max_pending=max(64, s.max_pending * 4), max_bulk_pending=max(8, s.max_bulk_pending),
+                duty={Priority.BULK: 1.0}, call_timeout_s=s.call_timeout_s), **watch),
             turn_model=turn_model,
-            turn=Scheduler("turn", turn_model.predict, max_batch=4, max_pending=max(32, s.max_pending), **watch),
+            turn=Scheduler("turn", turn_model.predict, SchedulerOptions(
+                max_batch=4, max_pending=max(32, s.max_pending), call_timeout_s=s.call_timeout_s), **watch),
             policy=turn_policy(settings),
             admission=admission,
             http_admission=Admission(settings.server.max_file_jobs, "file transcription"),
@@ -170,6 +171,15 @@ class AsrRuntime:
         # partial replaces its waiting one.
         return await self.whisper.submit(request, priority=Priority.BACKGROUND, batch_key=key,
                                          replace_key=session_id, max_batch=PARTIAL_MAX_BATCH, owner=session_id)
+
+    def promote_final(self, replace_key: Hashable) -> bool:
+        """A final decoded ahead of need (submitted with ``replace_key``) is needed now: it goes ``URGENT``.
+        False if it is no longer waiting (it runs or ran)."""
+        return self.whisper.promote(replace_key, Priority.URGENT)
+
+    def whisper_load(self) -> dict:
+        """Whisper's load now, for a debug log line: requests waiting, and whether a batch runs."""
+        return {"whisper_depth": self.whisper.depth, "whisper_busy": self.whisper.busy}
 
     def can_speculate(self) -> bool:
         """Speculative finals only while the live Whisper queue is short: under load they would only

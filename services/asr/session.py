@@ -61,7 +61,10 @@ DRAIN_MARGIN_S = 3.0
 
 
 @dataclass(frozen=True)
-class Prepared:
+class AsrSetup:
+    """What a session starts with, from its handshake's query: the stream's parameters, the language finals
+    decode with, and the non-fatal problems to report once it runs."""
+
     params: StreamParams
     language: str | None
     warnings: list[ServiceError]
@@ -70,26 +73,26 @@ class Prepared:
 class AsrSession(Session):
     runtime: AsrRuntime
 
-    def __init__(self, ws: WebSocket, runtime: AsrRuntime, prepared: Prepared, session_id: str) -> None:
+    def __init__(self, ws: WebSocket, runtime: AsrRuntime, setup: AsrSetup, session_id: str) -> None:
         server = runtime.settings.server
         super().__init__(ws, runtime, session_id, Outbox(server.outbound_queue, merge=merge_partials))
-        self.warnings = prepared.warnings
+        self.warnings = setup.warnings
         self.inbound: asyncio.Queue = asyncio.Queue(maxsize=server.inbound_queue_frames)
-        self.processor = AudioProcessor(session_id, self.outbox, self.tasks, runtime, prepared.params, prepared.language)
+        self.processor = AudioProcessor(session_id, self.outbox, self.tasks, runtime, setup.params, setup.language)
         self._progress_at = time.perf_counter()  # when the client last sent MIN_PROGRESS_MS of audio
         self._unproductive_bytes = 0
         self._leaving = False
 
     # -- chassis hooks: setup ------------------------------------------------------------------
     @classmethod
-    def prepare(cls, ws: WebSocket, runtime: AsrRuntime) -> Prepared:
+    def prepare(cls, ws: WebSocket, runtime: AsrRuntime) -> AsrSetup:
         params, warnings = parse_stream_params(dict(ws.query_params))
         try:
             language = runtime.resolve_language(params.language)
         except ValueError as exc:
             warnings.append(ServiceError(ErrorCode.BAD_MESSAGE, f"{exc}; using the default"))
             language = runtime.resolve_language(None)
-        return Prepared(params, language, warnings)
+        return AsrSetup(params, language, warnings)
 
     def begin(self) -> None:
         p = self.params

@@ -126,16 +126,17 @@ def stalled_refusal(models) -> ServiceError:
                                               "instance; try again later or another instance")
 
 
-async def refuse(ws, metrics, err: ServiceError, frame: str | None = None, deny: bool = False) -> None:
+async def refuse(ws, metrics, err: ServiceError, frame: str | None = None, deny: bool = False,
+                 headers: dict[str, str] | None = None) -> None:
     """Tell a WebSocket client why its session cannot start, count it, close it: an error frame (``frame``, the
     session dialect's rendering of ``err``) then a close, or (``deny``: the socket is not accepted yet) the error
-    as the handshake's HTTP response."""
+    as the handshake's HTTP response, with the dialect's ``headers``."""
     if err.code is ErrorCode.OVERLOADED:
         metrics.refusals.labels(reason="max_connections").inc()
     metrics.errors.labels(code=err.code.value).inc()
     log.info("session refused", extra={"code": err.code.value, "detail": err.message})
     if deny:
-        await ws.send_denial_response(http_response(err, headers={"dg-error": err.message}))
+        await ws.send_denial_response(http_response(err, headers=headers))
         return
     if frame is not None:
         await ws.send_text(frame)

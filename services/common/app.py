@@ -11,7 +11,10 @@ taking sessions and HTTP work, lets what is open finish within
 ``server.drain_timeout_s`` and stops the schedulers.
 :func:`install_middleware` is the one place the middleware stack is assembled
 (the app that is served and the app a test builds are the same): the balancer
-gate first, then API keys, then the body-size limit, then the routes.
+gate first, then API keys, then the body-size limit, then the routes. A service
+passes in the WebSocket paths its dialects refuse on the handshake
+(``handshake_refusals``, from :func:`services.common.session.handshake_refusals`):
+this package names no dialect.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
 from .admission import drain, work_pools
 from .auth import ApiKeyAuth, ApiKeys
+from .errors import RefusalHeaders
 from .http import BodySizeLimit, install_error_handlers, ops_router
 from .memory import HeapTrimmer, freeze_startup_heap, limit_arenas
 from .serve import BalancerGate
@@ -35,7 +39,8 @@ log = logging.getLogger(__name__)
 
 
 def build_app(*, title: str, description: str, settings: Any, load_runtime: Callable[[], Any],
-              router: APIRouter, ready_extra: Callable[[Any], dict] = lambda runtime: {}) -> FastAPI:
+              router: APIRouter, ready_extra: Callable[[Any], dict] = lambda runtime: {},
+              handshake_refusals: Mapping[str, RefusalHeaders] = {}) -> FastAPI:
     """``settings.server`` needs the fields of :class:`~services.common.settings.ServerSettings`
     plus ``max_upload_bytes``; the runtime needs ``start()``, ``stop()``, ``admission`` and ``metrics``."""
     server = settings.server
@@ -72,12 +77,13 @@ def build_app(*, title: str, description: str, settings: Any, load_runtime: Call
     install_error_handlers(app)
     app.include_router(ops_router())
     app.include_router(router)
-    install_middleware(app, server, keys)
+    install_middleware(app, server, keys, handshake_refusals)
     return app
 
 
-def install_middleware(app: FastAPI, server: Any, keys: ApiKeys) -> None:
+def install_middleware(app: FastAPI, server: Any, keys: ApiKeys,
+                       handshake_refusals: Mapping[str, RefusalHeaders] = {}) -> None:
     """The middleware every app runs with, outermost first: BalancerGate, ApiKeyAuth, BodySizeLimit."""
     app.add_middleware(BodySizeLimit, max_bytes=server.max_upload_bytes + 64 * 1024)
-    app.add_middleware(ApiKeyAuth, keys=keys)
+    app.add_middleware(ApiKeyAuth, keys=keys, handshake_refusals=handshake_refusals)
     app.add_middleware(BalancerGate)  # added last: runs first

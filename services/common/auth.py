@@ -3,14 +3,14 @@
 Keys come from the settings (``server.api_keys``) and/or a file (``server.api_keys_file``, one key a line,
 ``#`` comments); an entry ``name:key`` names the client, otherwise the client is called ``key-<sha256 prefix>``.
 Only that name ever reaches logs and metrics, never the key. A request presents its key as
-``Authorization: Bearer KEY`` (or ``Token KEY``, as Deepgram's clients send it) or, for WebSocket clients that
-cannot set headers, ``?api_key=KEY`` (on plain
+``Authorization: Bearer KEY`` (or ``Token KEY``, the scheme some compatible APIs' clients send) or, for
+WebSocket clients that cannot set headers, ``?api_key=KEY`` (on plain
 HTTP the query is never read, so no key lands in an access log; only the literal name counts); the key is
 compared with every configured key in constant time. ``/health``, ``/ready`` and ``/metrics`` stay open. A
 refused HTTP request gets 401 with the contract's error body; a refused WebSocket is accepted just long enough
-to send an ``unauthorized`` error event and close with 1008, except on the compatible APIs' sockets
-(:data:`~.http.COMPAT_WS_PATHS`), refused with 401 on the handshake as their clients expect. With no keys
-configured, everything is open.
+to send an ``unauthorized`` error event and close with 1008, except on the sockets a service registers as
+refused on the handshake (a compatible API's, :func:`~.session.handshake_refusals`): those get 401 there, with
+the dialect's headers, as their clients expect. With no keys configured, everything is open.
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ import contextvars
 import hashlib
 import hmac
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote_plus
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import ErrorCode, ServiceError, send_http_error
-from .http import COMPAT_WS_PATHS, OPS_PATHS
+from .errors import ErrorCode, RefusalHeaders, ServiceError, send_http_error
+from .http import OPS_PATHS
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +105,13 @@ def presented_key(scope: Scope) -> str | None:
 
 
 class ApiKeyAuth:
-    """ASGI middleware enforcing :class:`ApiKeys` on every route but the operations ones."""
+    """ASGI middleware enforcing :class:`ApiKeys` on every route but the operations ones. ``handshake_refusals``:
+    the WebSocket paths refused with an HTTP status on the handshake, and the headers their dialect adds."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
+    def __init__(self, app: ASGIApp, keys: ApiKeys, handshake_refusals: Mapping[str, RefusalHeaders] = {}) -> None:
         self.app = app
         self.keys = keys
+        self.handshake_refusals = dict(handshake_refusals)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or scope.get("path") in OPS_PATHS:
@@ -123,7 +126,7 @@ class ApiKeyAuth:
             if metrics is not None:
                 metrics.errors.labels(code=ErrorCode.UNAUTHORIZED.value).inc()
             log.info("unauthorized", extra={"path": scope.get("path"), "kind": scope["type"]})
-            await (_refuse_ws(scope, receive, send) if scope["type"] == "websocket" else _refuse_http(send))
+            await (self._refuse_ws(scope, receive, send) if scope["type"] == "websocket" else _refuse_http(send))
             return
         if metrics is not None:
             metrics.client_requests.labels(client=client, kind=scope["type"]).inc()
@@ -132,6 +135,20 @@ class ApiKeyAuth:
             await self.app(scope, receive, send)
         finally:
             client_name.reset(token)
+
+    async def _refuse_ws(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        err = ServiceError(ErrorCode.UNAUTHORIZED, _MESSAGE)
+        headers_of = self.handshake_refusals.get(scope.get("path"))
+        if headers_of is not None and "websocket.http.response" in scope.get("extensions", {}):
+            headers = [(name.lower().encode(), value.encode()) for name, value in headers_of(err).items()]
+            await send_http_error(send, err, headers, websocket=True)
+            return
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": err.to_json()})
+        await send({"type": "websocket.close", "code": 1008})
 
 
 def _metrics(scope: Scope):
@@ -148,15 +165,3 @@ async def _refuse_http(send: Send) -> None:
     await send_http_error(send, ServiceError(ErrorCode.UNAUTHORIZED, _MESSAGE),
                           [(b"www-authenticate", b'Bearer realm="voice-services"')])
 
-
-async def _refuse_ws(scope: Scope, receive: Receive, send: Send) -> None:
-    message = await receive()
-    if message["type"] != "websocket.connect":
-        return
-    if scope.get("path") in COMPAT_WS_PATHS and "websocket.http.response" in scope.get("extensions", {}):
-        await send_http_error(send, ServiceError(ErrorCode.UNAUTHORIZED, _MESSAGE),
-                              [(b"dg-error", _MESSAGE.encode())], websocket=True)
-        return
-    await send({"type": "websocket.accept"})
-    await send({"type": "websocket.send", "text": ServiceError(ErrorCode.UNAUTHORIZED, _MESSAGE).to_json()})
-    await send({"type": "websocket.close", "code": 1008})

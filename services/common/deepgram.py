@@ -1,9 +1,12 @@
-"""What the Deepgram dialects of both services share: Deepgram's audio parameters.
+"""What the Deepgram dialects of both services share: Deepgram's audio parameters and its refusal header.
 
 Deepgram names encodings its own way (``linear16``, ``mulaw``) and defaults the
 rate by encoding; :func:`parse_audio_query` is the one place those query
 parameters become our :class:`~.audio.Encoding` and rate (anything else is a
-fatal ``bad_audio``, which the dialects answer on the handshake).
+fatal ``bad_audio``, which the dialects answer on the handshake). A refused
+handshake carries the reason in Deepgram's ``dg-error`` header too
+(:func:`refusal_headers`, which both dialect sessions register). This is the
+one dialect module in ``common``; the generic modules never import it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,11 @@ from .errors import ErrorCode, ServiceError
 from .protocol import shown
 
 ENCODINGS = {"linear16": Encoding.PCM_S16LE, "mulaw": Encoding.MULAW}
+
+
+def refusal_headers(err: ServiceError) -> dict[str, str]:
+    """Deepgram's clients read why a handshake was refused from ``dg-error``."""
+    return {"dg-error": err.message}
 
 
 def parse_audio_query(query: dict[str, str], default_rates: dict[Encoding, int]) -> tuple[Encoding, int]:

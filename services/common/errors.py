@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from starlette.responses import JSONResponse
 from starlette.types import Send
@@ -92,6 +92,11 @@ class ServiceError(Exception):
 
 def _headers(error: ServiceError) -> dict[str, str]:
     return {"Retry-After": str(RETRY_AFTER_S)} if error.code is ErrorCode.OVERLOADED else {}
+
+
+RefusalHeaders = Callable[["ServiceError"], dict[str, str]]
+"""Headers a WebSocket dialect adds to a refused handshake's HTTP response, beside the error body (its
+clients read the reason there); the dialect registers them (``Session.refusal_headers``)."""
 
 
 def http_response(error: ServiceError, status: int | None = None,

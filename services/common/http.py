@@ -30,9 +30,6 @@ from .metrics import CONTENT_TYPE
 log = logging.getLogger(__name__)
 
 OPS_PATHS = frozenset({"/health", "/ready", "/metrics"})
-COMPAT_WS_PATHS = frozenset({"/v1/listen", "/v1/speak", "/v1/realtime"})
-"""WebSocket routes of the compatible APIs (Deepgram, OpenAI Realtime): their clients expect a refusal as an
-HTTP status on the handshake, not an error event after it."""
 
 _FRAMEWORK_CODES = {404: ErrorCode.NOT_FOUND, 413: ErrorCode.TOO_LARGE, 415: ErrorCode.UNSUPPORTED_MEDIA,
                     422: ErrorCode.INVALID_PARAMETER}

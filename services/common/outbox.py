@@ -1,8 +1,8 @@
-"""The ordered, bounded queue between a session's producers and one consumer task.
+"""The ordered, bounded queue between a session's producers and its socket's writer.
 
-Every session queue of both services is an :class:`Outbox`: the events and
-audio waiting for a socket's writer, and the TTS pieces waiting for the
-speaker. Items leave in the order they were put. At most ``limit`` items wait;
+A session's :class:`Outbox` holds the events and audio waiting for its writer
+(the TTS work queue of pieces, ``tts/speaker.py``, is a queue of its own; both
+raise :class:`QueueFull`). Items leave in the order they were put. At most ``limit`` items wait;
 past that, :meth:`Outbox.put` raises :class:`OutboxFull` (the session then
 ends with ``overloaded``), except for *forced* items: closes, ``closed`` and
 fatal errors (what ends a session is never refused) and whatever a caller
@@ -29,8 +29,12 @@ from .errors import ServiceError
 from .protocol import Closed
 
 
-class OutboxFull(Exception):
+class QueueFull(Exception):
     """A session queue holds its limit of items: the client floods without reading."""
+
+
+class OutboxFull(QueueFull):
+    """The outbox holds its limit of items."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ One asyncio task per model pulls requests from a bounded pending set, forms a ba
 worker thread, so blocking inference leaves the event loop in exactly this place. An engine that can run several
 calls at once (Piper's lanes: a copy of the voice per thread) gets ``workers`` threads, and ``urgent_workers`` more
 for ``URGENT`` work only (workers.py): the owner starts a batch whenever one it may take is free, so a piece never
-waits for a longer one beside it. The habits of TGI's router:
+waits for a longer one beside it. Its limits, caps and threads come in a :class:`SchedulerOptions` (work.py),
+which each runtime builds from its settings. The habits of TGI's router:
 
 * bounded: when ``max_pending`` requests wait, a new one is refused at once with ``overloaded``;
 * ordered: lower :class:`Priority` first (finals before partials), then FIFO;
@@ -45,10 +46,10 @@ from typing import Any, Generic, TypeVar
 from .admission import stalled_refusal
 from .errors import ErrorCode, ServiceError
 from .metrics import Metrics
-from .work import Entry, Failed, Priority, Superseded
+from .work import Entry, Failed, Priority, SchedulerOptions, Superseded
 from .workers import Running, WorkerThreads
 
-__all__ = ["Failed", "Priority", "Scheduler", "Superseded"]
+__all__ = ["Failed", "Priority", "Scheduler", "SchedulerOptions", "Superseded"]
 
 log = logging.getLogger(__name__)
 
@@ -57,44 +58,31 @@ Res = TypeVar("Res")
 
 
 class Scheduler(Generic[Req, Res]):
-    def __init__(
-        self,
-        name: str,
-        run_batch: Callable[[list[Req]], Sequence[Res]],
-        *,
-        max_batch: int = 8,
-        max_pending: int = 64,
-        metrics: Metrics | None = None,
-        call_timeout_s: float | None = None,
-        on_stall: Callable[[str, bool], None] | None = None,
-        max_bulk_pending: int | None = None,
-        duty: dict[Priority, float] | None = None,
-        live_active: Callable[[], bool] = lambda: False,
-        workers: int = 1, urgent_workers: int = 0, worker_nice: int = 0,
-    ) -> None:
-        if max_batch < 1 or max_pending < 1 or any(not 0 < share <= 1 for share in (duty or {}).values()):
-            raise ValueError("max_batch and max_pending must be >= 1, duty shares in (0, 1]")
-        if call_timeout_s is not None and call_timeout_s <= 0:
-            raise ValueError("call_timeout_s must be > 0 (or None: no limit)")
+    def __init__(self, name: str, run_batch: Callable[[list[Req]], Sequence[Res]],
+                 options: SchedulerOptions = SchedulerOptions(), *, metrics: Metrics | None = None,
+                 on_stall: Callable[[str, bool], None] | None = None,
+                 live_active: Callable[[], bool] = lambda: False) -> None:
+        """``on_stall(name, stalled)`` reports a stall and its end; ``live_active()`` says whether live streams
+        are open (the duty caps apply only then)."""
         self.name = name
         self._run_batch = run_batch
-        self.max_batch = max_batch
-        self.max_pending = max_pending
+        self.max_batch = options.max_batch
+        self.max_pending = options.max_pending
         self._metrics = metrics
         self._pending: list[Entry] = []
         self._by_key: dict[Hashable, Entry] = {}
         self._seq = itertools.count()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._threads = WorkerThreads(name, workers, urgent_workers, worker_nice)
+        self._threads = WorkerThreads(name, options.workers, options.urgent_workers, options.worker_nice)
         self._closed = False
         self.batches_run = 0
-        self.call_timeout_s = call_timeout_s
+        self.call_timeout_s = options.call_timeout_s
         self._on_stall = on_stall
         self.stalled_since: float | None = None
         """monotonic time the running call passed its timeout; None while the model answers."""
-        self.max_bulk_pending = max_bulk_pending if max_bulk_pending is not None else max_pending
-        self.duty = {int(p): share for p, share in (duty or {}).items()}
+        self.max_bulk_pending = options.max_pending if options.max_bulk_pending is None else options.max_bulk_pending
+        self.duty = {int(p): share for p, share in options.duty.items()}
         self._live_active = live_active
         self._ready_at: dict[int, float] = {}  # priority -> monotonic time its next capped batch may start
         self._running: list[Running] = []

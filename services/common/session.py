@@ -18,10 +18,11 @@ and its work (ASR: the audio processor; TTS: the speaker). The chassis owns:
   a client that takes no frame for ``server.send_timeout_s`` is dropped;
 * **draining**: on SIGTERM the watcher waits :data:`DRAIN_GRACE_S` (what was
   sent just before is read first) and calls :meth:`Session.on_drain`;
-* **dialects**: a compatible API (Deepgram, OpenAI Realtime) is a subclass that
-  renders the same items in its own shape (:meth:`Session.send`,
-  :meth:`Session.error_frame`) and, with ``handshake_refusal``, refuses a
-  session with an HTTP status on the handshake, as those APIs' clients expect.
+* **dialects**: a compatible API is a subclass that renders the same items in
+  its own shape (:meth:`Session.send`, :meth:`Session.error_frame`) and, with
+  ``handshake_refusal``, refuses a session with an HTTP status on the handshake
+  (with its :meth:`Session.refusal_headers`), as those APIs' clients expect;
+  :func:`handshake_refusals` lists such sockets for the API-key check.
 
 Any exception in the reader or writer ends this session, never another one.
 """
@@ -32,14 +33,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import logs
 from .admission import refuse, session_slot
-from .errors import ErrorCode, ServiceError
-from .outbox import CloseRequest, Outbox, OutboxFull
+from .errors import ErrorCode, RefusalHeaders, ServiceError
+from .outbox import CloseRequest, Outbox, QueueFull
 from .protocol import Event
 from .tasks import TaskSet
 
@@ -49,6 +51,12 @@ DRAIN_GRACE_S = 0.5
 """On SIGTERM, frames already on the wire are read before a session counts as idle."""
 FAIL_GRACE_S = 10.0
 """A failed session's error and close are next in line; a client that does not read gets this long."""
+
+
+def handshake_refusals(sockets: Mapping[str, type["Session"]]) -> dict[str, RefusalHeaders]:
+    """Of a service's WebSocket paths and their session classes, those refused on the handshake, each with its
+    dialect's headers: what the API-key middleware needs to refuse them the same way."""
+    return {path: cls.refusal_headers for path, cls in sockets.items() if cls.handshake_refusal}
 
 
 def report(outbox: Outbox, err: ServiceError) -> None:
@@ -87,9 +95,9 @@ class Session:
         raise NotImplementedError
 
     @classmethod
-    async def open(cls, ws: WebSocket, runtime: Any, prepared: Any, session_id: str) -> "Session":
-        """Build the session once it holds a slot (raise ``ServiceError`` to refuse)."""
-        return cls(ws, runtime, prepared, session_id)  # type: ignore[call-arg]
+    async def open(cls, ws: WebSocket, runtime: Any, setup: Any, session_id: str) -> "Session":
+        """Build the session from ``prepare``'s setup once it holds a slot (raise ``ServiceError`` to refuse)."""
+        return cls(ws, runtime, setup, session_id)  # type: ignore[call-arg]
 
     def begin(self) -> None:
         """Queue the first events and spawn the work tasks."""
@@ -132,6 +140,11 @@ class Session:
         return False
 
     @classmethod
+    def refusal_headers(cls, err: ServiceError) -> dict[str, str]:
+        """Headers of a refusal on the handshake (``handshake_refusal``), beside the error body."""
+        return {}
+
+    @classmethod
     def error_frame(cls, err: ServiceError) -> str | None:
         """The text frame that reports ``err`` (None: the close alone says it); the contract's ``error`` event."""
         return err.to_json()
@@ -148,16 +161,16 @@ class Session:
             await ws.accept()
         with logs.session_scope() as session_id:
             try:
-                prepared = cls.prepare(ws, runtime)
+                setup = cls.prepare(ws, runtime)
                 runtime.admission.acquire()  # first: nothing else is done for a session that is refused
             except ServiceError as err:
-                await refuse(ws, runtime.metrics, err, cls.error_frame(err), deny)
+                await refuse(ws, runtime.metrics, err, cls.error_frame(err), deny, cls.refusal_headers(err))
                 return
             with session_slot(runtime.admission, runtime.metrics):
                 try:
-                    session = await cls.open(ws, runtime, prepared, session_id)
+                    session = await cls.open(ws, runtime, setup, session_id)
                 except ServiceError as err:
-                    await refuse(ws, runtime.metrics, err, cls.error_frame(err), deny)
+                    await refuse(ws, runtime.metrics, err, cls.error_frame(err), deny, cls.refusal_headers(err))
                     return
                 if deny:
                     await ws.accept()
@@ -220,7 +233,7 @@ class Session:
                     return
         except (WebSocketDisconnect, RuntimeError):
             self._gone.set()
-        except OutboxFull as exc:
+        except QueueFull as exc:  # the outbox, or a queue a hook fills (TTS's work queue)
             self.fail(ServiceError(ErrorCode.OVERLOADED, f"the client sends faster than it reads ({exc}); closing"))
         except Exception as exc:  # noqa: BLE001 - a bug here must end this session, not hang it
             log.exception("reader failed")

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from ..common.app import build_app
 from .engine import TtsEngine
-from .routes import router
+from .routes import HANDSHAKE_REFUSALS, router
 from .serving import TtsRuntime
 from .settings import TtsSettings, load
 
@@ -22,4 +22,5 @@ def create_app(settings: TtsSettings | None = None, engine: TtsEngine | None = N
     return build_app(title="TTS service", settings=settings, router=router,
                      description="Streaming text-to-speech. API reference: docs/api.md.",
                      load_runtime=lambda: TtsRuntime.load(settings, engine),
-                     ready_extra=lambda runtime: {"engine": runtime.engine.name})
+                     ready_extra=lambda runtime: {"engine": runtime.engine.name},
+                     handshake_refusals=HANDSHAKE_REFUSALS)

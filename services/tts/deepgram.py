@@ -26,12 +26,12 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from ..common.audio import Encoding
-from ..common.deepgram import parse_audio_query
+from ..common.deepgram import parse_audio_query, refusal_headers as deepgram_refusal_headers
 from ..common.errors import ServiceError
 from ..common.protocol import Closed, End, parse_message
 from .protocol import Cancel, Cancelled, Done, Flush, Ready, Segment, StreamParams, Text, text_message
 from .serving import TtsRuntime
-from .session import Prepared, TtsSession
+from .session import TtsSession, TtsSetup
 
 __all__ = ["DeepgramSpeakSession", "parse_speak_query", "voice_of_model"]
 
@@ -54,9 +54,10 @@ def parse_speak_query(query: dict[str, str]) -> StreamParams:
 
 class DeepgramSpeakSession(TtsSession):
     handshake_refusal = True
+    refusal_headers = staticmethod(deepgram_refusal_headers)  # dg-error: why the handshake was refused
 
-    def __init__(self, ws: WebSocket, runtime: TtsRuntime, prepared: Prepared, session_id: str) -> None:
-        super().__init__(ws, runtime, prepared, session_id)
+    def __init__(self, ws: WebSocket, runtime: TtsRuntime, setup: TtsSetup, session_id: str) -> None:
+        super().__init__(ws, runtime, setup, session_id)
         self.model_name = ws.query_params.get("model") or self.voice.id
         self.request_id = str(uuid.uuid4())
         self._sequence = 0
@@ -64,11 +65,8 @@ class DeepgramSpeakSession(TtsSession):
         self._clears: collections.deque[int] = collections.deque()  # sequence ids waiting for their Cleared
 
     @classmethod
-    def prepare(cls, ws: WebSocket, runtime: TtsRuntime) -> Prepared:
-        return Prepared(parse_speak_query(dict(ws.query_params)))
-
-    def greet(self) -> None:
-        self.outbox.put(Ready(self.id, self.out_rate_hz, self.params.encoding.value, self.voice.id))
+    def prepare(cls, ws: WebSocket, runtime: TtsRuntime) -> TtsSetup:
+        return TtsSetup(parse_speak_query(dict(ws.query_params)))
 
     # -- reading ---------------------------------------------------------------------------------
     async def on_text(self, raw: str) -> bool:

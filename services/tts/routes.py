@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..common.audio import parse_sample_rate
 from ..common.errors import ErrorCode, ServiceError
 from ..common.http import runtime_of
+from ..common.session import handshake_refusals
 from .formats import AudioEncoder
 from .deepgram import DeepgramSpeakSession, voice_of_model
 from .protocol import DeepgramSpeakRequest, SpeechFormat, SpeechRequest, SynthesizeFormat, SynthesizeRequest
@@ -125,9 +126,9 @@ async def _streaming(runtime: TtsRuntime, text: str, voice: str | None, fmt: str
             runtime.http_admission.release()
 
     try:
-        prepared = await prepare(runtime, text, voice)
-        encoder = await asyncio.to_thread(AudioEncoder, fmt, rate_hz or runtime.native_rate_hz(prepared.voice))
-        chunks = stream_audio(runtime, prepared, encoder, speed)
+        plan = await prepare(runtime, text, voice)
+        encoder = await asyncio.to_thread(AudioEncoder, fmt, rate_hz or runtime.native_rate_hz(plan.voice))
+        chunks = stream_audio(runtime, plan, encoder, speed)
         try:
             first = await chunks.__anext__()  # errors before the first audio still get their status
         except StopAsyncIteration:
@@ -178,6 +179,10 @@ async def openai_speech(request: Request) -> StreamingResponse:
 @router.websocket("/v1/speak")
 async def deepgram_speak_stream(ws: WebSocket) -> None:
     await DeepgramSpeakSession.serve(ws, runtime_of(ws.app))
+
+
+HANDSHAKE_REFUSALS = handshake_refusals({"/v1/speak": DeepgramSpeakSession})
+"""The dialect's socket: a refusal there, a missing API key too, is an HTTP status on the handshake."""
 
 
 _DEEPGRAM_FORMATS = {("linear16", "none"): "pcm", ("linear16", "wav"): "wav", ("mulaw", "none"): "mulaw",

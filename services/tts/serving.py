@@ -7,17 +7,17 @@ of text, so sessions take turns piece by piece (FIFO across sessions, one piece
 in flight per session), a barge-in drops a session's queued piece before it
 costs compute, and synthesis runs on the scheduler's worker thread, never on
 the event loop. A piece's audio is a *pulled* stream: ``async for data in
-runtime.stream(voice, text, encoder)`` reads a bounded :class:`AudioPipe` that
-the worker thread fills as the engine makes chunks, already resampled and
-encoded there (the loop only moves bytes); leaving the loop early withdraws or
-stops the piece. The WebSocket session and both HTTP routes consume it the same
-way. The first piece of a session's reply is ``URGENT``: a session waiting for
-its first audio goes before the later pieces of sessions already speaking. HTTP synthesis and cloning take a slot of their own admission
-(``http_admission``, refused at once with ``overloaded``), and
-``scheduler.max_pending`` covers every session plus every HTTP slot, so HTTP
-load can never make the scheduler refuse a live session's next piece. Cloning
-(validate the reference off the loop, compute conditionals on the same model
-thread at ``NORMAL`` priority, write to the store) lives here too.
+runtime.stream(voice, text, encoder)`` reads a bounded
+:class:`~.pipe.AudioPipe` that the worker thread fills as the engine makes
+chunks, already resampled and encoded there (the loop only moves bytes);
+leaving the loop early withdraws or stops the piece. The WebSocket session and
+both HTTP routes consume it the same way. The first piece of a session's reply
+is ``URGENT``: a session waiting for its first audio goes before the later
+pieces of sessions already speaking. HTTP synthesis and cloning take a slot of
+their own admission (``http_admission``, refused at once with ``overloaded``),
+and ``scheduler.max_pending`` covers every session plus every HTTP slot, so
+HTTP load can never make the scheduler refuse a live session's next piece.
+Cloning is the :class:`~.cloning.VoiceCloner`'s, present when the engine can clone.
 """
 
 from __future__ import annotations
@@ -25,27 +25,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..common.admission import Admission
-from ..common.audio import SAMPLE_RATE_HZ, decode_file, resample
 from ..common.errors import ErrorCode, ServiceError
 from ..common.metrics import Metrics
-from ..common.scheduler import Priority, Scheduler
-from ..common.vad import SileroVad, speech_seconds
-from .engine import CloneJob, SynthesisJob, SynthesisResult, TtsEngine, run_jobs
+from ..common.scheduler import Priority, Scheduler, SchedulerOptions
+from .cloning import VoiceCloner
+from .engine import SynthesisJob, SynthesisResult, TtsEngine, run_jobs
 from .formats import AudioEncoder
+from .pipe import piece_pipe
 from .settings import TtsSettings
 from .text import ChunkerOptions
-from .voices import ResolvedVoice, VoiceCatalog, VoiceInfo, VoiceStore, check_name, check_reference
+from .voices import ResolvedVoice, VoiceCatalog, VoiceInfo, VoiceStore
 
 log = logging.getLogger(__name__)
 
-REFERENCE_RATE_HZ = 24000
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 
 
@@ -58,61 +54,6 @@ def load_engine(settings: TtsSettings) -> TtsEngine:
     from .piper import PiperEngine
 
     return PiperEngine.from_settings(settings)
-
-
-class AudioPipe:
-    """One piece's encoded audio, from the model's worker thread to an ``async for`` on the event loop.
-
-    At most ``limit_s`` seconds of audio wait in it: a consumer that falls that far behind (which the callers'
-    own bounds keep from happening) gets ``overloaded`` and the piece is stopped, so the worker thread never
-    blocks on a consumer and memory stays bounded."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit_s: float, job: SynthesisJob) -> None:
-        self._loop = loop
-        self._limit_s = limit_s
-        self._job = job
-        self._chunks: deque[tuple[bytes, float]] = deque()
-        self._seconds = 0.0
-        self._ready = asyncio.Event()
-        self._ended = False
-        self._error: BaseException | None = None
-
-    def feed(self, data: bytes, seconds: float) -> None:
-        """Worker thread: hand one encoded chunk over."""
-        if data:
-            self._loop.call_soon_threadsafe(self._put, data, seconds)
-
-    def end(self, error: BaseException | None = None) -> None:
-        """Event loop: no more chunks (``error``: the piece failed)."""
-        self._ended = True
-        self._error = self._error or error
-        self._ready.set()
-
-    def _put(self, data: bytes, seconds: float) -> None:
-        if self._ended:
-            return
-        self._chunks.append((data, seconds))
-        self._seconds += seconds
-        if self._seconds > self._limit_s:
-            self._job.cancelled.set()
-            self.end(ServiceError(ErrorCode.OVERLOADED, f"more than {self._limit_s:g} s of audio waiting to be "
-                                                        f"taken; the piece was stopped"))
-        self._ready.set()
-
-    def __aiter__(self) -> "AudioPipe":
-        return self
-
-    async def __anext__(self) -> bytes:
-        while not self._chunks:
-            if self._ended:
-                if self._error is not None:
-                    raise self._error
-                raise StopAsyncIteration
-            self._ready.clear()
-            await self._ready.wait()
-        data, seconds = self._chunks.popleft()
-        self._seconds -= seconds
-        return data
 
 
 class TtsMetrics(Metrics):
@@ -142,8 +83,7 @@ class TtsRuntime:
     metrics: TtsMetrics
     chunker_options: ChunkerOptions
     http_admission: Admission | None = None
-    vad_model: SileroVad | None = None
-    vad: Scheduler[np.ndarray, float] | None = None
+    cloner: VoiceCloner | None = None  # None: the engine cannot clone
 
     def __post_init__(self) -> None:
         if self.http_admission is None:
@@ -159,23 +99,21 @@ class TtsRuntime:
         v = settings.voices
         catalog = VoiceCatalog(engine, store, default=v.default, aliases=v.openai_aliases, cache_size=v.cache_size)
         admission = Admission(settings.server.max_connections)
-        watch = {"metrics": metrics, "call_timeout_s": settings.scheduler.call_timeout_s,
-                 "on_stall": admission.set_stalled}
-        vad_model = vad = None
+        call_timeout_s = settings.scheduler.call_timeout_s
+        scheduler = Scheduler("tts", lambda jobs: run_jobs(engine, jobs), SchedulerOptions(
+            max_batch=1, max_pending=settings.scheduler.max_pending, call_timeout_s=call_timeout_s,
+            workers=engine.lanes, urgent_workers=engine.first_lanes, worker_nice=settings.engine.lane_nice),
+            metrics=metrics, on_stall=admission.set_stalled)
+        cloner = None
         if engine.can_clone:
-            vad_model = SileroVad()
-            vad = Scheduler("vad", lambda batch: [speech_seconds(vad_model, audio) for audio in batch], max_batch=4,
-                            max_pending=16, **watch)
+            cloner = VoiceCloner.build(engine, scheduler, store, v, metrics, call_timeout_s, admission.set_stalled)
         t = settings.text
         runtime = cls(
-            settings=settings, engine=engine,
-            scheduler=Scheduler("tts", lambda jobs: run_jobs(engine, jobs), max_batch=1, workers=engine.lanes,
-                                urgent_workers=engine.first_lanes, worker_nice=settings.engine.lane_nice,
-                                max_pending=settings.scheduler.max_pending, **watch),
+            settings=settings, engine=engine, scheduler=scheduler,
             store=store, voices=catalog, admission=admission, metrics=metrics,
             chunker_options=ChunkerOptions(t.first_piece_min_chars, t.first_piece_max_chars, t.min_piece_chars,
                                            t.max_piece_chars),
-            vad_model=vad_model, vad=vad,
+            cloner=cloner,
         )
         log.info("engine loaded", extra={"engine": engine.name, "voices": list(engine.builtin_voices()),
                                          "load_s": round(time.perf_counter() - started, 2)})
@@ -183,13 +121,13 @@ class TtsRuntime:
 
     async def start(self) -> None:
         await self.scheduler.start()
-        if self.vad is not None:
-            await self.vad.start()
+        if self.cloner is not None:
+            await self.cloner.start()
 
     async def stop(self) -> None:
         await self.scheduler.stop()
-        if self.vad is not None:
-            await self.vad.stop()
+        if self.cloner is not None:
+            await self.cloner.stop()
 
     # -- what sessions and routes call ----------------------------------------------------
     def native_rate_hz(self, voice: ResolvedVoice) -> int:
@@ -203,9 +141,7 @@ class TtsRuntime:
         after the audio made before it. Leaving the loop early (a barge-in, a client that left) withdraws the
         piece if it is still waiting and stops it between chunks if it is running."""
         job = SynthesisJob(text, voice.id, voice.conditionals, speed=speed)
-        pipe = AudioPipe(asyncio.get_running_loop(), self.settings.server.max_piece_audio_s, job)
-        job.sink = lambda samples, rate_hz: pipe.feed(encoder.encode(samples, rate_hz), samples.size / rate_hz)
-        job.on_done = lambda: pipe.feed(encoder.end_piece(), 0.0)
+        pipe = piece_pipe(job, encoder, self.settings.server.max_piece_audio_s)
         synthesis = asyncio.ensure_future(self._synthesize(job, priority))
         synthesis.add_done_callback(lambda task: pipe.end(None if task.cancelled() else task.exception()))
         try:
@@ -226,36 +162,12 @@ class TtsRuntime:
         return result
 
     def check_can_clone(self) -> None:
-        if not self.engine.can_clone:
+        if self.cloner is None:
             raise ServiceError(ErrorCode.NOT_SUPPORTED,
                                f"the {self.engine.name} engine cannot clone voices; run an instance with "
                                f"TTS_ENGINE__NAME=chatterbox")
 
     async def clone_voice(self, name: str, data: bytes) -> VoiceInfo:
         self.check_can_clone()
-        name = check_name(name)
-        v = self.settings.voices
-        if len(await asyncio.to_thread(self.store.list)) >= v.max_voices:
-            raise ServiceError(ErrorCode.INVALID_PARAMETER, f"the voice store is full ({v.max_voices} voices)")
-        # Decoding stops just past the longest accepted reference: a small upload cannot expand to hours.
-        audio = await asyncio.to_thread(decode_file, data, REFERENCE_RATE_HZ, v.max_reference_s + 1.0)
-        limits = dict(min_s=v.min_reference_s, max_s=v.max_reference_s, min_speech_s=v.min_speech_s)
-
-        def checked_16k() -> np.ndarray:
-            check_reference(audio, REFERENCE_RATE_HZ, float("inf"), **limits)
-            return resample(audio, REFERENCE_RATE_HZ, SAMPLE_RATE_HZ)
-
-        speech_s = await self._speech_seconds(await asyncio.to_thread(checked_16k))
-        duration_s = await asyncio.to_thread(check_reference, audio, REFERENCE_RATE_HZ, speech_s, **limits)
-        # NORMAL: a clone must not jump ahead of live sessions' pieces.
-        conds = await self.scheduler.submit(CloneJob(audio, REFERENCE_RATE_HZ), priority=Priority.NORMAL)
-        info = await asyncio.to_thread(self.store.create, name, self.engine.name, duration_s, audio,
-                                       REFERENCE_RATE_HZ, lambda path: self.engine.save_conditionals(conds, path),
-                                       v.max_voices)
-        self.metrics.voices_cloned.inc()
-        log.info("voice cloned", extra={"voice": info.id, "duration_s": info.duration, "speech_s": round(speech_s, 2)})
-        return info
-
-    async def _speech_seconds(self, audio_16k: np.ndarray) -> float:
-        assert self.vad is not None
-        return await self.vad.submit(audio_16k)
+        assert self.cloner is not None
+        return await self.cloner.clone(name, data)

@@ -39,7 +39,7 @@ from ..common.session import Session
 from .formats import WIRE_FORMATS, AudioEncoder
 from .protocol import Cancel, Cancelled, End, Flush, Ready, StreamParams, Text, parse_client_message, parse_stream_params
 from .serving import TtsRuntime
-from .speaker import Audio, Mark, Piece, Speaker, audio_bytes, droppable, merge_marks
+from .speaker import Audio, Mark, Piece, Speaker, WorkQueue, audio_bytes, droppable
 from .text import TextChunker
 from .voices import ResolvedVoice
 
@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Prepared:
+class TtsSetup:
+    """What a session starts with: its query's parameters, and (once admitted) the voice they resolve to."""
+
     params: StreamParams
     voice: ResolvedVoice | None = None
 
@@ -55,9 +57,9 @@ class Prepared:
 class TtsSession(Session):
     runtime: TtsRuntime
 
-    def __init__(self, ws: WebSocket, runtime: TtsRuntime, prepared: Prepared, session_id: str) -> None:
+    def __init__(self, ws: WebSocket, runtime: TtsRuntime, setup: TtsSetup, session_id: str) -> None:
         server = runtime.settings.server
-        params, voice = prepared.params, prepared.voice
+        params, voice = setup.params, setup.voice
         assert voice is not None
         self.params = params
         self.out_rate_hz = params.sample_rate or runtime.native_rate_hz(voice)
@@ -74,13 +76,13 @@ class TtsSession(Session):
 
     # -- chassis hooks: setup ------------------------------------------------------------------
     @classmethod
-    def prepare(cls, ws: WebSocket, runtime: TtsRuntime) -> Prepared:
-        return Prepared(parse_stream_params(dict(ws.query_params)))
+    def prepare(cls, ws: WebSocket, runtime: TtsRuntime) -> TtsSetup:
+        return TtsSetup(parse_stream_params(dict(ws.query_params)))
 
     @classmethod
-    async def open(cls, ws: WebSocket, runtime: TtsRuntime, prepared: Prepared, session_id: str) -> "TtsSession":
-        voice = await runtime.voices.resolve(prepared.params.voice)  # after admission: it may read the disk
-        return cls(ws, runtime, Prepared(prepared.params, voice), session_id)
+    async def open(cls, ws: WebSocket, runtime: TtsRuntime, setup: TtsSetup, session_id: str) -> "TtsSession":
+        voice = await runtime.voices.resolve(setup.params.voice)  # after admission: it may read the disk
+        return cls(ws, runtime, TtsSetup(setup.params, voice), session_id)
 
     def begin(self) -> None:
         log.info("session started", extra={"voice": self.voice.id, "sample_rate": self.out_rate_hz,
@@ -127,18 +129,18 @@ class TtsSession(Session):
             if len(msg.text) > limits.max_text_chars:
                 raise ServiceError(ErrorCode.TOO_LARGE, f"text of {len(msg.text)} characters exceeds the limit of "
                                                         f"{limits.max_text_chars}")
-            if self._waiting_chars() + len(self.chunker) + len(msg.text) > limits.max_buffered_chars:
+            if self.work.waiting_chars() + len(self.chunker) + len(msg.text) > limits.max_buffered_chars:
                 raise ServiceError(ErrorCode.TOO_LARGE, f"more than {limits.max_buffered_chars} characters "
                                                         f"waiting to be spoken")
             self._queue(self.chunker.push(msg.text))
         elif isinstance(msg, Flush):
             self._queue(self.chunker.flush())
-            self.work.put(Mark(done=True, flushes=1))
+            self.work.put(Mark(flushes=1))
         elif isinstance(msg, Cancel):
             self._cancel()
         elif isinstance(msg, End):
             self._queue(self.chunker.flush())
-            self.work.put(Mark(done=True, end=True))
+            self.work.put(Mark(end=True))
             return True
         return False
 
@@ -147,14 +149,11 @@ class TtsSession(Session):
         for text in pieces:
             self.work.put(Piece(text, now, first=not self.speaker.speaking and self.work.empty()))
 
-    def _waiting_chars(self) -> int:
-        return sum(len(item.text) for item in self.work.items() if isinstance(item, Piece))
-
     def _idle(self) -> bool:
         return not self.speaker.speaking and self.work.empty() and not self.chunker.pending and not len(self.outbox)
 
-    def _new_work(self) -> Outbox:
-        return Outbox(self.runtime.settings.server.session_queue_items, merge=merge_marks)
+    def _new_work(self) -> WorkQueue:
+        return WorkQueue(self.runtime.settings.server.session_queue_items)
 
     def _cancel(self) -> None:
         self._cancel_started = time.perf_counter()
@@ -178,7 +177,7 @@ class TtsSession(Session):
             self.speaker_task.cancel()
 
     # -- the speaker task --------------------------------------------------------------------------
-    async def _speak(self, work: Outbox, generation: int) -> None:
+    async def _speak(self, work: WorkQueue, generation: int) -> None:
         try:
             await self.speaker.speak(work, generation)
         except asyncio.CancelledError:

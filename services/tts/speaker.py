@@ -1,8 +1,8 @@
 """The work of one synthesis stream: pieces of text in, segments and audio out.
 
 A :class:`Speaker` belongs to one session and speaks what the session's reader
-queued - :class:`Piece` s of text and flush :class:`Mark` s - one at a time,
-in order, into the session's outbox: a ``segment`` event, then the piece's
+queued on its :class:`WorkQueue` - :class:`Piece` s of text and flush
+:class:`Mark` s - one at a time, in order, into the session's outbox: a ``segment`` event, then the piece's
 audio pulled from ``runtime.stream`` (resampled and encoded on the model's
 worker thread), then ``done`` for a flush mark, ``closed`` and the close for an
 ``end``. Before each piece it waits for room in the outbox's audio budget, so a
@@ -17,11 +17,13 @@ chunker, never the session itself (no reference cycle keeps a session alive).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ..common.outbox import CloseRequest, Outbox
+from ..common.outbox import CloseRequest, Outbox, QueueFull
 from ..common.scheduler import Priority
 from .formats import AudioEncoder
 from .protocol import Closed, Done, Segment
@@ -39,7 +41,8 @@ class Piece:
 
 @dataclass(frozen=True)
 class Mark:
-    done: bool = True
+    """A flush: ``done`` goes out once everything before it is spoken (``end``: then ``closed`` and the close)."""
+
     end: bool = False
     flushes: int = 0  # client flushes this mark answers (merged marks add up)
 
@@ -50,11 +53,41 @@ class Audio:
     first_of: Piece | None = None  # set on a piece's first audio when it measures time to first audio
 
 
-def merge_marks(waiting: Any, new: Any) -> Mark | None:
-    """Work-queue merge rule: a mark right behind a waiting mark joins it (a burst of flushes costs one ``done``)."""
-    if isinstance(new, Mark) and isinstance(waiting, Mark):
-        return Mark(done=waiting.done or new.done, end=waiting.end or new.end, flushes=waiting.flushes + new.flushes)
-    return None
+class WorkQueue:
+    """What a session's reader queued for its speaker, in order: pieces and marks. At most ``limit`` wait (past
+    that, :class:`~services.common.outbox.QueueFull`: the client floods without reading), and a mark right behind
+    a waiting mark joins it, so a burst of flushes costs one ``done``. A barge-in replaces the whole queue."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: deque[Piece | Mark] = deque()
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put(self, item: Piece | Mark) -> None:
+        last = self._items[-1] if self._items else None
+        if isinstance(item, Mark) and isinstance(last, Mark):
+            self._items[-1] = Mark(end=last.end or item.end, flushes=last.flushes + item.flushes)
+            return
+        if len(self._items) >= self.limit:
+            raise QueueFull(f"{len(self._items)} pieces and marks waiting")
+        self._items.append(item)
+        self._ready.set()
+
+    async def get(self) -> Piece | Mark:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def waiting_chars(self) -> int:
+        """Characters of the pieces waiting to be spoken."""
+        return sum(len(item.text) for item in self._items if isinstance(item, Piece))
 
 
 def droppable(item: Any) -> bool:
@@ -78,14 +111,14 @@ class Speaker:
         self.speaking = False
         self.draining = False
 
-    def leave_if_drained(self, work: Outbox, generation: int) -> bool:
+    def leave_if_drained(self, work: WorkQueue, generation: int) -> bool:
         """While draining, close (after everything queued) once nothing is being or waiting to be spoken."""
         if self.draining and not self.speaking and work.empty() and not self.chunker.pending:
             self.outbox.put(CloseRequest(1001), generation=generation)
             return True
         return False
 
-    async def speak(self, work: Outbox, generation: int) -> None:
+    async def speak(self, work: WorkQueue, generation: int) -> None:
         """Speak ``work`` until an ``end`` mark (or until cancelled). Raises ``OutboxFull`` for a client that
         does not read, ``ServiceError`` when synthesis fails."""
         outbox = self.outbox
@@ -93,8 +126,7 @@ class Speaker:
             item = await work.get()
             if isinstance(item, Mark):
                 self.speaking = not work.empty()  # a reply answered with done: the next piece starts a new one
-                if item.done:
-                    outbox.put(Done(item.flushes), generation=generation)
+                outbox.put(Done(item.flushes), generation=generation)
                 if item.end:
                     outbox.put(Closed(), generation=generation)
                     outbox.put(CloseRequest(1000), generation=generation)

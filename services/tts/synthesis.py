@@ -1,7 +1,8 @@
 """Whole-text synthesis for the HTTP routes, streamed as it is made.
 
 :func:`prepare` checks a request's text and voice before any response is
-started (so errors get a proper status); :func:`stream_audio` then yields the
+started (so errors get a proper status) and returns its :class:`SynthesisPlan`;
+:func:`stream_audio` then yields the
 encoded bytes piece by piece, pulling each piece from ``runtime.stream`` as the
 WebSocket session does. Resampling and container encoding (PyAV for
 mp3/flac/opus/aac) run on the model's worker thread as each chunk is made, and
@@ -26,12 +27,14 @@ from .voices import ResolvedVoice
 
 
 @dataclass
-class Prepared:
+class SynthesisPlan:
+    """A checked request: the voice it resolved to and its text cut into pieces."""
+
     voice: ResolvedVoice
     pieces: list[str]
 
 
-async def prepare(runtime: TtsRuntime, text: str, voice: str | None) -> Prepared:
+async def prepare(runtime: TtsRuntime, text: str, voice: str | None) -> SynthesisPlan:
     limit = runtime.settings.text.max_text_chars
     if len(text) > limit:
         raise ServiceError(ErrorCode.TOO_LARGE, f"text of {len(text)} characters exceeds the limit of {limit}")
@@ -41,16 +44,16 @@ async def prepare(runtime: TtsRuntime, text: str, voice: str | None) -> Prepared
     pieces = chunker.push(text) + chunker.flush()
     if not pieces:
         raise ServiceError(ErrorCode.BAD_REQUEST, "text has nothing to speak (no letters or digits)")
-    return Prepared(await runtime.voices.resolve(voice), pieces)
+    return SynthesisPlan(await runtime.voices.resolve(voice), pieces)
 
 
-async def stream_audio(runtime: TtsRuntime, prepared: Prepared, encoder: AudioEncoder,
+async def stream_audio(runtime: TtsRuntime, plan: SynthesisPlan, encoder: AudioEncoder,
                        speed: float = 1.0) -> AsyncIterator[bytes]:
     """Yields the container's start together with the first audio, then the rest as it is made."""
     pending = encoder.start()
     try:
-        for piece in prepared.pieces:
-            async with contextlib.aclosing(runtime.stream(prepared.voice, piece, encoder, speed=speed)) as audio:
+        for piece in plan.pieces:
+            async with contextlib.aclosing(runtime.stream(plan.voice, piece, encoder, speed=speed)) as audio:
                 async for data in audio:
                     yield pending + data
                     pending = b""
