@@ -177,7 +177,8 @@ def client_messages() -> list[WireObject]:
         found[(cls.__module__, message_type(cls))] = WireObject(message_type(cls), fields, True, cls.__module__)
     for name, module in service_modules().items():
         for value in vars(module).values():
-            if (isinstance(value, dict) and value and all(isinstance(k, str) for k in value)
+            # A table keyed by URL paths (routes to their handlers) is no message table.
+            if (isinstance(value, dict) and value and all(isinstance(k, str) and not k.startswith("/") for k in value)
                   and all(callable(v) and not inspect.isclass(v) for v in value.values())):
                 for kind in value:
                     found.setdefault((name, kind), WireObject(kind, frozenset(), False, name))
