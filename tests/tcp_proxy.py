@@ -4,7 +4,11 @@
 connection to ``upstream``; :meth:`CuttableProxy.cut` aborts every open one
 (both sides see a reset, as after a Wi-Fi drop or a dead load balancer) while
 the proxy keeps accepting new ones. ``connected`` is an event set on each new
-connection, so a test waits for the reconnect instead of sleeping.
+connection, so a test waits for the reconnect instead of sleeping. With
+``cut_before`` set, the proxy cuts by itself the first time those bytes come from
+upstream, forwarding only what came before the WebSocket frame that holds them
+(a small text frame: its 2-byte header), so a test can cut at an exact point of
+a session, e.g. between a piece's last audio and its ``segment_end``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ class CuttableProxy:
         self.connections = 0  # accepted so far
         self.cuts = 0
         self.connected = asyncio.Event()
+        self.cut_before: bytes | None = None
         self._open: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
 
@@ -35,12 +40,15 @@ class CuttableProxy:
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.close()
-        self.cut()
+        self._abort_all()
         await self._server.wait_closed()
 
     def cut(self) -> None:
         """Abort every connection open now (new ones are still accepted)."""
         self.cuts += 1
+        self._abort_all()
+
+    def _abort_all(self) -> None:
         for writer in list(self._open):
             writer.transport.abort()
         self._open.clear()
@@ -54,11 +62,18 @@ class CuttableProxy:
         self._open |= {writer, up_writer}
         self.connections += 1
         self.connected.set()
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer, downstream=True))
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, downstream: bool = False) -> None:
         try:
             while data := await reader.read(65536):
+                at = data.find(self.cut_before) if downstream and self.cut_before else -1
+                if at >= 0:
+                    self.cut_before = None
+                    writer.write(data[:max(0, at - 2)])
+                    await writer.drain()
+                    self.cut()
+                    return
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

@@ -10,6 +10,9 @@ proxy's new connection), never on a clock.
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
+import wave
 
 import pytest
 
@@ -17,10 +20,12 @@ from voice_client import (AsrStream, Audio, ConnectionLost, Final, Partial, Reco
                           Segment, SegmentEnd, ServiceError, TtsStream, NO_RESUME)
 from voice_client.tts import spoken_through
 
-from conftest import DATA, normalise, read_wav, running
+from conftest import DATA, ROOT, normalise, read_wav, running
 from tcp_proxy import CuttableProxy
 
 JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+TWO = ("Mr. Quilter is the apostle of the middle classes and we are glad to welcome his gospel. "
+       "He began a confused complaint against the wizard, who had vanished behind the curtain on the left.")
 FRAME_BYTES = 640  # 20 ms at 16 kHz PCM16
 FAST = ResumePolicy(base_delay_s=0.05, max_delay_s=0.5)
 
@@ -28,6 +33,15 @@ FAST = ResumePolicy(base_delay_s=0.05, max_delay_s=0.5)
 @pytest.fixture(scope="module")
 def jfk_pcm() -> bytes:
     return read_wav(DATA / "asr" / "jfk.wav")[0].tobytes()
+
+
+@pytest.fixture(scope="module")
+def two_pcm() -> bytes:
+    """Two sentences (two utterances) with half a second between them. The cut tests use clear speech: voice
+    detection restarts at the resume point, and a faint word right after it may fall either side of the threshold
+    (docs/resume.md)."""
+    first, second = read_wav(DATA / "asr" / "quilter.wav")[0], read_wav(DATA / "asr" / "wizard.wav")[0]
+    return first.tobytes() + bytes(16000) + second.tobytes()
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +83,12 @@ async def test_asr_stream_matches_the_transcript(asr_service, jfk_pcm):
 
 
 @pytest.mark.asyncio
-async def test_asr_stream_resumes_after_a_cut_mid_utterance(asr_service, jfk_pcm):
+async def test_asr_stream_resumes_after_a_cut_mid_utterance(asr_service, two_pcm):
     async with CuttableProxy(asr_service.port) as proxy:
         stream = AsrStream(proxy.ws + "/v1/stream/asr", resume=FAST)
         events = []
         async with stream:
-            sender = asyncio.create_task(feed(stream, jfk_pcm))
+            sender = asyncio.create_task(feed(stream, two_pcm))
             cut = False
             async for event in stream:
                 events.append(event)
@@ -92,7 +106,39 @@ async def test_asr_stream_resumes_after_a_cut_mid_utterance(asr_service, jfk_pcm
     before = [f for f in finals if events.index(f) < events.index(resumed)]
     assert resumed.utterance == len(before) and resumed.replay_s > 0  # it replays the utterance that was cut
     assert resumed.at_s == pytest.approx(before[-1].end, abs=0.001)
-    assert check_finals(finals) == normalise(JFK)  # same words: none lost, none repeated at the seam
+    assert check_finals(finals) == normalise(TWO)  # same words: none lost, none repeated at the seam
+
+
+@pytest.mark.asyncio
+async def test_stream_file_json_prints_finals_only_and_rides_through_a_cut(asr_service, two_pcm, tmp_path):
+    """examples/stream_file.py --json: one JSON final a line on stdout, nothing else; exit 0 despite a cut."""
+    path = tmp_path / "two.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(two_pcm)
+    async with CuttableProxy(asr_service.port) as proxy:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "examples/stream_file.py", "--json", str(path), "--url", proxy.ws + "/v1/stream/asr",
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        lines: list[dict] = []
+        log: list[str] = []
+
+        async def watch_stderr() -> None:
+            assert proc.stderr is not None
+            while line := (await proc.stderr.readline()).decode():
+                log.append(line)
+                if proxy.cuts == 0 and lines and line.startswith("[1] ..."):
+                    proxy.cut()  # a partial of the second utterance: the cut is mid-utterance
+
+        watcher = asyncio.create_task(watch_stderr())
+        while line := await proc.stdout.readline():
+            lines.append(json.loads(line))
+        await watcher
+        assert await proc.wait() == 0, "".join(log)
+    assert proxy.cuts == 1 and proxy.connections == 2 and any(line.startswith("resumed at") for line in log)
+    assert all(line["type"] == "final" and {"text", "start", "end", "reason", "words"} <= line.keys() for line in lines)
+    assert [line["utterance"] for line in lines] == list(range(len(lines)))
+    assert normalise(" ".join(line["text"] for line in lines)) == normalise(TWO)
 
 
 @pytest.mark.asyncio
@@ -182,21 +228,18 @@ def complete_segments(events: list) -> list[Segment]:
 @pytest.mark.asyncio
 async def test_tts_reply_cut_midway_is_spoken_whole_once(tts_service):
     async with CuttableProxy(tts_service.port) as proxy:
+        # the cut comes after the third piece's audio has begun and before that piece is complete
+        proxy.cut_before = b'{"type": "segment_end", "index": 2}'
         stream = TtsStream(proxy.ws + "/v1/stream/tts", resume=FAST)
-        events = []
         async with stream:
             for word in REPLY.split(" "):  # as an LLM streams it
                 await stream.send_text(word + " ")
             await stream.finish()
-            cut = False
-            async for event in stream:
-                events.append(event)
-                if not cut and isinstance(event, Audio) and event.segment == 2:
-                    proxy.cut()  # in the middle of the third piece's audio
-                    cut = True
-    assert cut and stream.reconnects == 1
+            events = [event async for event in stream]
+        assert proxy.cuts == 1 and stream.reconnects == 1
     resumed = next(e for e in events if isinstance(e, Resumed))
     assert resumed.segment == 2 and resumed.restarted
+    assert any(isinstance(e, Audio) and e.segment == 2 for e in events[:events.index(resumed)])
     done = complete_segments(events)
     assert [s.index for s in done] == list(range(len(done)))  # numbered on, no gap, no repeat
     assert normalise(" ".join(s.text for s in done)) == normalise(REPLY)  # whole, once

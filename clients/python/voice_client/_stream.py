@@ -185,8 +185,9 @@ class ResumableStream:
     async def _connect(self, params: dict[str, Any]) -> tuple[ClientConnection, Event]:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else None
         try:
+            # no permessage-deflate: audio barely compresses, and it costs CPU on both ends
             ws = await connect(with_query(self.url, params), additional_headers=headers, max_size=None, proxy=None,
-                               open_timeout=self.policy.open_timeout_s)
+                               compression=None, open_timeout=self.policy.open_timeout_s)
         except InvalidStatus as exc:  # refused on the handshake (a proxy, an auth layer, a dialect)
             raise refusal(exc) from exc
         try:
