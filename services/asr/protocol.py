@@ -70,7 +70,7 @@ def parse_resume(query: dict[str, str], max_replay_s: float) -> Resume:
     refuse_resume(query, "/v1/stream/asr", supported=("resume_at_s", "resume_utterance", "resume_replay_s"))
     at_s = seconds_param(query, "resume_at_s")
     utterance = index_param(query, "resume_utterance")
-    replay_s = seconds_param(query, "resume_replay_s", max_replay_s)
+    replay_s = seconds_param(query, "resume_replay_s", max_replay_s, over=ErrorCode.TOO_LARGE)
     if (at_s is None) != (utterance is None):
         raise ServiceError(ErrorCode.INVALID_PARAMETER, "a resumed stream names both resume_at_s and "
                                                         "resume_utterance")
