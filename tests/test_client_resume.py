@@ -17,7 +17,7 @@ import wave
 import pytest
 
 from voice_client import (AsrStream, Audio, ConnectionLost, Final, Partial, Reconnecting, ResumePolicy, Resumed,
-                          Segment, SegmentEnd, ServiceError, TtsStream, NO_RESUME)
+                          Segment, SegmentEnd, ServiceError, SpeechStart, TtsStream, NO_RESUME)
 from voice_client.tts import spoken_through
 
 from conftest import DATA, ROOT, normalise, read_wav, running
@@ -167,6 +167,35 @@ async def test_asr_drop_with_resume_off_raises_connection_lost(asr_service, jfk_
             with pytest.raises(ConnectionLost):
                 async for _ in stream:
                     pass
+
+
+@pytest.mark.asyncio
+async def test_kept_audio_is_bounded_in_silence(asr_service):
+    """Silence with no utterance open is let go past max_replay_s: memory stays bounded, resuming stays possible."""
+    policy = ResumePolicy(max_replay_s=1.0)
+    async with AsrStream(asr_service.ws + "/v1/stream/asr", resume=policy) as stream:
+        for _ in range(150):  # 3 s of silence
+            await stream.send_audio(bytes(640))
+        assert stream.kept_bytes <= 32000
+        await stream.finish()
+        assert [e async for e in stream if isinstance(e, Final)] == []
+
+
+@pytest.mark.asyncio
+async def test_an_utterance_longer_than_the_replay_bound_cannot_resume(asr_service, two_pcm):
+    """A drop while the open utterance needs more kept audio than max_replay_s is a clear error, not a hole."""
+    async with CuttableProxy(asr_service.port) as proxy:
+        async with AsrStream(proxy.ws + "/v1/stream/asr", resume=ResumePolicy(max_replay_s=1.0)) as stream:
+            sender = asyncio.create_task(feed(stream, two_pcm))
+            start = None
+            with pytest.raises(ConnectionLost) as err:
+                async for event in stream:
+                    if isinstance(event, SpeechStart) and event.utterance == 1:
+                        start = event.t
+                    elif isinstance(event, Partial) and start is not None and event.t - start > 2.0:
+                        proxy.cut()  # two seconds into the second sentence, with one second kept
+            sender.cancel()
+    assert "max_replay_s=1" in str(err.value)
 
 
 @pytest.mark.parametrize("params, code", [

@@ -53,6 +53,12 @@ class Resume:
     utterance: int = 0
     replay_s: float = 0.0  # what the client said it replays (logged)
 
+    def log_fields(self) -> dict[str, float]:
+        """Fields of the "session started" log line (none for a stream that starts here)."""
+        if not (self.at_s or self.utterance):
+            return {}
+        return {"resume_at_s": self.at_s, "resume_utterance": self.utterance, "resume_replay_s": self.replay_s}
+
     def shift(self, item: Any) -> Any:
         """``item`` in the whole stream's time and numbering (anything that is not an event passes as it is)."""
         if not (self.at_s or self.utterance) or not isinstance(item, (SpeechStart, Partial, Final)):
