@@ -16,8 +16,8 @@ import wave
 
 import pytest
 
-from voice_client import (AsrStream, Audio, ConnectionLost, Final, Partial, Reconnecting, ResumePolicy, Resumed,
-                          Segment, SegmentEnd, ServiceError, SpeechStart, TtsStream, NO_RESUME)
+from voice_client import (NO_RESUME, AsrStream, Audio, ConnectionLost, Done, Final, Partial, Reconnecting,
+                          ResumePolicy, Resumed, Segment, SegmentEnd, ServiceError, SpeechStart, TtsStream)
 from voice_client.tts import spoken_through
 
 from conftest import DATA, ROOT, normalise, read_wav, running
@@ -275,6 +275,32 @@ async def test_tts_reply_cut_midway_is_spoken_whole_once(tts_service):
     after = events.index(resumed)
     assert all(e.segment != 1 for e in events[after:] if isinstance(e, Audio))  # a complete piece is not heard again
     assert stream.pending_text.strip() == ""
+
+
+@pytest.mark.asyncio
+async def test_tts_flushed_reply_is_not_spoken_again_after_a_cut(tts_service):
+    """Two replies, the first answered with ``done``; a cut in the second re-sends only the second's rest."""
+    first, second = "A short first answer. It ends here.", REPLY
+    async with CuttableProxy(tts_service.port) as proxy:
+        stream = TtsStream(proxy.ws + "/v1/stream/tts", resume=FAST)
+        events = []
+        async with stream:
+            await stream.send_text(first)
+            await stream.flush()
+            async for event in stream:
+                events.append(event)
+                if isinstance(event, Done):
+                    break
+            assert stream.pending_text == ""  # the done answered all of it
+            cut_at = max(e.index for e in events if isinstance(e, SegmentEnd)) + 2
+            proxy.cut_before = b'{"type": "segment_end", "index": %d}' % cut_at
+            await stream.send_text(second)
+            await stream.finish()
+            events += [event async for event in stream]
+        assert proxy.cuts == 1 and stream.reconnects == 1
+    done = complete_segments(events)
+    assert [s.index for s in done] == list(range(len(done)))
+    assert normalise(" ".join(s.text for s in done)) == normalise(first + " " + second)
 
 
 @pytest.mark.asyncio
