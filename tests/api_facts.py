@@ -253,7 +253,7 @@ def query_parameters() -> dict[str, str]:
             elif isinstance(node, ast.Call) and any("query" in ast.unparse(a) for a in node.args[:1]):
                 names = [_const(a) for a in node.args[1:2]]
             for name in names:
-                if isinstance(name, str):
+                if isinstance(name, str) and not name.startswith("/"):  # a route named beside a query is no parameter
                     found.setdefault(name, f"{where}:{node.lineno}")
     return found
 
