@@ -27,10 +27,11 @@ fail() { say "FAIL: $*"; exit 1; }
 
 # ---- 1. tools --------------------------------------------------------------------------------------------
 "$ROOT/scripts/install.sh" >/dev/null
+export PATH="$HOME/.local/bin:$PATH"  # where install.sh puts uv when it installs it
 PY="$ROOT/.venv/bin/python"
 if [ "$(id -u)" != 0 ]; then fail "run as root (installs packages, starts dockerd)"; fi
 missing=()
-for p in docker.io docker-compose mmdebstrap; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for p in docker.io docker-compose mmdebstrap curl; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   say "apt: ${missing[*]}"
   apt-get update -qq
@@ -122,10 +123,10 @@ wait_ready() {  # CONTAINER URL TIMEOUT_S: until URL/ready answers 200
 }
 for svc in asr tts; do
   port=$([ $svc = asr ] && echo 8001 || echo 8002)
-  t0=$(date +%s.%N)
+  t0=$(date +%s%N)
   $DOCKER run -d --name "$PROJECT-$svc" --read-only --tmpfs /tmp "voice-services/$svc:test" >/dev/null
   wait_ready "$PROJECT-$svc" "http://$(ip_of "$PROJECT-$svc"):$port" 180 || fail "$svc container not ready"
-  say "$svc container: ready $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-5) s after docker run, user $($DOCKER exec \
+  say "$svc container: ready $(( ($(date +%s%N) - t0) / 1000000 )) ms after docker run, user $($DOCKER exec \
     "$PROJECT-$svc" id -u), read-only root"
   [ "$($DOCKER exec "$PROJECT-$svc" id -u)" != 0 ] || fail "$svc runs as root"
 done
