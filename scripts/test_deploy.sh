@@ -31,7 +31,9 @@ export PATH="$HOME/.local/bin:$PATH"  # where install.sh puts uv when it install
 PY="$ROOT/.venv/bin/python"
 if [ "$(id -u)" != 0 ]; then fail "run as root (installs packages, starts dockerd)"; fi
 missing=()
-for p in docker.io docker-compose mmdebstrap curl; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for p in docker.io docker-compose mmdebstrap curl; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   say "apt: ${missing[*]}"
   apt-get update -qq
@@ -90,8 +92,10 @@ base_image() {  # NAME PACKAGES: a Debian bookworm minbase root filesystem impor
   $DOCKER image inspect "localhost/$name:bookworm" >/dev/null 2>&1 || $DOCKER import "$tar" "localhost/$name:bookworm" >/dev/null
 }
 base_image voice-base python3,ca-certificates &
+python_base=$!
 base_image voice-nginx-base nginx-light,ca-certificates &
-wait %1 && wait %2 || fail "base images"
+nginx_base=$!
+wait $python_base && wait $nginx_base || fail "base images"
 # uv for the builder stage: the host's own binary in a one-file image (the default is astral's image)
 UV_BIN="$(readlink -f "$(command -v uv)")"
 if ! head -c 4 "$UV_BIN" | grep -q ELF; then  # a shim (pyenv): find the binary itself
