@@ -52,8 +52,10 @@ done
 secret_args=(--secret "id=index_env,src=$secrets/index_env")
 [ -n "$ca" ] && secret_args+=(--secret "id=ca,src=$ca")
 
+format=()
+case "$(basename "$ENGINE")" in podman*|buildah*) format=(--format docker) ;; esac  # keep HEALTHCHECK
 for target in $TARGETS; do
   echo "build.sh: $target -> ${PREFIX}${target}:${TAG} ($ENGINE)" >&2
-  DOCKER_BUILDKIT=1 nice -n 10 "$ENGINE" build --network=host "${secret_args[@]}" \
+  DOCKER_BUILDKIT=1 nice -n 10 "$ENGINE" build --network=host "${format[@]}" "${secret_args[@]}" \
     -f "$ROOT/deploy/container/Containerfile" --target "$target" -t "${PREFIX}${target}:${TAG}" "$@" "$ROOT"
 done
