@@ -16,6 +16,9 @@ something the reference lacks:
   a ``"type"`` read (``kind = data.get("type")``; ``kind == "session.update"``),
   ASGI's own ``http.*``/``websocket.*`` messages left out;
 * query parameters: every constant name read from something called ``query``;
+  for a native socket also which field of its ``StreamParams`` each one fills
+  (the name itself, else the names that flow into that field's argument where
+  ``parse_stream_params`` builds it: ``first_segment`` is ``resume_segment``);
 * error codes with their HTTP status, close code and fatality from
   :class:`~services.common.errors.ServiceError`; close codes also from every
   constant passed to ``CloseRequest(...)`` or ``.close(...)``.
@@ -112,6 +115,83 @@ def stream_params(service: str) -> type:
              if n.startswith(f"services.{service}.") and dataclasses.is_dataclass(getattr(m, "StreamParams", None))}
     assert len(found) == 1, f"services.{service} should have one StreamParams dataclass, found {found}"
     return found.pop()
+
+
+def _query_names(node: ast.AST) -> list[str]:
+    """The constant names ``node`` itself reads from something whose name says ``query`` (``query.get("x")``,
+    ``query["x"]``, ``ws.query_params.get("x")``, ``flag(query, "x")``), route paths aside."""
+    names: list[Any] = []
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+        if "query" in ast.unparse(node.func.value) and node.args:
+            names = [_const(node.args[0])]
+    elif isinstance(node, ast.Subscript) and "query" in ast.unparse(node.value):
+        names = [_const(node.slice)]
+    elif isinstance(node, ast.Call) and any("query" in ast.unparse(a) for a in node.args[:1]):
+        names = [_const(a) for a in node.args[1:2]]
+    return [n for n in names if isinstance(n, str) and not n.startswith("/")]  # a route beside a query: no name
+
+
+def native_query(service: str) -> dict[str, tuple[str, ...]]:
+    """Wire query name -> the path of the ``StreamParams`` field it fills: ``("sample_rate",)``, or into a nested
+    dataclass ``("resume", "at_s")``.
+
+    A field is filled by the query name that is its own name, when the parser reads that name; otherwise by the
+    names read in the expression passed for it where the module's parser calls ``StreamParams(...)``, following
+    the local variables it is built from and the module's own functions it calls (``resume = parse_resume(query)``
+    reads ``resume_at_s``...). A nested dataclass's fields are matched to those names by suffix (``at_s`` to
+    ``resume_at_s``). A field no query name fills, or a name that fits no nested field, is an error here, so
+    the check built on this compares every field's type and default with the reference, as before, under the
+    name a client actually sends."""
+    params = stream_params(service)
+    module = sys.modules[params.__module__]
+    tree = ast.parse(inspect.getsource(module))
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    builders = {f.name: f for f in functions.values() for n in ast.walk(f)
+                if isinstance(n, ast.Call) and ast.unparse(n.func) == params.__name__}
+    assert len(builders) == 1, f"{module.__name__} should build {params.__name__} in one function, not {builders}"
+    builder = builders.popitem()[1]
+    assigned: dict[str, list[ast.AST]] = {}
+    for n in ast.walk(builder):
+        if isinstance(n, ast.Assign):
+            for target in n.targets:
+                if isinstance(target, ast.Name):
+                    assigned.setdefault(target.id, []).append(n.value)
+
+    def reads(expr: ast.AST, seen: set[str]) -> set[str]:
+        names: set[str] = set()
+        for n in ast.walk(expr):
+            names.update(_query_names(n))
+            if isinstance(n, ast.Name) and n.id in assigned and n.id not in seen:
+                seen.add(n.id)
+                for value in assigned[n.id]:
+                    names |= reads(value, seen)
+            elif (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in functions
+                  and n.func.id not in seen):
+                seen.add(n.func.id)
+                names |= reads(functions[n.func.id], seen)
+        return names
+
+    everything = reads(builder, set())
+    call = next(n for n in ast.walk(builder) if isinstance(n, ast.Call) and ast.unparse(n.func) == params.__name__)
+    fields = dataclasses.fields(params)
+    arguments = {**{f.name: a for f, a in zip(fields, call.args)}, **{k.arg: k.value for k in call.keywords}}
+    hints = typing.get_type_hints(params)
+    found: dict[str, tuple[str, ...]] = {}
+    for f in fields:
+        if f.name in everything:
+            found[f.name] = (f.name,)
+            continue
+        names = reads(arguments[f.name], set()) if f.name in arguments else set()
+        assert names, f"{params.__module__}.{params.__name__}.{f.name}: no query parameter fills it"
+        if dataclasses.is_dataclass(hints[f.name]):
+            for name in sorted(names):
+                inner = [g.name for g in dataclasses.fields(hints[f.name]) if name.endswith("_" + g.name)]
+                assert len(inner) == 1, f"query parameter {name!r} fits no one field of {hints[f.name].__name__}"
+                found[name] = (f.name, inner[0])
+        else:
+            assert len(names) == 1, f"{params.__name__}.{f.name} is filled from several parameters: {names}"
+            found[names.pop()] = (f.name,)
+    return found
 
 
 # -- native events and messages (the classes) ---------------------------------------------------------------
@@ -244,17 +324,8 @@ def query_parameters() -> dict[str, str]:
     found: dict[str, str] = {}
     for where, tree in _sources():
         for node in ast.walk(tree):
-            names: list[Any] = []
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
-                if "query" in ast.unparse(node.func.value) and node.args:
-                    names = [_const(node.args[0])]
-            elif isinstance(node, ast.Subscript) and "query" in ast.unparse(node.value):
-                names = [_const(node.slice)]
-            elif isinstance(node, ast.Call) and any("query" in ast.unparse(a) for a in node.args[:1]):
-                names = [_const(a) for a in node.args[1:2]]
-            for name in names:
-                if isinstance(name, str) and not name.startswith("/"):  # a route named beside a query is no parameter
-                    found.setdefault(name, f"{where}:{node.lineno}")
+            for name in _query_names(node):
+                found.setdefault(name, f"{where}:{node.lineno}")
     return found
 
 

@@ -166,6 +166,18 @@ def _compare(code: dict, described: dict, doc: dict, names, with_default: bool) 
     return problems
 
 
+def _wire_schema(code: dict, wire: dict[str, tuple[str, ...]]) -> dict:
+    """``StreamParams``' JSON schema keyed by the query names a client sends (``resume_segment``, not the field
+    ``first_segment``; ``resume_at_s``, the nested ``resume.at_s``): wire name -> the field's schema."""
+    properties = {}
+    for name, path in wire.items():
+        schema = code
+        for part in path:
+            schema = _resolve(code, schema, "$defs")["properties"][part]
+        properties[name] = schema
+    return {**code, "properties": properties}
+
+
 def check_native_types(ref: Reference) -> list[str]:
     """The native events' field types and the native sockets' query parameters match the classes."""
     doc, problems = ref.asyncapi, []
@@ -182,7 +194,7 @@ def check_native_types(ref: Reference) -> list[str]:
     queries = [c["bindings"]["ws"]["query"].get("properties", {}) for c in doc.get("channels", {}).values()
                if "query" in (c.get("bindings") or {}).get("ws", {})]
     for service in facts.SERVICES:
-        code = TypeAdapter(facts.stream_params(service)).json_schema()
+        code = _wire_schema(TypeAdapter(facts.stream_params(service)).json_schema(), facts.native_query(service))
         names = sorted(code["properties"])
         candidates = [_compare(code, q, doc, names, True) for q in queries]
         best = min(candidates, key=len) if candidates else [f"no socket of {service} declares {names}"]
@@ -305,6 +317,8 @@ def test_an_event_or_field_removed_from_the_reference_is_reported(reference):
     schemas["Final"]["properties"]["reason"]["enum"].remove("max_length")
     del schemas["RtCleared"]
     del asyncapi["channels"]["ttsStream"]["bindings"]["ws"]["query"]["properties"]["voice"]
+    del asyncapi["channels"]["ttsStream"]["bindings"]["ws"]["query"]["properties"]["resume_segment"]
+    asyncapi["channels"]["asrStream"]["bindings"]["ws"]["query"]["properties"]["resume_at_s"]["type"] = "integer"
     ref = _without(reference, md, asyncapi)
     found = "\n".join(check_events(ref) + check_native_types(ref))
     assert "'UtteranceEnd' (services/asr/deepgram.py" in found and "docs/api.md examples is missing" in found
@@ -314,6 +328,9 @@ def test_an_event_or_field_removed_from_the_reference_is_reported(reference):
     assert "event 'text' (services.tts.protocol): text is ['integer'], the code says ['string']" in found
     assert "reason allows ['commit', 'end', 'silence', 'turn']" in found
     assert "query of the native tts socket: voice is missing" in found
+    # the query under the name a client sends, typed as the field it fills (StreamParams.first_segment, .resume.at_s)
+    assert "query of the native tts socket: resume_segment is missing" in found
+    assert "query of the native asr socket: resume_at_s is ['integer'], the code says ['number']" in found
 
 
 def test_an_error_code_removed_or_wrong_in_the_reference_is_reported(reference):
