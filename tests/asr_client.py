@@ -37,7 +37,7 @@ async def stream(url: str, audio: bytes, *, params: dict | None = None, frame_by
                 chunk = audio[i:i + frame_bytes]
                 await ws.send(chunk)
                 if speed > 0:
-                    await asyncio.sleep(len(chunk) / bytes_per_second / speed)
+                    await asyncio.sleep(len(chunk) / bytes_per_second / speed)  # a live source's pace
             for message in before_end or []:
                 await ws.send(message if isinstance(message, (bytes, str)) else json.dumps(message))
             if end:

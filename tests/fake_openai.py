@@ -73,7 +73,7 @@ class FakeOpenAI:
             try:
                 yield chunk({"role": "assistant", "content": ""})
                 for token in tokens:
-                    await asyncio.sleep(self.token_delay_s)
+                    await asyncio.sleep(self.token_delay_s)  # an LLM's pace: a test can barge in mid-reply
                     yield chunk({"content": token})
                     record.tokens_sent += 1
                 yield chunk({}, "stop")

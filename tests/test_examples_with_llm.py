@@ -60,11 +60,11 @@ async def _converse(asr_url: str, tts_url: str, llm: FakeOpenAI, out: WavOut) ->
         deadline = time.monotonic() + 30
         while agent.counters.audio_bytes == 0 and time.monotonic() < deadline:  # silence until the agent talks
             yield bytes(frame)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # a microphone: 20 ms of audio every 20 ms
         audio = wizard.tobytes() + bytes(rate * 2)  # the caller talks over the agent, at real time
         for i in range(0, len(audio), frame):
             yield audio[i:i + frame]
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # a microphone: 20 ms of audio every 20 ms
 
     await asyncio.wait_for(agent.run(frames()), 90)
     return agent
@@ -136,7 +136,7 @@ def test_agent_reopens_tts_after_the_service_closed_it_for_idleness(asr_service,
             audio = bytes(rate * 2 * 4) + quilter.tobytes() + bytes(rate * 2 * 2)  # 4 s quiet: TTS times out
             for i in range(0, len(audio), frame):
                 yield audio[i:i + frame]
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # a microphone at 4x real time: the 4 s of quiet pass in wall time
 
         asyncio.run(asyncio.wait_for(agent.run(frames()), 90))
     assert len(agent.turns) == 1 and agent.counters.audio_bytes > 0

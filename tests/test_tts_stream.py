@@ -56,7 +56,7 @@ async def say(url: str, fragments: list[str], *, pace_s: float = 0.0, query: str
         for fragment in fragments:
             await ws.send(json.dumps({"type": "text", "text": fragment}))
             if pace_s:
-                await asyncio.sleep(pace_s)
+                await asyncio.sleep(pace_s)  # a client writing as an LLM does
         await ws.send(json.dumps({"type": "end"}))
         return await recv_until(ws, got, None, timeout_s=60)
 
