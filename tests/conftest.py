@@ -66,6 +66,21 @@ async def await_until(condition: Callable[[], object], timeout_s: float, what: s
         await asyncio.sleep(POLL_S)  # as in wait_until: another process's state, known only by asking
 
 
+async def loop_pass() -> None:
+    """One pass of the event loop, no time: the tasks made ready before it (one just created, one whose future was
+    just resolved) run their next step first."""
+    await asyncio.sleep(0)  # a yield to the event loop, not a wait on time
+
+
+async def paced(items, period_s: float):
+    """``items`` as a live source delivers them (a microphone, a caller, an LLM writing): one every ``period_s``
+    (0: as fast as they are taken)."""
+    for item in items:
+        yield item
+        if period_s:
+            await asyncio.sleep(period_s)  # the source's pace is the input under test, not a wait for an event
+
+
 class ThreadedServer(uvicorn.Server):
     """A uvicorn server run in a thread of the test process; ``__enter__`` returns once it listens."""
 

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from conftest import ThreadedServer, free_port
+from conftest import ThreadedServer, free_port, paced
 
 
 @dataclass
@@ -72,8 +72,7 @@ class FakeOpenAI:
         async def events():
             try:
                 yield chunk({"role": "assistant", "content": ""})
-                for token in tokens:
-                    await asyncio.sleep(self.token_delay_s)  # an LLM's pace: a test can barge in mid-reply
+                async for token in paced(tokens, self.token_delay_s):  # an LLM's pace: tests barge in mid-reply
                     yield chunk({"content": token})
                     record.tokens_sent += 1
                 yield chunk({}, "stop")

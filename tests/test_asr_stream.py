@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import audioop  # stdlib reference G.711 encoder, independent of ours
+import itertools
 import json
 
 import httpx
@@ -13,7 +14,7 @@ import soxr
 import websockets
 
 from asr_client import stream
-from conftest import DATA, await_until, normalise, read_wav, wait_until
+from conftest import DATA, await_until, normalise, paced, read_wav, wait_until
 
 JFK_WORDS = normalise("And so my fellow Americans, ask not what your country can do for you, "
                       "ask what you can do for your country.")
@@ -261,10 +262,9 @@ def test_a_byte_now_and_then_does_not_keep_a_session_alive(asr_service):
             events, sent = [], []
 
             async def trickle():
-                while True:
-                    await ws.send(b"\x00")
+                async for byte in paced(itertools.repeat(b"\x00"), 1.0):  # a byte every second
+                    await ws.send(byte)
                     sent.append(1)
-                    await asyncio.sleep(1.0)  # the client under test: a byte every second, nothing to wait on
 
             sender = asyncio.create_task(trickle())
             try:

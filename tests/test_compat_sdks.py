@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 
 import httpx
@@ -20,7 +21,7 @@ from deepgram.speak.v1.types import SpeakV1Metadata, SpeakV1Text
 from openai import AsyncOpenAI
 
 from asr_client import stream
-from conftest import normalise, running
+from conftest import normalise, paced, running
 from tts_support import Transcriber, mostly_heard
 
 pytestmark = pytest.mark.asyncio
@@ -57,9 +58,8 @@ async def kept_alive(conn):
     """What a Deepgram client does while it sends no audio and waits for results: a KeepAlive every second (the
     service's idle timer, 4 s in the tests, would otherwise close it while a busy machine still decodes)."""
     async def beat() -> None:
-        while True:
+        async for _ in paced(itertools.repeat(None), 1.0):
             await conn.send_keep_alive()
-            await asyncio.sleep(1.0)  # the client's own period: nothing to wait on
     task = asyncio.create_task(beat())
     try:
         yield
@@ -90,9 +90,8 @@ async def test_deepgram_sdk_live_transcription_matches_the_native_stream(asr_ser
         conn.on(EventType.MESSAGE, got.append)
         listening = asyncio.create_task(conn.start_listening())
         audio = np.concatenate([jfk, SILENCE_1S, SILENCE_1S]).tobytes()
-        for i in range(0, len(audio), 640):  # 20 ms frames at 4x real time
+        async for i in paced(range(0, len(audio), 640), 0.005):  # 20 ms frames at 4x real time
             await conn.send_media(audio[i:i + 640])
-            await asyncio.sleep(0.005)  # the client under test: a live source, paced
         async with kept_alive(conn):
             # the turn ends in the trailing silence: its final arrives unasked
             await got.until(lambda got: any(isinstance(m, ListenV1Results) and m.speech_final for m in got))
@@ -223,9 +222,8 @@ async def test_openai_sdk_realtime_transcription_with_server_vad(asr_service, jf
         updated = await conn.recv()
         assert updated.type == "session.updated"
         assert updated.session.audio.input.turn_detection.silence_duration_ms == 500
-        for i in range(0, len(pcm24), 9600):  # 200 ms appends at 4x real time
+        async for i in paced(range(0, len(pcm24), 9600), 0.05):  # 200 ms appends at 4x real time
             await conn.input_audio_buffer.append(audio=base64.b64encode(pcm24[i:i + 9600]).decode())
-            await asyncio.sleep(0.05)  # the client under test: a live source, paced
         await conn.input_audio_buffer.commit()  # whatever is still open ends now
         while True:  # until the service has said everything (3 s of quiet), at most 60 s
             try:

@@ -21,7 +21,7 @@ import pytest
 import websockets
 from twilio.request_validator import RequestValidator
 
-from conftest import DATA, ROOT, free_port, normalise, read_wav, wait_until
+from conftest import DATA, ROOT, free_port, normalise, paced, read_wav, wait_until
 from fake_openai import FakeOpenAI
 from services.common.audio import mulaw_to_pcm16, pcm16_to_mulaw, resample
 from tts_support import Transcriber
@@ -89,7 +89,7 @@ class SimulatedTwilio:
         self.received: list[dict] = []
 
     async def send_media(self, audio: bytes, realtime: bool) -> None:
-        for i in range(0, len(audio), 160):
+        async for i in paced(range(0, len(audio), 160), 0.02 if realtime else 0):  # Twilio: 20 ms every 20 ms
             self.seq += 1
             self.chunk += 1
             await self.ws.send(json.dumps({
@@ -97,8 +97,6 @@ class SimulatedTwilio:
                 "media": {"track": "inbound", "chunk": str(self.chunk), "timestamp": str(self.chunk * 20),
                           "payload": base64.b64encode(audio[i:i + 160]).decode()}}))
             await self.drain()
-            if realtime:
-                await asyncio.sleep(0.02)  # Twilio sends a 20 ms frame every 20 ms: the caller's pace
 
     async def drain(self) -> None:
         while True:

@@ -157,7 +157,7 @@ def test_queued_file_work_does_not_stop_live_speculative_finals():
                                                                 batch_key=("file", i))) for i in range(n)]
             seen = []
             for _ in range(200):  # sampled while the file segments run one batch at a time
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # a sample every 5 ms: what is checked is the state whenever it is seen
                 if runtime.whisper.depth >= runtime.settings.scheduler.max_batch and runtime.whisper.busy:
                     seen.append((runtime.can_speculate(), runtime.whisper_free_for("s1")))
             results = await asyncio.gather(*files)
@@ -168,7 +168,7 @@ def test_queued_file_work_does_not_stop_live_speculative_finals():
                     for priority, key in ((Priority.BACKGROUND, "s1"), (Priority.NORMAL, "s2"))]
             states = set()
             while not all(t.done() for t in live):
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # sampled as above, until both are done
                 if runtime.whisper.busy_live:
                     states.add((runtime.whisper_free_for("s1"), runtime.whisper_free_for("s2")))
             return seen, results, states, n

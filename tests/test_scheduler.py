@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from conftest import loop_pass
 from services.common.errors import ErrorCode, ServiceError
 from services.common.scheduler import Priority, Scheduler, Superseded
 
@@ -78,7 +79,7 @@ async def _block(engine: Recorder, s: Scheduler) -> asyncio.Task:
 async def _settle() -> None:
     """Let the tasks just created run up to their wait for a result: ``submit`` queues its request (or is refused)
     before it first suspends, and one pass of the event loop runs each ready task's first step."""
-    await asyncio.sleep(0)  # one pass of the event loop, no time: a yield, not a wait
+    await loop_pass()
 
 
 def _refused_at_once(submit) -> ServiceError:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import websockets
 
-from conftest import DATA, await_until, read_wav, running, wait_until
+from conftest import DATA, await_until, loop_pass, paced, read_wav, running, wait_until
 from services.common.audio import decode_file
 from services.common.errors import ErrorCode, ServiceError
 from services.common.scheduler import Scheduler
@@ -63,9 +63,8 @@ def test_http_load_does_not_kill_a_live_session(tts):
         async with websockets.connect(f"{tts.ws}/v1/stream/tts") as ws:
             got = Received()
             await recv_until(ws, got, "ready")
-            for sentence in STORY.split(", "):
+            async for sentence in paced(STORY.split(", "), 0.05):  # a reply streamed as an LLM writes it
                 await ws.send(json.dumps({"type": "text", "text": sentence + ", "}))
-                await asyncio.sleep(0.05)  # the client under test: a reply streamed as an LLM writes it
             await ws.send(json.dumps({"type": "end"}))
             return await recv_until(ws, got, None, timeout_s=60)
 
@@ -318,15 +317,15 @@ def test_scheduler_does_not_count_callers_that_left():
             running = asyncio.ensure_future(scheduler.submit("running"))
             assert await asyncio.to_thread(entered.wait, 10)  # the model holds "running"
             waiting = [asyncio.ensure_future(scheduler.submit(f"w{i}")) for i in range(2)]
-            await asyncio.sleep(0)  # one pass of the event loop (no time): the two submits queue their requests
+            await loop_pass()  # the two submits queue their requests
             assert scheduler.depth == 2
             with pytest.raises(ServiceError):
                 await scheduler.submit("refused")  # full: two wait
             for task in waiting:
                 task.cancel()  # their callers left (a barge-in, a closed response)
-            await asyncio.sleep(0)
+            await loop_pass()
             later = asyncio.ensure_future(scheduler.submit("later"))
-            await asyncio.sleep(0)
+            await loop_pass()
             release.set()
             assert await later == "later" and await running == "running"
         finally:

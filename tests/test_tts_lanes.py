@@ -15,6 +15,7 @@ from services.common.errors import ErrorCode, ServiceError
 from services.common.scheduler import Priority, Scheduler
 from services.tts.engine import SynthesisJob, run_jobs
 from services.tts.piper import EMBEDDED_VOICE, PiperEngine, embedded_voice_files
+from conftest import loop_pass
 from tts_support import Transcriber, mostly_heard
 
 TEXTS = ["The weather is lovely today.", "Please close the door behind you."]
@@ -36,7 +37,7 @@ async def on_lanes(scheduler: Scheduler) -> None:
     """Until every request submitted so far runs on a lane (none waits): event-loop passes, no time. The first
     pass lets a task just created queue its request."""
     for _ in range(10_000):
-        await asyncio.sleep(0)  # a pass of the event loop: the scheduler's owner task takes what waits
+        await loop_pass()  # the scheduler's owner task takes what waits
         if scheduler.depth == 0:
             return
     raise AssertionError(f"{scheduler.depth} requests still wait for a lane")

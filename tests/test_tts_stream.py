@@ -11,7 +11,7 @@ import httpx
 import pytest
 import websockets
 
-from conftest import metric, running
+from conftest import loop_pass, metric, paced, running
 from services.common.outbox import Outbox
 from services.tts.formats import AudioEncoder
 from services.tts.protocol import Done
@@ -53,10 +53,8 @@ async def say(url: str, fragments: list[str], *, pace_s: float = 0.0, query: str
     async with websockets.connect(f"{url}/v1/stream/tts{query}") as ws:
         got = Received()
         await recv_until(ws, got, "ready")
-        for fragment in fragments:
+        async for fragment in paced(fragments, pace_s):  # a client writing as an LLM does
             await ws.send(json.dumps({"type": "text", "text": fragment}))
-            if pace_s:
-                await asyncio.sleep(pace_s)  # a client writing as an LLM does
         await ws.send(json.dumps({"type": "end"}))
         return await recv_until(ws, got, None, timeout_s=60)
 
@@ -296,7 +294,7 @@ def test_a_reply_waiting_for_room_in_a_full_audio_buffer_is_already_speaking(tmp
             for _ in range(1000):  # event-loop passes, no time: until the speaker has taken the piece
                 if work.empty():
                     break
-                await asyncio.sleep(0)
+                await loop_pass()
             taken = work.empty()
             speaking_while_waiting = speaker.speaking and len(out) == 1  # waiting for room, the piece unspoken
             speaker.draining = True
