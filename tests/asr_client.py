@@ -9,6 +9,8 @@ from urllib.parse import urlencode
 
 import websockets
 
+from conftest import paced
+
 
 @dataclass
 class StreamResult:
@@ -33,11 +35,9 @@ async def stream(url: str, audio: bytes, *, params: dict | None = None, frame_by
     full = url + ("?" + urlencode(params) if params else "")
     async with websockets.connect(full, max_size=None, open_timeout=20) as ws:
         async def send() -> None:
-            for i in range(0, len(audio), frame_bytes):
-                chunk = audio[i:i + frame_bytes]
-                await ws.send(chunk)
-                if speed > 0:
-                    await asyncio.sleep(len(chunk) / bytes_per_second / speed)
+            period_s = frame_bytes / bytes_per_second / speed if speed > 0 else 0.0
+            async for i in paced(range(0, len(audio), frame_bytes), period_s):
+                await ws.send(audio[i:i + frame_bytes])
             for message in before_end or []:
                 await ws.send(message if isinstance(message, (bytes, str)) else json.dumps(message))
             if end:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import os
@@ -9,13 +10,16 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import wave
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import numpy as np
 import pytest
+import uvicorn
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -57,6 +61,78 @@ def metric(service: Loopback, name: str) -> float:
                if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
 
 
+# Another process's state (a service's /ready or /metrics, a log file it writes) says what happened only when
+# asked: these two helpers are the one place a test asks again, every POLL_S, until the condition holds.
+POLL_S = 0.05
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Return once ``condition()`` is true; fail with ``what`` if it is not within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
+        time.sleep(POLL_S)  # the condition is another process's state: nothing to wait on but asking again
+
+
+async def await_until(condition: Callable[[], object], timeout_s: float, what: str) -> None:
+    """``wait_until`` inside an event loop: a blocking condition (an HTTP request) runs in a thread."""
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(condition):
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
+        await asyncio.sleep(POLL_S)  # as in wait_until: another process's state, known only by asking
+
+
+async def loop_pass() -> None:
+    """One pass of the event loop, no time: the tasks made ready before it (one just created, one whose future was
+    just resolved) run their next step first."""
+    await asyncio.sleep(0)  # a yield to the event loop, not a wait on time
+
+
+async def paced(items, period_s: float):
+    """``items`` as a live source delivers them (a microphone, a caller, an LLM writing): one every ``period_s``
+    (0: as fast as they are taken)."""
+    for item in items:
+        yield item
+        if period_s:
+            await asyncio.sleep(period_s)  # the source's pace is the input under test, not a wait for an event
+
+
+class ThreadedServer(uvicorn.Server):
+    """A uvicorn server run in a thread of the test process; ``__enter__`` returns once it listens."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket] | None = None,
+                 start_timeout_s: float = 30.0) -> None:
+        super().__init__(config)
+        self.up = threading.Event()  # set when start-up has ended, listening or not
+        self.start_timeout_s = start_timeout_s
+        self.thread = threading.Thread(target=self._run_in_thread, args=(sockets,), daemon=True,
+                                       name=f"uvicorn-{config.port}")
+
+    def _run_in_thread(self, sockets) -> None:
+        try:
+            self.run(sockets=sockets)
+        finally:
+            self.up.set()
+
+    async def startup(self, sockets=None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self.up.set()
+
+    def __enter__(self) -> "ThreadedServer":
+        self.thread.start()
+        if not self.up.wait(self.start_timeout_s):
+            raise TimeoutError(f"the in-process server did not start in {self.start_timeout_s} s")
+        if not self.started:
+            raise RuntimeError("the in-process server stopped during start-up")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.should_exit = True
+        self.thread.join(30)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,18 +168,20 @@ class ServiceProcess(Loopback):
         out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen([sys.executable, "-m", self.module, "--host", "127.0.0.1", "--port",
                                       str(self.port)], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.module} exited with {self.proc.returncode}; log: {self.log_path}")
-            try:
-                if httpx.get(self.http + "/ready", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"{self.module} not ready after {timeout_s} s")
+        try:
+            wait_until(self._ready, timeout_s, f"{self.module} ready")
+        except AssertionError:
+            self.stop()
+            raise TimeoutError(f"{self.module} not ready after {timeout_s} s") from None
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.module} exited with {self.proc.returncode}; log: {self.log_path}")
+        try:
+            return httpx.get(self.http + "/ready", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def stop(self) -> int | None:
         if self.proc is None:

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from conftest import free_port
+from conftest import ThreadedServer, free_port, paced
 
 
 @dataclass
@@ -44,22 +44,15 @@ class FakeOpenAI:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                     lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._server = ThreadedServer(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                     lifespan="off"), start_timeout_s=20)
 
     def __enter__(self) -> "FakeOpenAI":
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise TimeoutError("fake LLM server did not start")
-            time.sleep(0.05)
+        self._server.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._server.__exit__(*exc)
 
     async def _chat(self, request: Request):
         body = await request.json()
@@ -79,8 +72,7 @@ class FakeOpenAI:
         async def events():
             try:
                 yield chunk({"role": "assistant", "content": ""})
-                for token in tokens:
-                    await asyncio.sleep(self.token_delay_s)
+                async for token in paced(tokens, self.token_delay_s):  # an LLM's pace: tests barge in mid-reply
                     yield chunk({"content": token})
                     record.tokens_sent += 1
                 yield chunk({}, "stop")

@@ -16,7 +16,7 @@ _decode_batch = engine.WhisperEngine.decode_batch
 
 def decode_batch(self, requests):
     while os.path.exists(os.environ["HANG_FLAG"]):  # the model thread makes no progress
-        time.sleep(0.05)
+        time.sleep(0.05)  # a hung model thread: it only looks whether the test has let it go
     return _decode_batch(self, requests)
 
 

@@ -8,12 +8,10 @@ real sockets; this is the in-process twin of ``conftest.ServiceProcess``.
 from __future__ import annotations
 
 import socket
-import threading
-import time
 
 import uvicorn
 
-from conftest import Loopback
+from conftest import Loopback, ThreadedServer
 
 
 class InProcessServer(Loopback):
@@ -29,31 +27,22 @@ class InProcessServer(Loopback):
         self.socket.bind(("127.0.0.1", 0))
         self.port = self.socket.getsockname()[1]
         self.start_timeout_s = start_timeout_s
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
+        self.server = ThreadedServer(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
                                                     log_level="warning", ws_ping_interval=ping_interval_s,
-                                                    ws_ping_timeout=ping_timeout_s))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True,
-                                       name=f"uvicorn-{self.port}")
+                                                    ws_ping_timeout=ping_timeout_s),
+                                     sockets=[self.socket], start_timeout_s=start_timeout_s)
 
     def __enter__(self) -> "InProcessServer":
-        self.thread.start()
-        deadline = time.monotonic() + self.start_timeout_s
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError("the in-process server stopped during start-up")
-            if time.monotonic() > deadline:
-                raise TimeoutError("the in-process server did not start")
-            time.sleep(0.05)
+        self.server.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
+        self.server.__exit__(*exc)
         self.socket.close()
 
     @property
     def alive(self) -> bool:
-        return self.thread.is_alive() and not self.server.should_exit
+        return self.server.thread.is_alive() and not self.server.should_exit
 
     @property
     def runtime(self):

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -26,7 +25,8 @@ import pytest
 import websockets
 
 from asr_client import stream
-from conftest import DATA, ROOT, Loopback, ServiceProcess, free_port, metric, normalise, read_wav
+from conftest import (DATA, ROOT, Loopback, ServiceProcess, await_until, free_port, metric, normalise, read_wav,
+                      wait_until)
 from test_tts_cloning import wav_bytes
 from tts_support import Received, recv_until
 
@@ -79,14 +79,16 @@ class Cluster(Loopback):
         (run / "nginx.conf").write_text(conf)
         self.nginx = subprocess.Popen([NGINX, "-p", str(run), "-c", str(run / "nginx.conf"), "-e",
                                        str(run / "error.log")], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        def healthy() -> bool:
             try:
-                if httpx.get(self.http + "/health", timeout=1).status_code == 200:
-                    return self
+                return httpx.get(self.http + "/health", timeout=1).status_code == 200
             except httpx.HTTPError:
-                time.sleep(0.1)
-        raise TimeoutError("nginx did not start: " + (run / "error.log").read_text(errors="replace"))
+                return False
+        try:
+            wait_until(healthy, 20, "nginx healthy")
+        except AssertionError:
+            raise TimeoutError("nginx did not start: " + (run / "error.log").read_text(errors="replace")) from None
+        return self
 
     def stop(self) -> None:
         if self.nginx is not None and self.nginx.poll() is None:
@@ -219,10 +221,7 @@ def test_no_key_reaches_nginx_access_log(cluster, speech):
 
     assert asyncio.run(go()).close_code == 1000
     log = cluster.tmp / "nginx" / "access.log"
-    deadline = time.monotonic() + 10
-    while "/v1/stream/asr" not in (log.read_text() if log.exists() else ""):
-        assert time.monotonic() < deadline, "nothing was logged"
-        time.sleep(0.2)
+    wait_until(lambda: "/v1/stream/asr" in (log.read_text() if log.exists() else ""), 10, "the request logged")
     text = log.read_text()
     assert secret not in text and "api_key" not in text
 
@@ -232,13 +231,11 @@ def test_killing_an_asr_instance_leaves_the_other_sessions_and_new_ones_working(
 
     async def scenario():
         url = cluster.ws + "/v1/stream/asr"
+        active = lambda: [metric(s, "asr_sessions_active") for s in (victim, survivor)]  # noqa: E731
         first = asyncio.create_task(stream(url, speech["jfk"], speed=2.0, timeout_s=90))
-        await asyncio.sleep(0.5)
+        await await_until(lambda: sum(active()) == 1, 20, "the first stream open")  # least_conn sends the next
         second = asyncio.create_task(stream(url, speech["jfk"], speed=2.0, timeout_s=90))
-        deadline = time.monotonic() + 20
-        while not (metric(victim, "asr_sessions_active") == 1 and metric(survivor, "asr_sessions_active") == 1):
-            assert time.monotonic() < deadline, "the two streams did not land on both instances"
-            await asyncio.sleep(0.1)
+        await await_until(lambda: active() == [1, 1], 20, "the two streams on both instances")
         victim.proc.kill()
         victim.proc.wait(10)
         results = await asyncio.gather(first, second, return_exceptions=True)
@@ -257,14 +254,14 @@ def test_sigterm_mid_utterance_sends_its_final_then_1001_and_exits_0(cluster, sp
     async def scenario():
         heard = metric(instance, "asr_audio_seconds_total")
         task = asyncio.create_task(stream(cluster.ws + "/v1/stream/asr", speech["jfk"], speed=1.0, timeout_s=60))
-        deadline = time.monotonic() + 20
-        while metric(instance, "asr_audio_seconds_total") < heard + 1.2:  # "And so my fellow Americans" under way
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        # "And so my fellow Americans" under way
+        await await_until(lambda: metric(instance, "asr_audio_seconds_total") >= heard + 1.2, 20, "speech heard")
         instance.proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
-        ready = httpx.get(instance.http + "/ready", timeout=5)
-        assert ready.status_code == 503 and ready.json()["status"] == "draining"
+
+        def draining() -> bool:
+            ready = httpx.get(instance.http + "/ready", timeout=5)
+            return ready.status_code == 503 and ready.json()["status"] == "draining"
+        await await_until(draining, 10, "/ready says draining")
         return await task
 
     result = asyncio.run(scenario())

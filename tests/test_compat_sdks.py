@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import itertools
 import json
 
 import httpx
@@ -19,7 +21,7 @@ from deepgram.speak.v1.types import SpeakV1Metadata, SpeakV1Text
 from openai import AsyncOpenAI
 
 from asr_client import stream
-from conftest import normalise, running
+from conftest import normalise, paced, running
 from tts_support import Transcriber, mostly_heard
 
 pytestmark = pytest.mark.asyncio
@@ -30,6 +32,40 @@ LONG_TEXT = ("The quick brown fox jumps over the lazy dog near the bank of the r
              "It was a bright cold day in April, and the clocks were striking thirteen. "
              "Far out in the uncharted backwaters of the unfashionable end of the western spiral arm of the galaxy "
              "lies a small unregarded yellow sun.")
+
+
+class Inbox(list):
+    """What an SDK connection delivered (its on-message callback appends here), awaitable by content."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._changed = asyncio.Event()
+
+    def append(self, message) -> None:
+        super().append(message)
+        self._changed.set()
+
+    async def until(self, condition, timeout_s: float = 20) -> None:
+        async def wait() -> None:
+            while not condition(self):
+                self._changed.clear()
+                await self._changed.wait()
+        await asyncio.wait_for(wait(), timeout_s)
+
+
+@contextlib.asynccontextmanager
+async def kept_alive(conn):
+    """What a Deepgram client does while it sends no audio and waits for results: a KeepAlive every second (the
+    service's idle timer, 4 s in the tests, would otherwise close it while a busy machine still decodes)."""
+    async def beat() -> None:
+        async for _ in paced(itertools.repeat(None), 1.0):
+            await conn.send_keep_alive()
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def deepgram(service, key: str = KEY) -> AsyncDeepgramClient:
@@ -47,23 +83,20 @@ def native_jfk_text(asr_service, jfk) -> str:
 
 
 async def test_deepgram_sdk_live_transcription_matches_the_native_stream(asr_service, jfk, native_jfk_text):
-    got: list = []
+    got = Inbox()
     async with deepgram(asr_service).listen.v1.connect(
             model="nova-3", encoding="linear16", sample_rate="16000", channels="1", interim_results="true",
             punctuate="true", smart_format="true", language="en", vad_events="true", utterance_end_ms="1000") as conn:
         conn.on(EventType.MESSAGE, got.append)
         listening = asyncio.create_task(conn.start_listening())
         audio = np.concatenate([jfk, SILENCE_1S, SILENCE_1S]).tobytes()
-        for i in range(0, len(audio), 640):  # 20 ms frames at 4x real time
+        async for i in paced(range(0, len(audio), 640), 0.005):  # 20 ms frames at 4x real time
             await conn.send_media(audio[i:i + 640])
-            await asyncio.sleep(0.005)
-        await conn.send_keep_alive()
-        for _ in range(100):  # the turn ends in the trailing silence: its final arrives unasked
-            if any(isinstance(m, ListenV1Results) and m.speech_final for m in got):
-                break
-            await asyncio.sleep(0.1)
-        await conn.send_finalize()  # nothing is open any more: an empty final that answers the Finalize
-        await asyncio.sleep(0.5)
+        async with kept_alive(conn):
+            # the turn ends in the trailing silence: its final arrives unasked
+            await got.until(lambda got: any(isinstance(m, ListenV1Results) and m.speech_final for m in got))
+            await conn.send_finalize()  # nothing is open any more: an empty final that answers the Finalize
+            await got.until(lambda got: any(isinstance(m, ListenV1Results) and m.from_finalize for m in got))
         await conn.send_close_stream()
         await asyncio.wait_for(listening, 30)
 
@@ -89,7 +122,7 @@ async def test_deepgram_sdk_live_transcription_matches_the_native_stream(asr_ser
 async def test_deepgram_finalize_ends_the_open_utterance_at_once(asr_service, jfk):
     """Finalize mid-speech (as Pipecat sends it when its own VAD stops): the open utterance's final comes back
     at once, with from_finalize and without speech_final."""
-    got: list = []
+    got = Inbox()
     async with deepgram(asr_service).listen.v1.connect(model="nova-3", encoding="linear16",
                                                        sample_rate="16000") as conn:
         conn.on(EventType.MESSAGE, got.append)
@@ -98,10 +131,8 @@ async def test_deepgram_finalize_ends_the_open_utterance_at_once(asr_service, jf
         for i in range(0, len(audio), 3200):
             await conn.send_media(audio[i:i + 3200])
         await conn.send_finalize()
-        for _ in range(100):
-            if any(isinstance(m, ListenV1Results) and m.from_finalize for m in got):
-                break
-            await asyncio.sleep(0.1)
+        async with kept_alive(conn):
+            await got.until(lambda got: any(isinstance(m, ListenV1Results) and m.from_finalize for m in got))
         await conn.send_close_stream()
         await asyncio.wait_for(listening, 30)
     finalized = [m for m in got if isinstance(m, ListenV1Results) and m.from_finalize]
@@ -118,30 +149,23 @@ def kind(message) -> str:
 
 
 async def test_deepgram_sdk_speak_streams_audio_and_clear_stops_it(examples_tts):
-    got: list = []
+    got = Inbox()
     client = deepgram(examples_tts)
     async with client.speak.v1.connect(model="aura-2-helena-en", encoding="linear16", sample_rate="24000") as conn:
         conn.on(EventType.MESSAGE, got.append)
         listening = asyncio.create_task(conn.start_listening())
         await conn.send_text(SpeakV1Text(text=LONG_TEXT))
         await conn.send_flush()
-        for _ in range(200):
-            if "audio" in map(kind, got):
-                break
-            await asyncio.sleep(0.05)
+        await got.until(lambda got: "audio" in map(kind, got))
         await conn.send_clear()
-        for _ in range(100):
-            if "Cleared" in map(kind, got):
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(1.0)  # anything of the cleared text still on its way would arrive now
+        await got.until(lambda got: "Cleared" in map(kind, got))
+        # No event says that nothing more of the cleared text will come: the test gives it the time it would
+        # take to arrive, so that it would show before the next reply rather than be taken for its audio.
+        await asyncio.sleep(1.0)
         cleared_at = len(got)
         await conn.send_text(SpeakV1Text(text="Hello there, how are you?"))
         await conn.send_flush()
-        for _ in range(200):
-            if "Flushed" in map(kind, got[cleared_at:]):
-                break
-            await asyncio.sleep(0.05)
+        await got.until(lambda got: "Flushed" in map(kind, got[cleared_at:]))
         await conn.send_close()
         await asyncio.wait_for(listening, 20)
 
@@ -198,9 +222,8 @@ async def test_openai_sdk_realtime_transcription_with_server_vad(asr_service, jf
         updated = await conn.recv()
         assert updated.type == "session.updated"
         assert updated.session.audio.input.turn_detection.silence_duration_ms == 500
-        for i in range(0, len(pcm24), 9600):  # 200 ms appends at 4x real time
+        async for i in paced(range(0, len(pcm24), 9600), 0.05):  # 200 ms appends at 4x real time
             await conn.input_audio_buffer.append(audio=base64.b64encode(pcm24[i:i + 9600]).decode())
-            await asyncio.sleep(0.05)
         await conn.input_audio_buffer.commit()  # whatever is still open ends now
         while True:  # until the service has said everything (3 s of quiet), at most 60 s
             try:
@@ -245,9 +268,8 @@ async def test_openai_realtime_manual_commits_and_errors(asr_service, jfk):
         for _ in range(2):  # 2 s of quiet: in turn_detection null, nothing ends the utterance on its own
             await conn.input_audio_buffer.append(audio=base64.b64encode(bytes(48000)).decode())
         await conn.send({"type": "response.create"})
-        await asyncio.sleep(1.0)
-        await conn.input_audio_buffer.commit()
-        events = []
+        events = [await asyncio.wait_for(conn.recv(), 10)]  # its error: the service has read all the audio before it
+        await conn.input_audio_buffer.commit()  # handled after that audio (one ordered inbound queue)
         while not events or events[-1].type != "conversation.item.input_audio_transcription.completed":
             events.append(await asyncio.wait_for(conn.recv(), 60))
     kinds = [e.type for e in events]

@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-import time
 
 import httpx
 import numpy as np
 
 from asr_client import stream
-from conftest import DATA, ServiceProcess, metric, normalise, read_wav
+from conftest import DATA, ServiceProcess, await_until, metric, normalise, read_wav, wait_until
 from test_tts_cloning import wav_bytes
 
 ENV = {"ASR_SERVER__DRAIN_TIMEOUT_S": "20", "ASR_MODEL__CPU_THREADS": "2", "ASR_SERVER__IDLE_TIMEOUT_S": "30"}
@@ -27,10 +26,8 @@ def test_sigterm_gives_an_open_utterance_of_a_commit_only_stream_its_final(tmp_p
         async def scenario():
             task = asyncio.create_task(stream(service.ws + "/v1/stream/asr", jfk.tobytes(), speed=1.0,
                                               params={"turn_detection": "none"}, timeout_s=60))
-            deadline = time.monotonic() + 20
-            while metric(service, "asr_audio_seconds_total") < 4.0:  # "...ask not what your country" under way
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+            await await_until(lambda: metric(service, "asr_audio_seconds_total") >= 4.0, 20,
+                              "...ask not what your country' under way")
             service.proc.send_signal(signal.SIGTERM)
             return await task
 
@@ -59,13 +56,11 @@ def test_sigterm_lets_an_upload_in_flight_finish(tmp_path):
 
         thread = threading.Thread(target=upload)
         thread.start()
-        deadline = time.monotonic() + 20
-        while metric(service, "asr_file_audio_seconds_total") == 0 and metric(
-                service, "asr_batch_size_count") < 3:  # the upload's audio is being cut and decoded
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: metric(service, "asr_file_audio_seconds_total") or metric(
+            service, "asr_batch_size_count") >= 3, 20, "the upload's audio being cut and decoded")
         service.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        wait_until(lambda: httpx.get(service.http + "/ready", timeout=5).json()["status"] == "draining", 10,
+                   "/ready says draining")
         refused = httpx.post(service.http + "/v1/transcribe", files={"file": ("b.wav", wav_bytes(clips[0], 16000))},
                              timeout=10)
         assert refused.status_code == 503 and "retry-after" in refused.headers  # new work goes elsewhere

@@ -21,7 +21,7 @@ import pytest
 import websockets
 from twilio.request_validator import RequestValidator
 
-from conftest import DATA, ROOT, free_port, normalise, read_wav
+from conftest import DATA, ROOT, free_port, normalise, paced, read_wav, wait_until
 from fake_openai import FakeOpenAI
 from services.common.audio import mulaw_to_pcm16, pcm16_to_mulaw, resample
 from tts_support import Transcriber
@@ -49,16 +49,13 @@ def bridge(asr_ws: str, tts_ws: str, llm_url: str, tmp_path):
     proc = subprocess.Popen([sys.executable, "examples/twilio_phone.py", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        def healthy() -> bool:
             assert proc.poll() is None, (tmp_path / "bridge.log").read_text()
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "bridge did not start"
-            time.sleep(0.2)
+                return False
+        wait_until(healthy, 30, "the bridge started")
         yield port
     finally:
         proc.terminate()
@@ -92,7 +89,7 @@ class SimulatedTwilio:
         self.received: list[dict] = []
 
     async def send_media(self, audio: bytes, realtime: bool) -> None:
-        for i in range(0, len(audio), 160):
+        async for i in paced(range(0, len(audio), 160), 0.02 if realtime else 0):  # Twilio: 20 ms every 20 ms
             self.seq += 1
             self.chunk += 1
             await self.ws.send(json.dumps({
@@ -100,8 +97,6 @@ class SimulatedTwilio:
                 "media": {"track": "inbound", "chunk": str(self.chunk), "timestamp": str(self.chunk * 20),
                           "payload": base64.b64encode(audio[i:i + 160]).decode()}}))
             await self.drain()
-            if realtime:
-                await asyncio.sleep(0.02)
 
     async def drain(self) -> None:
         while True:

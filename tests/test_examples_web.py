@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import wave
 from urllib.parse import urlencode
 
@@ -16,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import DATA, ROOT, free_port, normalise, read_wav
+from conftest import DATA, ROOT, free_port, normalise, read_wav, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -27,14 +26,13 @@ def page_server():
     proc = subprocess.Popen([sys.executable, "examples/serve_web.py", "--port", str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while True:
+        def serving() -> bool:
+            assert proc.poll() is None, "serve_web.py exited"
             try:
-                httpx.get(f"http://127.0.0.1:{port}/web/mic-worklet.js", timeout=1).raise_for_status()
-                break
+                return httpx.get(f"http://127.0.0.1:{port}/web/mic-worklet.js", timeout=1).status_code == 200
             except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, "serve_web.py did not start"
-                time.sleep(0.1)
+                return False
+        wait_until(serving, 20, "serve_web.py started")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import DATA, ROOT, read_wav
+from conftest import DATA, ROOT, paced, read_wav
 from fake_openai import FakeOpenAI
 
 sys.path.insert(0, str(ROOT / "examples"))
@@ -57,14 +57,15 @@ async def _converse(asr_url: str, tts_url: str, llm: FakeOpenAI, out: WavOut) ->
         audio = quilter.tobytes() + bytes(rate * 2)  # the question, then 1 s of silence: its turn ends
         for i in range(0, len(audio), frame):
             yield audio[i:i + frame]
-        deadline = time.monotonic() + 30
-        while agent.counters.audio_bytes == 0 and time.monotonic() < deadline:  # silence until the agent talks
-            yield bytes(frame)
-            await asyncio.sleep(0.02)
+        def silence_until_the_agent_talks():
+            deadline = time.monotonic() + 30
+            while agent.counters.audio_bytes == 0 and time.monotonic() < deadline:
+                yield bytes(frame)
+        async for chunk in paced(silence_until_the_agent_talks(), 0.02):  # a microphone: 20 ms every 20 ms
+            yield chunk
         audio = wizard.tobytes() + bytes(rate * 2)  # the caller talks over the agent, at real time
-        for i in range(0, len(audio), frame):
+        async for i in paced(range(0, len(audio), frame), 0.02):
             yield audio[i:i + frame]
-            await asyncio.sleep(0.02)
 
     await asyncio.wait_for(agent.run(frames()), 90)
     return agent
@@ -134,9 +135,8 @@ def test_agent_reopens_tts_after_the_service_closed_it_for_idleness(asr_service,
 
         async def frames():
             audio = bytes(rate * 2 * 4) + quilter.tobytes() + bytes(rate * 2 * 2)  # 4 s quiet: TTS times out
-            for i in range(0, len(audio), frame):
+            async for i in paced(range(0, len(audio), frame), 0.005):  # a microphone at 4x real time
                 yield audio[i:i + frame]
-                await asyncio.sleep(0.005)
 
         asyncio.run(asyncio.wait_for(agent.run(frames()), 90))
     assert len(agent.turns) == 1 and agent.counters.audio_bytes > 0

@@ -34,7 +34,7 @@ import pytest
 import websockets
 
 from asr_client import stream
-from conftest import normalise
+from conftest import normalise, wait_until
 from inprocess import InProcessServer
 from tts_support import Received, Transcriber, mostly_heard, pcm_to_float, recv_until
 
@@ -87,7 +87,7 @@ class FaultyFeatures:
     def __call__(self, audio, *args, **kwargs):
         kind = marker_in(audio)
         if kind == "feature":
-            time.sleep(FAILURE_S)
+            time.sleep(FAILURE_S)  # a failing device call takes time (see FAILURE_S)
             raise ValueError("feature extraction failed (injected)")
         feats = self.real(audio, *args, **kwargs)
         if kind is not None:
@@ -124,7 +124,7 @@ class FaultyWhisper:
         if bad:
             if len(bad) < len(kinds):
                 self.mixed_batches += 1
-            time.sleep(FAILURE_S)
+            time.sleep(FAILURE_S)  # a failing device call takes time (see FAILURE_S)
             if "timeout" in bad:
                 raise TimeoutError("device timed out (injected)")
             raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
@@ -237,10 +237,7 @@ def test_asr_hung_model_call_is_cut_off_and_the_instance_recovers(jfk):
         assert upload.status_code == 503 and upload.json()["error"]["code"] == "overloaded"
 
         whisper.release.set()  # the call returns at last: the instance serves again
-        for _ in range(100):
-            if httpx.get(server.http + "/ready", timeout=10).status_code == 200:
-                break
-            run(asyncio.sleep(0.05))
+        wait_until(lambda: httpx.get(server.http + "/ready", timeout=10).status_code == 200, 10, "serving again")
         assert httpx.get(server.http + "/ready", timeout=10).json()["status"] == "ready"
         later = run(stream(url, jfk.tobytes() + tail, params=params))
         assert normalise(later.final_text) == JFK_WORDS and later.close_code == 1000

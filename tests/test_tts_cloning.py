@@ -21,7 +21,7 @@ import pytest
 import uvicorn
 import websockets
 
-from conftest import DATA, free_port, read_wav
+from conftest import DATA, ThreadedServer, free_port, read_wav
 from services.tts.app import create_app
 from services.tts.chatterbox import ChatterboxEngine
 from services.tts.engine import CloneJob, SynthesisJob
@@ -79,7 +79,7 @@ class FakeChatterbox:
         self.conds.t3 = "mutated"  # what the library does when exaggeration differs
         self.conds.gen["touched"] = True  # and what a future version might do to gen
         for i in range(self.chunks):
-            time.sleep(0.003)
+            time.sleep(0.003)  # a chunk's compute, off the GIL as the real model's: concurrent voices interleave
             if self.fail_on and self.fail_on in text and i == 1:
                 raise RuntimeError("boom")
             yield np.full((1, CHUNK), self.conds.level, np.float32), None  # reads self.conds every chunk
@@ -145,21 +145,15 @@ class Server:
                         server={"log_level": "warning"})
         self.app = create_app(settings, engine=ChatterboxEngine(FakeChatterbox(), FakeConds))
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.server = ThreadedServer(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None,
+                                                    log_level="warning"), start_timeout_s=20)
 
     def __enter__(self) -> "Server":
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.05)
+        self.server.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.server.__exit__(*exc)
 
     @property
     def http(self) -> str:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 
 import httpx
 import numpy as np
 import pytest
 import websockets
 
-from conftest import DATA, read_wav, running
+from conftest import DATA, await_until, loop_pass, paced, read_wav, running, wait_until
 from services.common.audio import decode_file
 from services.common.errors import ErrorCode, ServiceError
 from services.common.scheduler import Scheduler, SchedulerOptions
@@ -52,12 +51,8 @@ def sessions_active(service) -> int:
 
 
 async def wait_sessions(service, n: int, timeout_s: float = 15) -> int:
-    for _ in range(int(timeout_s * 10)):
-        active = await asyncio.to_thread(sessions_active, service)
-        if active == n:
-            return active
-        await asyncio.sleep(0.1)
-    return active
+    await await_until(lambda: sessions_active(service) == n, timeout_s, f"{n} sessions active")
+    return n
 
 
 def test_http_load_does_not_kill_a_live_session(tts):
@@ -68,9 +63,8 @@ def test_http_load_does_not_kill_a_live_session(tts):
         async with websockets.connect(f"{tts.ws}/v1/stream/tts") as ws:
             got = Received()
             await recv_until(ws, got, "ready")
-            for sentence in STORY.split(", "):
+            async for sentence in paced(STORY.split(", "), 0.05):  # a reply streamed as an LLM writes it
                 await ws.send(json.dumps({"type": "text", "text": sentence + ", "}))
-                await asyncio.sleep(0.05)
             await ws.send(json.dumps({"type": "end"}))
             return await recv_until(ws, got, None, timeout_s=60)
 
@@ -185,11 +179,9 @@ def test_voice_upload_on_piper_is_501_even_without_fields(tts):
 # -- in-process, with the cloning engine's stand-in model ------------------------------------------------
 
 def slots_free(admission, timeout_s: float = 10) -> bool:
-    """The server releases a slot just after the client sees the close: give it a moment."""
-    deadline = time.monotonic() + timeout_s
-    while admission.active and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return admission.active == 0
+    """The server releases a slot just after the client sees the close."""
+    wait_until(lambda: not admission.active, timeout_s, "the slots freed")
+    return True
 
 
 def make_voice(store: VoiceStore, conditionals: bytes, name: str = "voice"):
@@ -311,9 +303,10 @@ def test_file_encoder_close_while_encoding_is_safe():
 
 
 def test_scheduler_does_not_count_callers_that_left():
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Event()
 
     def slow(batch):
+        entered.set()
         release.wait(10)
         return batch
 
@@ -322,16 +315,17 @@ def test_scheduler_does_not_count_callers_that_left():
         await scheduler.start()
         try:
             running = asyncio.ensure_future(scheduler.submit("running"))
-            await asyncio.sleep(0.05)
+            assert await asyncio.to_thread(entered.wait, 10)  # the model holds "running"
             waiting = [asyncio.ensure_future(scheduler.submit(f"w{i}")) for i in range(2)]
-            await asyncio.sleep(0.05)
+            await loop_pass()  # the two submits queue their requests
+            assert scheduler.depth == 2
             with pytest.raises(ServiceError):
                 await scheduler.submit("refused")  # full: two wait
             for task in waiting:
                 task.cancel()  # their callers left (a barge-in, a closed response)
-            await asyncio.sleep(0)
+            await loop_pass()
             later = asyncio.ensure_future(scheduler.submit("later"))
-            await asyncio.sleep(0.05)
+            await loop_pass()
             release.set()
             assert await later == "later" and await running == "running"
         finally:
