@@ -209,6 +209,20 @@ def resume_timings(run: StreamRun, drop_at: float, undisturbed: StreamRun | None
     return out
 
 
+def timeline(run: StreamRun) -> list:
+    """The finals and resumes, as [s since the stream started, type, utterance, start, end, text/outage]."""
+    out = []
+    for t, e in run.events:
+        at = round(t - run.started, 3)
+        if e.type == "final":
+            out.append([at, "final", e.utterance, e.start, e.end, e.text])
+        elif e.type == "reconnecting":
+            out.append([at, "reconnecting", e.attempt, e.reason])
+        elif e.type == "resumed":
+            out.append([at, "resumed", e.utterance, e.at_s, e.replay_s, e.outage_s])
+    return out
+
+
 def metric(port: int, name: str) -> float:
     import urllib.request
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
@@ -239,6 +253,7 @@ async def one_run(cluster: LocalCluster, recs: list[Recording], fault: str, faul
         url = f"ws://127.0.0.1:{proxy.port}/v1/stream/asr"
     info: dict = {"fault": fault, "streams": len(recs)}
     if fault == "none":
+        import voice_client  # noqa: F401 - imported before tracing: the heap counts the streams, not the imports
         tracemalloc.start()
         base_mem = tracemalloc.get_traced_memory()[0]
     tasks = [asyncio.create_task(stream_recording(url, r)) for r in recs]
@@ -280,7 +295,7 @@ def score(info: dict, recs: list[Recording], undisturbed: dict | None) -> dict:
         row = {"recording": rec.name, "clips": rec.clips, "duration_s": round(rec.duration_s, 1),
                "error": run.error, "wer": w, "utterances": len(run.finals()), "lost": lost, "twice": twice,
                "reconnects": sum(1 for _, e in run.events if e.type == "resumed"),
-               "peak_replay_kb": run.peak_kept_bytes / 1024, "text": run.text}
+               "peak_replay_kb": run.peak_kept_bytes / 1024, "text": run.text, "timeline": timeline(run)}
         if base is not None:
             bw = corpus_wer([rec.reference], [base.text])["wer"]
             row.update(wer_undisturbed=bw, wer_delta_pts=(w - bw) * 100 if w is not None and bw is not None else None,

@@ -5,7 +5,8 @@
 instance), copying bytes both ways unchanged. ``cut()`` resets every connection open at that moment on both
 sides (an RST, as when a NAT entry is dropped or a middlebox restarts), and records when; connections made
 afterwards, the clients' reconnects, are left alone until the next ``cut()``. So one ``cut()`` while every
-client streams cuts every client connection exactly once. Standard library only; the fault tests and
+client streams cuts every client connection exactly once; ``cut_after(n)`` does it once the target has sent
+``n`` more bytes to the clients (the middle of a reply). Standard library only; the fault tests and
 ``scripts/bench_resume.py`` import it, and it runs on its own too::
 
     scripts/cut_proxy.py --listen 18080 --to 127.0.0.1:8080   # kill -USR1 <pid> cuts every open connection
@@ -40,9 +41,11 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counted=None) -> None:
     try:
         while chunk := await reader.read(CHUNK_BYTES):
+            if counted is not None and counted(len(chunk)):
+                return  # the connection was cut at this point: the chunk goes nowhere
             writer.write(chunk)
             await writer.drain()
         if writer.can_write_eof():
@@ -60,6 +63,8 @@ class CutProxy:
         self.accepted = 0                     # connections accepted so far
         self.cut_at: list[float] = []         # time.time() of each cut()
         self.cut_counts: list[int] = []       # connections each cut() reset
+        self.downstream_bytes = 0             # bytes forwarded from the target to the clients, all connections
+        self._cut_at_downstream: int | None = None
         self._open: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._server: asyncio.Server | None = None
 
@@ -97,6 +102,19 @@ class CutProxy:
                 _reset(w)
         return len(pairs)
 
+    def cut_after(self, downstream_bytes: int) -> None:
+        """Cut once, as soon as the target has sent ``downstream_bytes`` (counted from now) towards the clients:
+        a point in the middle of a reply, however fast it is made."""
+        self._cut_at_downstream = self.downstream_bytes + downstream_bytes
+
+    def _downstream(self, n: int) -> bool:
+        self.downstream_bytes += n
+        if self._cut_at_downstream is not None and self.downstream_bytes >= self._cut_at_downstream:
+            self._cut_at_downstream = None
+            self.cut()
+            return True
+        return False
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
         try:
@@ -107,7 +125,7 @@ class CutProxy:
         pair = (writer, up_writer)
         self._open.add(pair)
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer, self._downstream))
         finally:
             self._open.discard(pair)
             for w in pair:

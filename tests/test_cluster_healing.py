@@ -13,10 +13,12 @@ import importlib.util
 import shutil
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from voice_client import TtsStream
 
 from asr_client import stream
 from conftest import DATA, DETERMINISTIC_TTS, ROOT, Loopback, metric, normalise, read_wav
@@ -25,9 +27,11 @@ NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").e
 pytestmark = [pytest.mark.skipif(NGINX is None, reason="nginx is not installed (scripts/install.sh installs it)"),
               pytest.mark.slow, pytest.mark.timeout(420)]
 
-_spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "scripts" / "local_cluster.py")
-local_cluster = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(local_cluster)
+_spec = importlib.util.spec_from_file_location("bench_resume", ROOT / "scripts" / "bench_resume.py")
+bench = sys.modules["bench_resume"] = importlib.util.module_from_spec(_spec)  # dataclasses need it registered
+_spec.loader.exec_module(bench)  # its helpers: the start_all.sh driver, the cutting proxy, the stream and seam checks
+
+SPEED = 2.0  # the recordings stream at twice real time (stream time, not wall time, drives the service)
 
 
 class Port(Loopback):
@@ -40,7 +44,7 @@ def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("start_all")
     env = {"ASR_MODEL__CPU_THREADS": "1", "TTS_ENGINE__CPU_THREADS": "1", "VOICE_STORE": str(tmp / "voices"),
            "TMPDIR": str(tmp), **DETERMINISTIC_TTS}
-    c = local_cluster.LocalCluster(asr=2, tts=1, env=env, log_path=tmp / "start_all.log")
+    c = bench.LocalCluster(asr=2, tts=1, env=env, log_path=tmp / "start_all.log")
     try:
         yield c.start(timeout_s=300)
     finally:
@@ -52,35 +56,158 @@ def speech() -> dict[str, bytes]:
     return {name: read_wav(DATA / "asr" / f"{name}.wav")[0].tobytes() for name in ("jfk", "wizard", "quilter")}
 
 
+@pytest.fixture(scope="module")
+def recordings():
+    return bench.recordings(DATA / "asr", 3, min_s=12.0)  # three orders of the three test clips, ~20 s each
+
+
+async def _streams(url: str, recs, fault=None) -> list:
+    """Stream every recording through the library at once; ``fault()`` runs when each has had its first final."""
+    firsts: set[str] = set()
+    all_started = asyncio.Event()
+
+    def seen(name: str):
+        def on_event(event) -> None:
+            if event.type == "final":
+                firsts.add(name)
+                if len(firsts) == len(recs):
+                    all_started.set()
+        return on_event
+
+    tasks = [asyncio.create_task(bench.stream_recording(url, r, speed=SPEED, timeout_s=150, on_event=seen(r.name)))
+             for r in recs]
+    if fault is not None:
+        waiter = asyncio.create_task(all_started.wait())
+        await asyncio.wait([waiter, *tasks], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        assert all_started.is_set(), "the streams did not all get a final"
+        await fault()
+    return await asyncio.gather(*tasks)
+
+
+@pytest.fixture(scope="module")
+def undisturbed(cluster, recordings) -> dict:
+    runs = asyncio.run(_streams(cluster.ws + "/v1/stream/asr", recordings))
+    for run in runs:
+        assert run.error is None and run.text, run.events[-3:]
+    return {run.recording: run for run in runs}
+
+
+def _assert_nothing_lost_or_repeated(runs, recordings, undisturbed) -> None:
+    refs = {r.name: r.reference for r in recordings}
+    for run in runs:
+        base = undisturbed[run.recording]
+        assert run.error is None and run.events[-1][1].type == "closed", (run.recording, run.error)
+        assert bench.numbering(run) == (0, 0), [(f.utterance, f.text) for f in run.finals()]  # none lost, none twice
+        assert bench.seam_repeats(run, base.text) == 0, bench.timeline(run)
+        wer, base_wer = (bench.corpus_wer([refs[run.recording]], [t])["wer"] for t in (run.text, base.text))
+        assert wer <= base_wer + 0.01, (run.recording, run.text, base.text, bench.timeline(run))
+
+
+def test_streams_ride_through_a_sigkilled_instance_that_comes_back(cluster, recordings, undisturbed, speech):
+    killed: dict = {}
+
+    async def kill() -> None:
+        port = max(cluster.asr_ports, key=lambda p: metric(Port(p), "asr_sessions_active"))
+        assert metric(Port(port), "asr_sessions_active") >= 1
+        killed["name"] = f"asr :{port}"
+        killed["pid"], killed["mark"] = cluster.kill(killed["name"], signal.SIGKILL)
+        # new sessions meanwhile (its port refuses until its models are loaded again) land on the other instance
+        killed["fresh"] = [asyncio.create_task(stream(cluster.ws + "/v1/stream/asr", speech["wizard"], speed=0,
+                                                      timeout_s=90)) for _ in range(2)]
+
+    async def scenario():
+        runs = await _streams(cluster.ws + "/v1/stream/asr", recordings, fault=kill)
+        return runs, await asyncio.gather(*killed["fresh"])
+
+    runs, fresh = asyncio.run(scenario())
+    for result in fresh:
+        assert result.close_code == 1000 and "wizard" in normalise(result.final_text), result.events[-3:]
+    assert sum(1 for run in runs for _, e in run.events if e.type == "resumed") >= 1  # the victim's streams resumed
+    _assert_nothing_lost_or_repeated(runs, recordings, undisturbed)
+    why, new = cluster.wait_restarted(killed["name"], killed["pid"], start=killed["mark"])
+    assert f"(pid {killed['pid']}) was killed by SIGKILL" in why and new != killed["pid"]
+    restarted = Port(int(killed["name"].rsplit(":", 1)[1]))
+    asyncio.run(bench.back_in_rotation(cluster, restarted.port, recordings[0], timeout_s=90))  # serves again
+
+
+def test_every_client_connection_cut_once_by_a_proxy_loses_and_repeats_nothing(cluster, recordings, undisturbed):
+    async def scenario():
+        async with bench.CutProxy(cluster.front) as proxy:
+            async def cut() -> None:
+                assert proxy.cut() == len(recordings)
+
+            runs = await _streams(f"ws://127.0.0.1:{proxy.port}/v1/stream/asr", recordings, fault=cut)
+            return runs, proxy.accepted
+
+    runs, accepted = asyncio.run(scenario())
+    assert accepted >= 2 * len(recordings)  # every client came back, through the same URL
+    for run in runs:
+        assert [e.type for _, e in run.events].count("resumed") == 1, bench.timeline(run)
+    _assert_nothing_lost_or_repeated(runs, recordings, undisturbed)
+
+
+LONG_REPLY = ("Thanks for calling the support line. I have looked at your account and found the problem. "
+              "Your last payment was applied to the wrong invoice. I have moved it to the right one. "
+              "You will get a confirmation email within the hour. Is there anything else I can help with today?")
+
+
+async def _speak(url: str) -> tuple[list, int]:
+    """Speak LONG_REPLY through the library; every event until ``closed``, and how often it resumed."""
+    events = []
+    async with TtsStream(url) as tts:
+        await tts.send_text(LONG_REPLY)
+        await tts.finish()
+        async with asyncio.timeout(120):
+            async for event in tts:
+                events.append(event)
+        return events, tts.reconnects
+
+
+def _spoken(events: list) -> dict[int, tuple[str, int]]:
+    """Each segment's text and the audio bytes of its last (complete) rendition; asserts each completed once."""
+    out: dict[int, tuple[str, int]] = {}
+    current: dict[int, list] = {}
+    for e in events:
+        if e.type == "segment":
+            current[e.index] = [e.text, 0]  # a restarted piece starts over
+        elif e.type == "audio" and e.segment is not None:
+            current[e.segment][1] += len(e.data)
+        elif e.type == "segment_end":
+            assert e.index not in out, f"segment {e.index} completed twice"
+            out[e.index] = tuple(current.pop(e.index))
+    return out
+
+
+def test_a_long_tts_reply_cut_midway_is_spoken_whole_once(cluster):
+    whole, _ = asyncio.run(_speak(cluster.ws + "/v1/stream/tts"))
+    reference = _spoken(whole)
+    assert len(reference) >= 4 and "".join("".join(t.split()) for t, _ in reference.values()) == \
+        "".join(LONG_REPLY.split())
+
+    audio_bytes = sum(n for _, n in reference.values())
+
+    async def scenario():
+        async with bench.CutProxy(cluster.front) as proxy:
+            proxy.cut_after(audio_bytes // 2)  # half-way through the reply's audio
+            return await _speak(f"ws://127.0.0.1:{proxy.port}/v1/stream/tts")
+
+    events, reconnects = asyncio.run(scenario())
+    resumed = [e for e in events if e.type == "resumed"]
+    assert reconnects == 1 and len(resumed) == 1 and 0 < resumed[0].segment < len(reference), resumed
+    spoken = _spoken(events)
+    assert sorted(spoken) == list(range(len(spoken))), sorted(spoken)  # numbered on across the resume
+    texts = [spoken[i][0] for i in sorted(spoken)]
+    assert "".join("".join(t.split()) for t in texts) == "".join(LONG_REPLY.split()), texts  # whole, once, in order
+    by_text = {text: n for text, n in reference.values()}
+    for text, n in spoken.values():  # a piece is spoken whole: as long as the same piece undisturbed
+        assert n == by_text.get(text, n), (text, n, by_text)
+    assert abs(sum(n for _, n in spoken.values()) - audio_bytes) < 0.1 * audio_bytes, (spoken, reference)
+    assert events[-1].type == "closed" and [e.type for e in events].count("done") == 1
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def test_a_killed_instance_comes_back_and_nginx_serves_from_the_other_meanwhile(cluster, speech):
-    victim, survivor = (f"asr :{p}" for p in cluster.asr_ports)
-    old, mark = cluster.kill(victim, signal.SIGKILL)
-
-    async def streams(n: int):
-        return await asyncio.gather(*(stream(cluster.ws + "/v1/stream/asr", speech["wizard"], speed=0, timeout_s=90)
-                                      for _ in range(n)))
-
-    # right after the kill (its port refuses: models take seconds to load), new streams all land on the survivor
-    for result in asyncio.run(streams(3)):
-        assert result.close_code == 1000 and "wizard" in normalise(result.final_text), result.events[-3:]
-    why, new = cluster.wait_restarted(victim, old, start=mark)
-    assert f"(pid {old}) was killed by SIGKILL" in why and new != old
-    assert not any(line.startswith(f"start_all: {survivor} (pid") for line in cluster.lines)  # untouched
-    restarted = Port(cluster.asr_ports[0])
-    # nginx takes the restarted instance back (at the latest fail_timeout, 10 s, after its last refusal)
-    deadline = time.monotonic() + 60
-    for _ in range(30):
-        if metric(restarted, "asr_sessions_total") >= 1:
-            break
-        assert time.monotonic() < deadline, "nginx sent nothing to the restarted instance"
-        for result in asyncio.run(streams(2)):
-            assert result.close_code == 1000 and result.final_text
-    assert metric(restarted, "asr_sessions_total") >= 1
 
 
 def test_ctrl_c_drains_open_streams_through_nginx_and_stops_everything(cluster, speech):

@@ -55,6 +55,29 @@ def test_bytes_pass_a_cut_resets_open_connections_once_and_new_ones_pass():
     asyncio.run(scenario())
 
 
+def test_cut_after_cuts_once_in_the_middle_of_what_the_target_sends():
+    async def scenario():
+        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        async with cut_proxy.CutProxy(server.sockets[0].getsockname()[1]) as proxy:
+            reader, writer = await _round_trip(proxy.port, b"x" * 1000)
+            proxy.cut_after(150_000)
+            writer.write(b"y" * 400_000)
+            received = 0
+            with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+                while True:
+                    chunk = await asyncio.wait_for(reader.read(65536), 10)
+                    if not chunk:
+                        raise asyncio.IncompleteReadError(b"", None)
+                    received += len(chunk)
+            writer.close()
+            assert proxy.cut_counts == [1] and 0 < received < 400_000
+            await _round_trip(proxy.port, b"again")  # disarmed after one cut
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
 def test_a_target_that_is_down_is_refused_through_the_proxy_and_only_loopback_is_allowed():
     async def scenario():
         async with cut_proxy.CutProxy(free_port()) as proxy:  # nothing listens there
