@@ -313,44 +313,34 @@ def score(info: dict, recs: list[Recording], undisturbed: dict | None) -> dict:
         out["resumed_streams"] = len(got)
         for key in ("outage_ms", "drop_to_first_final_ms", "extra_ms"):
             out[key] = summarize([t[key] for t in got if t[key] is not None])
+    out["peak_replay_kb"] = summarize([r["peak_replay_kb"] for r in rows])
+    out["wer_delta_pts_max"] = max((r["wer_delta_pts"] for r in rows if r.get("wer_delta_pts") is not None),
+                                   default=None)
+    out["seam_repeats"] = sum(r.get("seam_repeats", 0) for r in rows)
+    out["lost"], out["twice"] = sum(r["lost"] for r in rows), sum(r["twice"] for r in rows)
     out["ok"] = all(not r["error"] and r["lost"] == 0 and r["twice"] == 0 and r.get("seam_repeats", 0) == 0
                     and (r.get("wer_delta_pts") is None or r["wer_delta_pts"] <= 1.0) for r in rows)
     out["recordings"] = rows
     return out
 
 
-def chart(report: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def markdown(report: dict) -> str:
+    """One row per run: the figures docs/benchmarks.md quotes."""
+    def ms(d: dict | None, q: str) -> str:
+        return f"{d[q]:.0f}" if d and d.get(q) is not None else "-"
 
-    runs = report["runs"]
-    faulted = [r for r in runs if r["fault"] != "none"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
-    labels = [f"{r['fault']}\n{r['streams']} stream{'s' if r['streams'] > 1 else ''}" for r in faulted]
-    xs = range(len(faulted))
-    for offset, q, hatch in ((-0.2, "p50", None), (0.2, "p95", "//")):
-        ax1.bar([x + offset for x in xs], [r["drop_to_first_final_ms"][q] or 0 for r in faulted], 0.4,
-                label=f"drop -> first final {q}", hatch=hatch, color="tab:blue", alpha=0.6 if hatch else 1.0)
-        ax1.scatter([x + offset for x in xs], [r["outage_ms"][q] or 0 for r in faulted], color="black", zorder=5,
-                    marker="_" if hatch else "x", s=120, label=f"outage (drop -> resumed) {q}")
-    ax1.set_xticks(list(xs), labels, fontsize=8)
-    ax1.set_ylabel("ms")
-    ax1.set_title("After the drop")
-    ax1.legend(fontsize=7)
-    levels = sorted({r["streams"] for r in runs})
-    width = 0.8 / 3
-    for i, fault in enumerate(("none", "kill", "cut")):
-        vals = [next((r["wer"] * 100 for r in runs if r["streams"] == n and r["fault"] == fault), 0) for n in levels]
-        ax2.bar([j + (i - 1) * width for j in range(len(levels))], vals, width, label=fault)
-    ax2.set_xticks(range(len(levels)), [f"{n} stream{'s' if n > 1 else ''}" for n in levels])
-    ax2.set_ylabel("WER %")
-    ax2.set_title("Word error rate, with and without the fault")
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    lines = ["| streams | fault | WER % | worst WER change (pts) | seam repeats | lost / twice | resumed | "
+             "outage p50 / p95 ms | drop -> first final p50 / p95 ms | peak replay kB | heap / stream kB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["runs"]:
+        delta = "-" if r.get("wer_delta_pts_max") is None else f"{r['wer_delta_pts_max']:+.1f}"
+        heap = f"{r['client_heap_per_stream_kb']:.0f}" if "client_heap_per_stream_kb" in r else "-"
+        lines.append(f"| {r['streams']} | {r['fault']} | {r['wer'] * 100:.1f} | {delta} | {r['seam_repeats']} | "
+                     f"{r['lost']} / {r['twice']} | {r.get('resumed_streams', '-')} | "
+                     f"{ms(r.get('outage_ms'), 'p50')} / {ms(r.get('outage_ms'), 'p95')} | "
+                     f"{ms(r.get('drop_to_first_final_ms'), 'p50')} / {ms(r.get('drop_to_first_final_ms'), 'p95')} | "
+                     f"{r['peak_replay_kb']['max']:.0f} | {heap} |")
+    return "\n".join(lines)
 
 
 async def bench(args: argparse.Namespace) -> dict:
@@ -395,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     if args.chart:
-        chart(report, args.chart)
+        from plot_bench import resume_chart
+        resume_chart(report, args.chart)
+    print(markdown(report))
     return 0 if all(r["ok"] for r in report["runs"]) else 1
 
 
