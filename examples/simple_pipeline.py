@@ -4,7 +4,8 @@
     python examples/simple_pipeline.py speech.wav -o echo.wav
     python examples/simple_pipeline.py              # microphone and speakers, if `sounddevice` is installed
 
-The smallest complete pipeline over the two sockets, on the embedded defaults:
+The smallest complete pipeline over the two sockets (through the client library,
+``voice_client``, so both ride through a dropped connection), on the embedded defaults:
 the file (16-bit WAV, any rate) is streamed to ``WS /v1/stream/asr`` at real
 time (``--speed``); every ``final`` transcript is sent to ``WS /v1/stream/tts``
 as ``text`` + ``flush``, and the audio that comes back is written to the
@@ -16,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
-from urllib.parse import urlencode
-
-import websockets
 
 from audio_io import SpeakerOut, WavOut, have_sounddevice, microphone_frames, read_wav, wav_frames
+from voice_client import (AsrStream, Audio, ConnectionLost, ErrorEvent, Final, Reconnecting, Segment, ServiceError,
+                          TtsReady, TtsStream)
 
 
 async def echo(args: argparse.Namespace) -> int:
@@ -36,53 +35,49 @@ async def echo(args: argparse.Namespace) -> int:
         print("give a WAV file (no microphone: `pip install sounddevice` for one)", file=sys.stderr)
         return 2
     out = WavOut(args.output) if args.output or not have_sounddevice() else SpeakerOut()
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
-    asr_url = f"{args.asr_url}?{urlencode({'sample_rate': rate})}"
-    tts_url = args.tts_url + (f"?{urlencode({'voice': args.voice})}" if args.voice else "")
     errors = 0
-    async with websockets.connect(asr_url, additional_headers=headers, max_size=None) as asr, \
-            websockets.connect(tts_url, additional_headers=headers, max_size=None) as tts:
-        ready = json.loads(await tts.recv())
-        out.configure(ready["sample_rate"], ready["encoding"])
+    asr = AsrStream(args.asr_url, sample_rate=rate, api_key=args.api_key)
+    tts = TtsStream(args.tts_url, voice=args.voice, api_key=args.api_key)
+    try:
+        async with asr, tts:
+            async def send_audio() -> None:
+                async for frame in frames:
+                    await asr.send_audio(frame)
+                await asr.finish()
 
-        async def send_audio() -> None:
-            async for frame in frames:
-                await asr.send(frame)
-            await asr.send(json.dumps({"type": "end"}))
+            async def transcripts_to_speech() -> None:
+                nonlocal errors
+                async for event in asr:
+                    if isinstance(event, Final) and event.text.strip():
+                        print(f"heard ({event.reason}, {event.latency_ms:.0f} ms): {event.text}")
+                        await tts.send_text(event.text)
+                        await tts.flush()
+                    elif isinstance(event, ErrorEvent):
+                        errors += 1
+                        print(f"ASR error {event.code}: {event.message}", file=sys.stderr)
+                    elif isinstance(event, Reconnecting):
+                        print(f"ASR reconnecting: {event.reason}", file=sys.stderr)
+                await tts.finish()  # speak what is left, then `closed`
 
-        async def transcripts_to_speech() -> None:
-            nonlocal errors
-            async for message in asr:
-                event = json.loads(message)
-                if event["type"] == "final" and event["text"].strip():
-                    print(f"heard ({event['reason']}, {event['latency_ms']:.0f} ms): {event['text']}")
-                    await tts.send(json.dumps({"type": "text", "text": event["text"]}))
-                    await tts.send(json.dumps({"type": "flush"}))
-                elif event["type"] == "error":
-                    errors += 1
-                    print(f"ASR error {event['code']}: {event['message']}", file=sys.stderr)
-                elif event["type"] == "closed":
-                    break
-            await tts.send(json.dumps({"type": "end"}))  # speak what is left, then `closed`
+            async def speech_out() -> None:
+                nonlocal errors
+                async for event in tts:
+                    if isinstance(event, Audio):
+                        await out.play(event.data)
+                    elif isinstance(event, TtsReady):
+                        out.configure(event.sample_rate, event.encoding)
+                    elif isinstance(event, Segment):
+                        print(f"speaking: {event.text}")
+                    elif isinstance(event, ErrorEvent):
+                        errors += 1
+                        print(f"TTS error {event.code}: {event.message}", file=sys.stderr)
 
-        async def speech_out() -> None:
-            nonlocal errors
-            async for message in tts:
-                if isinstance(message, bytes):
-                    await out.play(message)
-                    continue
-                event = json.loads(message)
-                if event["type"] == "segment":
-                    print(f"speaking: {event['text']}")
-                elif event["type"] == "error":
-                    errors += 1
-                    print(f"TTS error {event['code']}: {event['message']}", file=sys.stderr)
-                elif event["type"] == "closed":
-                    break
-
-        sender = asyncio.create_task(send_audio())
-        await asyncio.gather(transcripts_to_speech(), speech_out())
-        sender.cancel()
+            sender = asyncio.create_task(send_audio())
+            await asyncio.gather(transcripts_to_speech(), speech_out())
+            sender.cancel()
+    except (ServiceError, ConnectionLost, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     await out.close()
     if isinstance(out, WavOut):
         print(f"wrote {out.path}: {len(out.audio) / 2 / max(1, out.rate_hz):.2f} s")

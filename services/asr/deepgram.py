@@ -35,6 +35,7 @@ from ..common.audio import SAMPLE_RATE_HZ, Encoding
 from ..common.deepgram import parse_audio_query
 from ..common.errors import ErrorCode, ServiceError
 from ..common.protocol import Closed, End, parse_message
+from ..common.resume import refuse_resume
 from .endpointing import EndReason, TurnMode
 from .protocol import Final, Partial, SpeechStart, StreamParams
 from .serving import AsrRuntime
@@ -65,6 +66,7 @@ def _flag(query: dict[str, str], name: str) -> bool:
 
 def parse_listen_query(query: dict[str, str]) -> tuple[StreamParams, ListenOptions]:
     """Deepgram's query parameters as our stream parameters; unsupported audio is ``bad_audio``."""
+    refuse_resume(query, "/v1/listen")
     encoding, rate = parse_audio_query(query, _DEFAULT_RATES)
     if query.get("channels", "1") != "1" or _flag(query, "multichannel"):
         raise ServiceError(ErrorCode.BAD_AUDIO, "only mono audio is supported (channels=1)")

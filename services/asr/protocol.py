@@ -5,11 +5,13 @@ Every message the socket carries is one of the small classes here, with a
 is parsed and :func:`parse_stream_params` the one place query parameters are.
 Field names follow the contract (``shared/contract/API.md``) exactly.
 :func:`merge_partials` is the outbox rule for a slow reader: a newer partial of
-an utterance replaces the one still waiting.
+an utterance replaces the one still waiting. :class:`Resume` is where a resumed stream carries
+on: its :meth:`Resume.shift` puts an event into the whole stream's time and numbering.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -18,10 +20,11 @@ from ..common.audio import SAMPLE_RATE_HZ, Encoding, parse_encoding, parse_sampl
 from ..common.errors import ErrorCode, ServiceError
 from ..common import protocol as common
 from ..common.protocol import Closed, End, Event, parse_message, shown
+from ..common.resume import index_param, refuse_resume, seconds_param
 from .endpointing import EndReason, TurnMode
 
-__all__ = ["Closed", "Commit", "End", "Final", "Partial", "Ready", "SpeechStart", "StreamParams", "merge_partials",
-           "parse_client_message", "parse_stream_params"]
+__all__ = ["Closed", "Commit", "End", "Final", "Partial", "Ready", "Resume", "SpeechStart", "StreamParams",
+           "merge_partials", "parse_client_message", "parse_stream_params"]
 
 
 # -- client -> server ----------------------------------------------------------
@@ -42,21 +45,58 @@ def parse_client_message(text: str) -> ClientMessage:
 # -- query parameters ------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Resume:
+    """A resumed stream: its first sample is stream time ``at_s`` and its first utterance is number
+    ``utterance`` (both 0: a stream that starts here, whose events pass unchanged)."""
+
+    at_s: float = 0.0
+    utterance: int = 0
+    replay_s: float = 0.0  # what the client said it replays (logged)
+
+    def shift(self, item: Any) -> Any:
+        """``item`` in the whole stream's time and numbering (anything that is not an event passes as it is)."""
+        if not (self.at_s or self.utterance) or not isinstance(item, (SpeechStart, Partial, Final)):
+            return item
+        at, index = self.at_s, item.utterance + self.utterance
+        if isinstance(item, Final):
+            words = [{**w, "start": round(w["start"] + at, 3), "end": round(w["end"] + at, 3)} for w in item.words]
+            return dataclasses.replace(item, utterance=index, start=round(item.start + at, 3),
+                                       end=round(item.end + at, 3), words=words)
+        return dataclasses.replace(item, utterance=index, t=round(item.t + at, 3))
+
+
+def parse_resume(query: dict[str, str], max_replay_s: float) -> Resume:
+    """The resume parameters (``invalid_parameter``, ``too_large``: see :mod:`services.common.resume`)."""
+    refuse_resume(query, "/v1/stream/asr", supported=("resume_at_s", "resume_utterance", "resume_replay_s"))
+    at_s = seconds_param(query, "resume_at_s")
+    utterance = index_param(query, "resume_utterance")
+    replay_s = seconds_param(query, "resume_replay_s", max_replay_s)
+    if (at_s is None) != (utterance is None):
+        raise ServiceError(ErrorCode.INVALID_PARAMETER, "a resumed stream names both resume_at_s and "
+                                                        "resume_utterance")
+    if at_s is None and replay_s is not None:
+        raise ServiceError(ErrorCode.INVALID_PARAMETER, "resume_replay_s needs resume_at_s and resume_utterance")
+    return Resume(at_s or 0.0, utterance or 0, replay_s or 0.0)
+
+
+@dataclass(frozen=True)
 class StreamParams:
     sample_rate: int = SAMPLE_RATE_HZ
     encoding: Encoding = Encoding.PCM_S16LE
     language: str | None = None  # None: the configured default
     partials: bool = True
     turn_detection: TurnMode = TurnMode.SMART_TURN
+    resume: Resume = Resume()
 
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
-def parse_stream_params(query: dict[str, str]) -> tuple[StreamParams, list[ServiceError]]:
-    """Audio parameters are fatal when wrong (``bad_audio``); the others fall
-    back to their default with a non-fatal ``bad_message`` warning."""
+def parse_stream_params(query: dict[str, str], max_replay_s: float = 300.0) -> tuple[StreamParams, list[ServiceError]]:
+    """Audio and resume parameters are fatal when wrong (``bad_audio``; see :func:`parse_resume`); the others
+    fall back to their default with a non-fatal ``bad_message`` warning."""
+    resume = parse_resume(query, max_replay_s)
     warnings: list[ServiceError] = []
     sample_rate = parse_sample_rate(query.get("sample_rate", str(SAMPLE_RATE_HZ)))
     encoding = parse_encoding(query.get("encoding", "pcm_s16le"))
@@ -78,7 +118,7 @@ def parse_stream_params(query: dict[str, str]) -> tuple[StreamParams, list[Servi
             warnings.append(ServiceError(
                 ErrorCode.BAD_MESSAGE, f"turn_detection must be smart_turn, vad or none, got {shown(raw)}; using smart_turn"))
     language = query.get("language") or None
-    return StreamParams(sample_rate, encoding, language, partials, turn), warnings
+    return StreamParams(sample_rate, encoding, language, partials, turn, resume), warnings
 
 
 # -- server -> client ---------------------------------------------------------------

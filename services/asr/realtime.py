@@ -37,6 +37,7 @@ from starlette.websockets import WebSocket
 from ..common.audio import Encoding, parse_sample_rate
 from ..common.errors import ErrorCode, ServiceError
 from ..common.protocol import Closed, parse_object, shown
+from ..common.resume import refuse_resume
 from .endpointing import EndReason, TurnMode
 from .protocol import Final, Partial, SpeechStart, StreamParams
 from .serving import AsrRuntime
@@ -104,6 +105,7 @@ class RealtimeSession(AsrSession):
 
     @classmethod
     def prepare(cls, ws: WebSocket, runtime: AsrRuntime) -> Prepared:
+        refuse_resume(ws.query_params, "/v1/realtime")
         intent = ws.query_params.get("intent")
         if intent != "transcription":
             raise ServiceError(ErrorCode.NOT_SUPPORTED, f"only transcription sessions are served here "

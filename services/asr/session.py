@@ -83,7 +83,7 @@ class AsrSession(Session):
     # -- chassis hooks: setup ------------------------------------------------------------------
     @classmethod
     def prepare(cls, ws: WebSocket, runtime: AsrRuntime) -> Prepared:
-        params, warnings = parse_stream_params(dict(ws.query_params))
+        params, warnings = parse_stream_params(dict(ws.query_params), runtime.settings.server.max_replay_s)
         try:
             language = runtime.resolve_language(params.language)
         except ValueError as exc:
@@ -94,7 +94,7 @@ class AsrSession(Session):
     def begin(self) -> None:
         p = self.params
         log.info("session started", extra={"sample_rate": p.sample_rate, "encoding": p.encoding.value,
-                                           "turn_detection": p.turn_detection.value})
+                                           "turn_detection": p.turn_detection.value, **p.resume.__dict__})
         self.greet()
         for warning in self.warnings:
             self.report(warning)
@@ -223,9 +223,9 @@ class AsrSession(Session):
     # -- chassis hooks: writing ------------------------------------------------------------------
     async def send(self, item: Any) -> bool:
         if not isinstance(item, FinalSlot):
-            return await super().send(item)
+            return await super().send(self.params.resume.shift(item))  # a resumed stream's time and numbering
         try:
-            final: Final = await item.future
+            final: Final = self.params.resume.shift(await item.future)
         except ServiceError as err:
             await self.send_error(err)
             await self.close(err.close_code)

@@ -149,6 +149,9 @@ class ServerSettings(common_settings.ServerSettings):
     """Events queued for a slow client before its session is closed (partials merge first)."""
     inbound_queue_frames: int = Field(64, ge=2)
     """Audio frames buffered per session before reading from the socket pauses (backpressure)."""
+    max_replay_s: float = Field(300.0, gt=0)
+    """Longest replay a resumed stream may announce (``resume_replay_s``; too_large above). A client keeps at
+    most the audio since its last final, normally under ``streaming.max_utterance_s`` plus a pause."""
 
 
 class AsrSettings(Section):

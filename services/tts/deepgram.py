@@ -29,6 +29,7 @@ from ..common.audio import Encoding
 from ..common.deepgram import parse_audio_query
 from ..common.errors import ServiceError
 from ..common.protocol import Closed, End, parse_message
+from ..common.resume import refuse_resume
 from .protocol import Cancel, Cancelled, Done, Flush, Ready, Segment, StreamParams, Text, text_message
 from .serving import TtsRuntime
 from .session import Prepared, TtsSession
@@ -48,6 +49,7 @@ def voice_of_model(model: str | None) -> str | None:
 
 
 def parse_speak_query(query: dict[str, str]) -> StreamParams:
+    refuse_resume(query, "/v1/speak")
     encoding, rate = parse_audio_query(query, _DEFAULT_RATES)
     return StreamParams(voice_of_model(query.get("model")), encoding, rate)
 

@@ -3,7 +3,10 @@
 Every message the socket carries is one of the small classes here, with a
 ``type`` literal; :func:`parse_client_message` is the one place incoming text
 is parsed and :func:`parse_stream_params` the one place query parameters are.
-Field names follow the contract (``shared/contract/API.md``) exactly.
+Field names follow the contract (``shared/contract/API.md``) exactly. Two
+optional parameters serve a client that resumes after a dropped socket:
+``segment_end=true`` adds a ``segment_end`` event after each piece's last audio,
+and ``resume_segment=N`` numbers the segments from N.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from pydantic import BaseModel, Field
 from ..common.audio import Encoding, parse_encoding, parse_sample_rate
 from ..common.errors import ErrorCode, ServiceError
 from ..common import protocol as common
-from ..common.protocol import Closed, End, Event, parse_message
+from ..common.protocol import Closed, End, Event, parse_message, shown
+from ..common.resume import index_param, refuse_resume
 
-__all__ = ["Cancel", "Cancelled", "Closed", "DeepgramSpeakRequest", "Done", "End", "Flush", "Ready", "Segment",
+__all__ = ["Cancel", "Cancelled", "Closed", "DeepgramSpeakRequest", "Done", "End", "Flush", "Ready", "Segment", "SegmentEnd",
            "SpeechFormat",
            "SpeechRequest", "StreamParams", "SynthesizeFormat", "SynthesizeRequest", "Text", "parse_client_message",
            "parse_stream_params"]
@@ -74,14 +78,22 @@ class StreamParams:
     voice: str | None = None  # None: the configured default
     encoding: Encoding = Encoding.PCM_S16LE
     sample_rate: int | None = None  # None: the voice's native rate
+    first_segment: int = 0  # a resumed stream's next segment number
+    segment_end: bool = False  # send segment_end after each piece's audio
 
 
 def parse_stream_params(query: dict[str, str]) -> StreamParams:
-    """Wrong audio parameters are fatal (``bad_audio``, close 1003)."""
+    """Wrong audio parameters are fatal (``bad_audio``, close 1003), and so are wrong resume parameters
+    (see :mod:`services.common.resume`)."""
     raw_rate = query.get("sample_rate")
     rate = parse_sample_rate(raw_rate) if raw_rate not in (None, "") else None
     encoding = parse_encoding(query.get("encoding") or "pcm_s16le")
-    return StreamParams(query.get("voice") or None, encoding, rate)
+    refuse_resume(query, "/v1/stream/tts", supported=("resume_segment", "segment_end"))
+    segment_end = (query.get("segment_end") or "false").lower()
+    if segment_end not in ("true", "false", "1", "0"):
+        raise ServiceError(ErrorCode.INVALID_PARAMETER, f"segment_end must be true or false, got {shown(segment_end)}")
+    return StreamParams(query.get("voice") or None, encoding, rate, index_param(query, "resume_segment") or 0,
+                        segment_end in ("true", "1"))
 
 
 # -- server -> client ---------------------------------------------------------------
@@ -112,7 +124,15 @@ class Segment(Event):
     text: str
 
 
-ServerEvent = Ready | Segment | Done | Cancelled | Closed
+@dataclass
+class SegmentEnd(Event):
+    """After the last audio of segment ``index`` (only with ``segment_end=true``): that piece is complete."""
+
+    type: ClassVar[str] = "segment_end"
+    index: int
+
+
+ServerEvent = Ready | Segment | SegmentEnd | Done | Cancelled | Closed
 
 
 # -- HTTP bodies ---------------------------------------------------------------------

@@ -68,7 +68,7 @@ class TtsSession(Session):
         self.chunker = TextChunker(runtime.chunker_options)
         self.work = self._new_work()
         self.speaker = Speaker(runtime, voice, AudioEncoder(WIRE_FORMATS[params.encoding], self.out_rate_hz),
-                               self.outbox, self.chunker)
+                               self.outbox, self.chunker, params.first_segment, params.segment_end)
         self.speaker_task: asyncio.Task | None = None
         self._cancel_started = 0.0
 

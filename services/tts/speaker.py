@@ -4,7 +4,7 @@ A :class:`Speaker` belongs to one session and speaks what the session's reader
 queued - :class:`Piece` s of text and flush :class:`Mark` s - one at a time,
 in order, into the session's outbox: a ``segment`` event, then the piece's
 audio pulled from ``runtime.stream`` (resampled and encoded on the model's
-worker thread), then ``done`` for a flush mark, ``closed`` and the close for an
+worker thread), then ``segment_end`` where the client asked for it, then ``done`` for a flush mark, ``closed`` and the close for an
 ``end``. Before each piece it waits for room in the outbox's audio budget, so a
 slow reader holds synthesis back instead of filling memory. Everything it
 queues carries its *generation*: after a barge-in the session starts a new
@@ -24,7 +24,7 @@ from typing import Any
 from ..common.outbox import CloseRequest, Outbox
 from ..common.scheduler import Priority
 from .formats import AudioEncoder
-from .protocol import Closed, Done, Segment
+from .protocol import Closed, Done, Segment, SegmentEnd
 from .serving import TtsRuntime
 from .text import TextChunker
 from .voices import ResolvedVoice
@@ -59,7 +59,7 @@ def merge_marks(waiting: Any, new: Any) -> Mark | None:
 
 def droppable(item: Any) -> bool:
     """What a barge-in drops from the outbox: the cancelled text's audio, segments and dones."""
-    return isinstance(item, (Audio, Segment, Done))
+    return isinstance(item, (Audio, Segment, SegmentEnd, Done))
 
 
 def audio_bytes(item: Any) -> int:
@@ -68,13 +68,14 @@ def audio_bytes(item: Any) -> int:
 
 class Speaker:
     def __init__(self, runtime: TtsRuntime, voice: ResolvedVoice, encoder: AudioEncoder, outbox: Outbox,
-                 chunker: TextChunker) -> None:
+                 chunker: TextChunker, first_segment: int = 0, segment_end: bool = False) -> None:
         self.runtime = runtime
         self.voice = voice
         self.encoder = encoder
         self.outbox = outbox
         self.chunker = chunker
-        self.segments = 0
+        self.segments = first_segment  # the next segment's number (a resumed stream carries on)
+        self.segment_end = segment_end
         self.speaking = False
         self.draining = False
 
@@ -106,8 +107,8 @@ class Speaker:
             await outbox.wait_room()  # a slow reader holds synthesis back (bounded buffer)
             if generation != outbox.generation:
                 return
-            outbox.put(Segment(self.segments, item.text), generation=generation)
-            self.segments += 1
+            index, self.segments = self.segments, self.segments + 1
+            outbox.put(Segment(index, item.text), generation=generation)
             first = item if item.first else None
             priority = Priority.URGENT if item.first else Priority.NORMAL  # first audio of a reply goes first
             async with contextlib.aclosing(self.runtime.stream(self.voice, item.text, self.encoder,
@@ -115,6 +116,8 @@ class Speaker:
                 async for data in audio:
                     outbox.put(Audio(data, first), generation=generation)
                     first = None
+            if self.segment_end:
+                outbox.put(SegmentEnd(index), generation=generation)
             self.speaking = not work.empty()
             if self.leave_if_drained(work, generation):
                 return

@@ -1,0 +1,264 @@
+"""The client library (clients/python, ``voice_client``) against real services, and resuming across a cut.
+
+Real ASR and TTS processes on loopback, real speech from tests/data/asr, and a
+:class:`~tests.tcp_proxy.CuttableProxy` between the library and the service:
+cutting it mid-utterance (ASR) or mid-reply (TTS) is a dropped connection the
+library must ride through. Each test waits on events (the stream's own, the
+proxy's new connection), never on a clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import wave
+
+import pytest
+
+from voice_client import (AsrStream, Audio, ConnectionLost, Final, Partial, Reconnecting, ResumePolicy, Resumed,
+                          Segment, SegmentEnd, ServiceError, TtsStream, NO_RESUME)
+from voice_client.tts import spoken_through
+
+from conftest import DATA, ROOT, normalise, read_wav, running
+from tcp_proxy import CuttableProxy
+
+JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+TWO = ("Mr. Quilter is the apostle of the middle classes and we are glad to welcome his gospel. "
+       "He began a confused complaint against the wizard, who had vanished behind the curtain on the left.")
+FRAME_BYTES = 640  # 20 ms at 16 kHz PCM16
+FAST = ResumePolicy(base_delay_s=0.05, max_delay_s=0.5)
+
+
+@pytest.fixture(scope="module")
+def jfk_pcm() -> bytes:
+    return read_wav(DATA / "asr" / "jfk.wav")[0].tobytes()
+
+
+@pytest.fixture(scope="module")
+def two_pcm() -> bytes:
+    """Two sentences (two utterances) with half a second between them. The cut tests use clear speech: voice
+    detection restarts at the resume point, and a faint word right after it may fall either side of the threshold
+    (docs/resume.md)."""
+    first, second = read_wav(DATA / "asr" / "quilter.wav")[0], read_wav(DATA / "asr" / "wizard.wav")[0]
+    return first.tobytes() + bytes(16000) + second.tobytes()
+
+
+@pytest.fixture(scope="module")
+def tts_service(tmp_path_factory):
+    env = {"TTS_VOICES__STORE_DIR": str(tmp_path_factory.mktemp("voices")), "TTS_ENGINE__CPU_THREADS": "2"}
+    with running("services.tts", env, tmp_path_factory.mktemp("tts")) as service:
+        yield service
+
+
+async def feed(stream: AsrStream, pcm: bytes, paced: bool = True) -> None:
+    """Send ``pcm`` in 20 ms frames (at real time when ``paced``), then ``end``."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i, offset in enumerate(range(0, len(pcm), FRAME_BYTES)):
+        await stream.send_audio(pcm[offset:offset + FRAME_BYTES])
+        if paced:
+            await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))  # the audio's own pace
+    await stream.finish()
+
+
+def check_finals(finals: list[Final]) -> list[str]:
+    """Finals numbered 0, 1, 2, ... with no gap or repeat, in stream order; their words."""
+    assert [f.utterance for f in finals] == list(range(len(finals)))
+    assert all(a.end <= b.start + 0.05 for a, b in zip(finals, finals[1:])), [(f.start, f.end) for f in finals]
+    return normalise(" ".join(f.text for f in finals))
+
+
+@pytest.mark.asyncio
+async def test_asr_stream_matches_the_transcript(asr_service, jfk_pcm):
+    events = []
+    async with AsrStream(asr_service.ws + "/v1/stream/asr", resume=NO_RESUME) as stream:
+        sender = asyncio.create_task(feed(stream, jfk_pcm, paced=False))
+        events = [event async for event in stream]
+        await sender
+    finals = [e for e in events if isinstance(e, Final)]
+    assert check_finals(finals) == normalise(JFK)
+    assert stream.reconnects == 0
+    assert stream.kept_bytes == len(jfk_pcm) - int(finals[-1].end * 16000) * 2  # only the audio after the last final
+
+
+@pytest.mark.asyncio
+async def test_asr_stream_resumes_after_a_cut_mid_utterance(asr_service, two_pcm):
+    async with CuttableProxy(asr_service.port) as proxy:
+        stream = AsrStream(proxy.ws + "/v1/stream/asr", resume=FAST)
+        events = []
+        async with stream:
+            sender = asyncio.create_task(feed(stream, two_pcm))
+            cut = False
+            async for event in stream:
+                events.append(event)
+                # mid-utterance: a final is out (so the cut is not at the start) and the next utterance has a partial
+                if not cut and isinstance(event, Partial) and any(isinstance(e, Final) for e in events):
+                    proxy.connected.clear()
+                    proxy.cut()
+                    cut = True
+            await sender
+    assert cut and proxy.cuts >= 1 and stream.reconnects == 1
+    kinds = [type(e) for e in events]
+    assert Reconnecting in kinds and Resumed in kinds and kinds.index(Reconnecting) < kinds.index(Resumed)
+    resumed = next(e for e in events if isinstance(e, Resumed))
+    finals = [e for e in events if isinstance(e, Final)]
+    before = [f for f in finals if events.index(f) < events.index(resumed)]
+    assert resumed.utterance == len(before) and resumed.replay_s > 0  # it replays the utterance that was cut
+    assert resumed.at_s == pytest.approx(before[-1].end, abs=0.001)
+    assert check_finals(finals) == normalise(TWO)  # same words: none lost, none repeated at the seam
+
+
+@pytest.mark.asyncio
+async def test_stream_file_json_prints_finals_only_and_rides_through_a_cut(asr_service, two_pcm, tmp_path):
+    """examples/stream_file.py --json: one JSON final a line on stdout, nothing else; exit 0 despite a cut."""
+    path = tmp_path / "two.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(two_pcm)
+    async with CuttableProxy(asr_service.port) as proxy:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "examples/stream_file.py", "--json", str(path), "--url", proxy.ws + "/v1/stream/asr",
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        lines: list[dict] = []
+        log: list[str] = []
+
+        async def watch_stderr() -> None:
+            assert proc.stderr is not None
+            while line := (await proc.stderr.readline()).decode():
+                log.append(line)
+                if proxy.cuts == 0 and lines and line.startswith("[1] ..."):
+                    proxy.cut()  # a partial of the second utterance: the cut is mid-utterance
+
+        watcher = asyncio.create_task(watch_stderr())
+        while line := await proc.stdout.readline():
+            lines.append(json.loads(line))
+        await watcher
+        assert await proc.wait() == 0, "".join(log)
+    assert proxy.cuts == 1 and proxy.connections == 2 and any(line.startswith("resumed at") for line in log)
+    assert all(line["type"] == "final" and {"text", "start", "end", "reason", "words"} <= line.keys() for line in lines)
+    assert [line["utterance"] for line in lines] == list(range(len(lines)))
+    assert normalise(" ".join(line["text"] for line in lines)) == normalise(TWO)
+
+
+@pytest.mark.asyncio
+async def test_asr_stream_gives_up_with_a_clear_error(asr_service, jfk_pcm):
+    async with CuttableProxy(asr_service.port) as proxy:
+        policy = ResumePolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05)
+        async with AsrStream(proxy.ws + "/v1/stream/asr", resume=policy) as stream:
+            await stream.send_audio(jfk_pcm[:16000])
+            proxy.upstream = ("127.0.0.1", 1)  # the service is gone: every new connection fails
+            proxy.cut()
+            attempts = []
+            with pytest.raises(ConnectionLost) as err:
+                async for event in stream:
+                    if isinstance(event, Reconnecting):
+                        attempts.append(event.attempt)
+    assert attempts == [1, 2, 3] and err.value.attempts == 3
+    assert "could not resume after 3 attempts" in str(err.value)
+
+
+@pytest.mark.asyncio
+async def test_asr_drop_with_resume_off_raises_connection_lost(asr_service, jfk_pcm):
+    async with CuttableProxy(asr_service.port) as proxy:
+        async with AsrStream(proxy.ws + "/v1/stream/asr", resume=NO_RESUME) as stream:
+            await stream.send_audio(jfk_pcm[:16000])
+            proxy.cut()
+            with pytest.raises(ConnectionLost):
+                async for _ in stream:
+                    pass
+
+
+@pytest.mark.parametrize("params, code", [
+    ({"resume_at_s": "-1", "resume_utterance": "2"}, "invalid_parameter"),
+    ({"resume_at_s": "nan", "resume_utterance": "2"}, "invalid_parameter"),
+    ({"resume_at_s": "3.5"}, "invalid_parameter"),  # no utterance number
+    ({"resume_at_s": "3.5", "resume_utterance": "x"}, "invalid_parameter"),
+    ({"resume_at_s": "3.5", "resume_utterance": "2", "resume_replay_s": "100000"}, "too_large"),
+    ({"resume_segment": "1"}, "not_supported"),  # a TTS parameter on the ASR socket
+])
+@pytest.mark.asyncio
+async def test_asr_bad_resume_is_refused(asr_service, params, code):
+    with pytest.raises(ServiceError) as err:
+        await AsrStream(asr_service.ws + "/v1/stream/asr", params=params).open()
+    assert err.value.code == code
+
+
+@pytest.mark.parametrize("route", ["/v1/listen", "/v1/realtime?intent=transcription"])
+@pytest.mark.asyncio
+async def test_resume_on_a_compatible_route_is_not_supported(asr_service, route):
+    with pytest.raises(ServiceError) as err:
+        await AsrStream(asr_service.ws + route, params={"resume_at_s": "1", "resume_utterance": "1"}).open()
+    assert err.value.code == "not_supported"
+
+
+@pytest.mark.asyncio
+async def test_asr_resumed_stream_carries_time_and_numbering_on(asr_service, jfk_pcm):
+    """What a resume asks of the server alone: the events of a stream that starts at 100 s, utterance 7."""
+    params = {"resume_at_s": "100", "resume_utterance": "7", "resume_replay_s": "11"}
+    async with AsrStream(asr_service.ws + "/v1/stream/asr", params=params) as stream:
+        sender = asyncio.create_task(feed(stream, jfk_pcm, paced=False))
+        finals = [e for e in [event async for event in stream] if isinstance(e, Final)]
+        await sender
+    assert [f.utterance for f in finals] == list(range(7, 7 + len(finals)))
+    assert finals[0].start >= 100 and finals[-1].end <= 100 + len(jfk_pcm) / 32000
+    assert all(w["start"] >= 100 for f in finals for w in f.words)
+
+
+# -- TTS ------------------------------------------------------------------------------------------
+
+REPLY = ("The library keeps the text that was not yet spoken. When the connection drops, it reconnects. "
+         "It sends that text again, and the new session numbers its pieces from where the old one stopped. "
+         "Every piece is spoken exactly once. Nothing is skipped and nothing is repeated. "
+         "That is the whole promise of resuming a reply.")
+
+
+def complete_segments(events: list) -> list[Segment]:
+    """The segments whose audio ended, in order (a segment cut by a drop is not among them)."""
+    texts = {}
+    done = []
+    for event in events:
+        if isinstance(event, Segment):
+            texts[event.index] = event
+        elif isinstance(event, SegmentEnd):
+            done.append(texts[event.index])
+    return done
+
+
+@pytest.mark.asyncio
+async def test_tts_reply_cut_midway_is_spoken_whole_once(tts_service):
+    async with CuttableProxy(tts_service.port) as proxy:
+        # the cut comes after the third piece's audio has begun and before that piece is complete
+        proxy.cut_before = b'{"type": "segment_end", "index": 2}'
+        stream = TtsStream(proxy.ws + "/v1/stream/tts", resume=FAST)
+        async with stream:
+            for word in REPLY.split(" "):  # as an LLM streams it
+                await stream.send_text(word + " ")
+            await stream.finish()
+            events = [event async for event in stream]
+        assert proxy.cuts == 1 and stream.reconnects == 1
+    resumed = next(e for e in events if isinstance(e, Resumed))
+    assert resumed.segment == 2 and resumed.restarted
+    assert any(isinstance(e, Audio) and e.segment == 2 for e in events[:events.index(resumed)])
+    done = complete_segments(events)
+    assert [s.index for s in done] == list(range(len(done)))  # numbered on, no gap, no repeat
+    assert normalise(" ".join(s.text for s in done)) == normalise(REPLY)  # whole, once
+    after = events.index(resumed)
+    assert all(e.segment != 1 for e in events[after:] if isinstance(e, Audio))  # a complete piece is not heard again
+    assert stream.pending_text.strip() == ""
+
+
+@pytest.mark.asyncio
+async def test_tts_bad_resume_is_refused(tts_service):
+    for params, code in [({"resume_segment": "-1"}, "invalid_parameter"), ({"segment_end": "maybe"},
+                                                                          "invalid_parameter"),
+                         ({"resume_at_s": "1"}, "not_supported")]:
+        with pytest.raises(ServiceError) as err:
+            await TtsStream(tts_service.ws + "/v1/stream/tts", params=params).open()
+        assert err.value.code == code, params
+
+
+def test_spoken_through_ignores_whitespace_and_unspoken_text():
+    assert spoken_through("Hello   there.  Next", "Hello there.") == len("Hello   there.")
+    assert spoken_through("... Hi,\nyou. x", "Hi, you.") == len("... Hi,\nyou.")
+    assert spoken_through("abc", "xyz") is None
