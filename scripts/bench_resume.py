@@ -105,29 +105,31 @@ def read_pcm(path: Path) -> bytes:
         return w.readframes(w.getnframes())
 
 
-def recordings(data: Path, n: int, min_s: float) -> list[Recording]:
-    """``n`` recordings of at least ``min_s`` s: recording i is the clips in an order of its own."""
+def recordings(data: Path, n: int, min_s: float, names: list[str] | None = None) -> list[Recording]:
+    """``n`` recordings of at least ``min_s`` s (of the clips ``names``, default all): recording i is the clips in
+    an order of its own, unless there are fewer orders than recordings."""
     refs = references(data)
-    clips = sorted(w for w in data.glob("*.wav") if w.stem in refs)
+    clips = sorted(w.stem for w in data.glob("*.wav") if w.stem in refs and (names is None or w.stem in names))
     if not clips:
         raise SystemExit(f"no clip with a transcript in {data}")
-    pcm = {c.stem: read_pcm(c) for c in clips}
+    pcm = {c: read_pcm(data / f"{c}.wav") for c in clips}
     gap, tail = bytes(int(GAP_S * BYTES_PER_S)), bytes(int(TAIL_S * BYTES_PER_S))
-    out = []
+    out, seen = [], set()
     for i in range(n):
-        order: list[str] = []
-        rng = random.Random(i)
-        while sum(len(pcm[c]) + len(gap) for c in order) < min_s * BYTES_PER_S:
-            batch = [c.stem for c in clips]
-            rng.shuffle(batch)
-            order += batch
-        used = []
-        for c in order:
-            used.append(c)
-            if sum(len(pcm[u]) + len(gap) for u in used) >= min_s * BYTES_PER_S:
+        for seed in range(i * 100, i * 100 + 100):  # the first order not taken yet (bounded)
+            rng, order, size = random.Random(seed), [], 0
+            while size < min_s * BYTES_PER_S:
+                batch = list(clips)
+                rng.shuffle(batch)
+                for c in batch:
+                    if size < min_s * BYTES_PER_S:
+                        order.append(c)
+                        size += len(pcm[c]) + len(gap)
+            if tuple(order) not in seen:
                 break
-        out.append(Recording(f"rec{i}", used, " ".join(refs[c] for c in used),
-                             b"".join(pcm[c] + gap for c in used) + tail))
+        seen.add(tuple(order))
+        out.append(Recording(f"rec{i}", order, " ".join(refs[c] for c in order),
+                             b"".join(pcm[c] + gap for c in order) + tail))
     return out
 
 
