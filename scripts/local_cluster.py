@@ -110,8 +110,9 @@ class LocalCluster:
                     if m := regex.search(line):
                         return m
                 seen = max(seen, len(self.lines))
-                if self.proc is not None and self.proc.poll() is not None and self.lines[-1:] == [""]:
-                    raise RuntimeError(f"start_all.sh exited ({self.proc.returncode}) before {pattern!r}:\n"
+                if self.lines[-1:] == [""]:  # its output ended: the script has exited, or is exiting
+                    code = self.proc.wait(30) if self.proc is not None else None
+                    raise RuntimeError(f"start_all.sh exited ({code}) before {pattern!r}:\n"
                                        + "\n".join(self.lines[-30:]))
                 left = deadline - time.monotonic()
                 if left <= 0:
