@@ -38,6 +38,7 @@ import signal
 import sys
 import time
 import tracemalloc
+import urllib.request
 import wave
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -46,7 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_asr import corpus_wer, normalize, summarize  # noqa: E402
 from cut_proxy import CutProxy  # noqa: E402
-from local_cluster import LocalCluster, free_ports  # noqa: E402
+from local_cluster import LocalCluster  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000
@@ -226,9 +227,7 @@ def timeline(run: StreamRun) -> list:
 
 
 def metric(port: int, name: str) -> float:
-    import urllib.request
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
 
@@ -249,10 +248,8 @@ async def back_in_rotation(cluster: LocalCluster, port: int, rec: Recording, tim
 
 
 async def one_run(cluster: LocalCluster, recs: list[Recording], fault: str, fault_at_s: float) -> dict:
-    url = cluster.ws + "/v1/stream/asr"
     proxy = await CutProxy(cluster.front).start() if fault == "cut" else None
-    if proxy:
-        url = f"ws://127.0.0.1:{proxy.port}/v1/stream/asr"
+    url = f"ws://127.0.0.1:{proxy.port if proxy else cluster.front}/v1/stream/asr"
     info: dict = {"fault": fault, "streams": len(recs)}
     if fault == "none":
         import voice_client  # noqa: F401 - imported before tracing: the heap counts the streams, not the imports
