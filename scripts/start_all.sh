@@ -23,6 +23,7 @@ CLUSTER_TTS_PORTS="${CLUSTER_TTS_PORTS:-8002,8012}"
 export TTS_VOICES__STORE_DIR="${VOICE_STORE:-${TTS_VOICES__STORE_DIR:-$ROOT/voices}}"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 [ -x "$NGINX" ] || { echo "start_all: nginx not found (scripts/install.sh installs it)" >&2; exit 1; }
+SETSID="$(command -v setsid || true)"
 RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/voice-cluster.XXXXXX")"
 mkdir -p "$TTS_VOICES__STORE_DIR"
 
@@ -37,12 +38,15 @@ supervise() {
   trap '[ "$stopping" = 0 ] || stop=TERM; stopping=1; [ "$child" = 0 ] || kill -s "$stop" "$child" 2>/dev/null || true' TERM
   while :; do
     started=$SECONDS
-    "$@" & child=$!
+    $SETSID "$@" & child=$!  # its own process group: what it leaves behind can be cleared (nginx's workers)
     echo "start_all: $name started (pid $child)" >&2
     while :; do  # a trapped signal interrupts wait: wait again until the process has really gone
       rc=0; wait "$child" || rc=$?
       kill -0 "$child" 2>/dev/null || break
     done
+    # Workers orphaned by a killed nginx master still hold its port: clear its process group. (Not bash's own kill
+    # with -PID: for a job it remembers, that signals the group the job started in, this supervisor's.)
+    [ -z "$SETSID" ] || pkill -KILL -g "$child" 2>/dev/null || true
     [ "$stopping" = 0 ] || exit 0
     if [ "$rc" -gt 128 ] && why="was killed by SIG$(kill -l $((rc - 128)) 2>/dev/null)"; then :
     else why="exited with status $rc"; fi

@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.skipif(NGINX is None, reason="nginx is not installed (
 _spec = importlib.util.spec_from_file_location("bench_resume", ROOT / "scripts" / "bench_resume.py")
 bench = sys.modules["bench_resume"] = importlib.util.module_from_spec(_spec)  # dataclasses need it registered
 _spec.loader.exec_module(bench)  # its helpers: the start_all.sh driver, the cutting proxy, the stream and seam checks
+from local_cluster import ready  # noqa: E402 - scripts/, on the path once bench_resume is loaded
 
 SPEED = 2.0  # the recordings stream at twice real time (stream time, not wall time, drives the service)
 
@@ -236,6 +237,20 @@ def test_a_long_tts_reply_cut_midway_is_spoken_whole_once(cluster):
         assert n == by_text.get(text, n), (text, n, by_text)
     assert abs(sum(n for _, n in spoken.values()) - audio_bytes) < 0.1 * audio_bytes, (spoken, reference)
     assert events[-1].type == "closed" and [e.type for e in events].count("done") == 1
+
+
+def test_a_killed_nginx_comes_back_on_its_port(cluster, speech):
+    """A SIGKILLed nginx master leaves its workers holding the port: start_all.sh clears them and restarts it."""
+    old, mark = cluster.kill("nginx", signal.SIGKILL)
+    assert "was killed by SIGKILL" in cluster.wait_line(rf"^start_all: nginx \(pid {old}\) .*", start=mark).group(0)
+    cluster.wait_line(r"^start_all: nginx started", start=mark)
+    assert not any("could not bind" in line for line in cluster.lines[mark:])
+    deadline = time.monotonic() + 30
+    while not ready(cluster.front, "/health"):
+        assert time.monotonic() < deadline, "the front did not come back"
+        time.sleep(0.1)
+    result = asyncio.run(stream(cluster.ws + "/v1/stream/asr", speech["wizard"], speed=0, timeout_s=60))
+    assert result.close_code == 1000 and "wizard" in normalise(result.final_text)
 
 
 def _listening(port: int) -> bool:
