@@ -1,6 +1,8 @@
 """The voice agent shared by ``with_llm.py`` and ``twilio_phone.py``: ASR turns in, LLM tokens out as speech.
 
-Owns one conversation. Audio frames from any source go to the ASR socket;
+Owns one conversation, over the client library's ``AsrStream`` and
+``TtsStream`` (``voice_client``: both ride through a dropped connection).
+Audio frames from any source go to the ASR stream;
 each ``final`` that ends a turn (every reason but ``max_length``) starts a
 reply: the bounded :class:`History` is sent to an OpenAI-compatible chat
 endpoint with ``stream: true`` (:class:`ChatReplier`; llama.cpp server, vLLM,
@@ -27,10 +29,10 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlencode
 
 import httpx
-import websockets
+from voice_client import (AsrStream, Audio, Cancelled, Done, ErrorEvent, Final, SpeechStart, TtsReady, TtsStream,
+                          VoiceClientError)
 
 from audio_io import AudioOut
 
@@ -205,9 +207,8 @@ class VoiceAgent:
         self.turns: list[TurnStats] = []
         self.counters = Counters()
         self.on_event: Callable[[dict], None] | None = None  # every ASR/TTS event, for UIs and tests
-        self._tts = None
+        self._tts: TtsStream | None = None
         self._tts_reader: asyncio.Task | None = None
-        self._tts_target: tuple[str, dict | None] = ("", None)
         self._reply: asyncio.Task | None = None
         self._reply_done = asyncio.Event()
         self._discarding = False  # between a `cancel` and its `cancelled`
@@ -224,20 +225,17 @@ class VoiceAgent:
         """Converse until ``frames`` ends. ``drain``: let the last reply finish (a file); else stop at once (a
         hang-up)."""
         s = self.settings
-        headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else None
-        asr_query = urlencode({"sample_rate": s.in_sample_rate_hz, "encoding": s.in_encoding})
-        tts_query = urlencode({k: v for k, v in {"voice": s.voice, "encoding": s.out_encoding,
-                                                 "sample_rate": s.out_sample_rate_hz}.items() if v})
-        self._tts_target = (f"{s.tts_url}?{tts_query}", headers)
-        async with websockets.connect(f"{s.asr_url}?{asr_query}", additional_headers=headers, max_size=None,
-                                      open_timeout=20) as asr:
+        async with AsrStream(s.asr_url, sample_rate=s.in_sample_rate_hz, encoding=s.in_encoding,
+                             api_key=s.api_key) as asr:
             await self._ensure_tts()
             sender = asyncio.create_task(self._send_audio(asr, frames, drain))
             try:
-                await self._read_asr(asr)  # returns at `closed`, or when the socket closes
+                await self._read_asr(asr)  # returns at `closed`, or when the stream fails
                 if drain:
                     await self._finish_reply()
-                    await self._tts.send(json.dumps({"type": "end"}))
+                    await self._ensure_tts()
+                    assert self._tts is not None and self._tts_reader is not None
+                    await self._tts.finish()
                     await asyncio.wait_for(asyncio.shield(self._tts_reader), 30)
             finally:
                 if self._tts is not None:
@@ -254,15 +252,15 @@ class VoiceAgent:
 
     # -- ASR ---------------------------------------------------------------------------
 
-    async def _send_audio(self, asr, frames: AsyncIterator[bytes], drain: bool) -> None:
+    async def _send_audio(self, asr: AsrStream, frames: AsyncIterator[bytes], drain: bool) -> None:
         bytes_per_second = self.settings.in_sample_rate_hz * (1 if self.settings.in_encoding == "mulaw" else 2)
         sent = 0
         async for frame in frames:
-            await asr.send(frame)
+            await asr.send_audio(frame)
             sent += len(frame)
             self._sent.append((sent / bytes_per_second, time.monotonic()))
         self._accepting = drain
-        await asr.send(json.dumps({"type": "end"}))
+        await asr.finish()
 
     def _wall_time_of(self, stream_s: float) -> float | None:
         for seconds, wall in self._sent:
@@ -270,24 +268,23 @@ class VoiceAgent:
                 return wall
         return None
 
-    async def _read_asr(self, asr) -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for message in asr:
-                if isinstance(message, bytes):
-                    continue
-                event = json.loads(message)
+    async def _read_asr(self, asr: AsrStream) -> None:
+        try:
+            async for event in asr:  # ends at `closed`
                 if self.on_event:
-                    self.on_event({"source": "asr", **event})
-                kind = event.get("type")
-                if kind == "speech_start" and self.speaking():
+                    self.on_event({"source": "asr", **event.as_dict()})
+                if isinstance(event, SpeechStart) and self.speaking():
                     await self.barge_in()
-                elif kind == "final":
-                    await self._on_final(event)
-                elif kind == "error":
-                    self.counters.errors.append(event)
-                    self.log(f"ASR error {event.get('code')}: {event.get('message')}")
-                elif kind == "closed":
-                    return
+                elif isinstance(event, Final):
+                    await self._on_final(event.as_dict())
+                elif isinstance(event, ErrorEvent):
+                    self._error("ASR", event.as_dict())
+        except VoiceClientError as exc:  # a fatal error, or a drop that could not be resumed
+            self._error("ASR", {"type": "error", "code": getattr(exc, "code", "connection_lost"), "message": str(exc)})
+
+    def _error(self, source: str, event: dict) -> None:
+        self.counters.errors.append(event)
+        self.log(f"{source} error {event.get('code')}: {event.get('message')}")
 
     async def _on_final(self, event: dict) -> None:
         text = event.get("text", "").strip()
@@ -311,12 +308,13 @@ class VoiceAgent:
         parts: list[str] = []
         try:
             await self._ensure_tts()
+            assert self._tts is not None
             async for token in self.replier.reply(self.history):
                 if stats.first_token_at is None:
                     stats.first_token_at = time.monotonic()
                 parts.append(token)
-                await self._tts.send(json.dumps({"type": "text", "text": token}))
-            await self._tts.send(json.dumps({"type": "flush"}))
+                await self._tts.send_text(token)
+            await self._tts.flush()
             await self._reply_done.wait()
             await self.out.reply_done(stats.index)
         except asyncio.CancelledError:
@@ -334,9 +332,9 @@ class VoiceAgent:
         """Stop speaking now: cancel the LLM stream and the TTS, drop what is queued for the listener."""
         self.counters.barge_ins += 1
         self.log("barge-in: the caller speaks, the agent stops")
-        if self._tts is not None and self._tts.close_code is None:
+        if self._tts is not None and self._tts_reader is not None and not self._tts_reader.done():
             self._discarding = True
-            await self._tts.send(json.dumps({"type": "cancel"}))
+            await self._tts.cancel()
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -355,44 +353,41 @@ class VoiceAgent:
     # -- TTS ----------------------------------------------------------------------------
 
     async def _ensure_tts(self) -> None:
-        """(Re)open the TTS socket: the service closes a session that stays silent past its idle timeout,
+        """(Re)open the TTS stream: the service closes a session that stays silent past its idle timeout,
         which a quiet phone call easily does, so each reply checks first."""
-        if self._tts is not None and self._tts.close_code is None:
+        if self._tts is not None and self._tts_reader is not None and not self._tts_reader.done():
             return
-        if self._tts_reader is not None and not self._tts_reader.done():
-            self._tts_reader.cancel()
-        url, headers = self._tts_target
-        self._tts = await websockets.connect(url, additional_headers=headers, max_size=None, open_timeout=20)
-        ready = json.loads(await self._tts.recv())
-        if ready.get("type") != "ready":
-            raise RuntimeError(f"TTS refused the session: {ready}")
-        self.out.configure(ready["sample_rate"], ready["encoding"])
+        s = self.settings
+        self._tts = TtsStream(s.tts_url, voice=s.voice, encoding=s.out_encoding, sample_rate=s.out_sample_rate_hz,
+                              api_key=s.api_key)
+        await self._tts.open()
         self._discarding = False
         self._tts_reader = asyncio.create_task(self._read_tts(self._tts))
 
-    async def _read_tts(self, tts) -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for message in tts:
-                if isinstance(message, bytes):
+    async def _read_tts(self, tts: TtsStream) -> None:
+        try:
+            async for event in tts:  # ends at `closed`
+                if isinstance(event, Audio):
                     if self._discarding:
-                        self.counters.dropped_audio_bytes += len(message)
+                        self.counters.dropped_audio_bytes += len(event.data)
                         continue
                     if self.turns and self.turns[-1].first_audio_at is None:
                         self.turns[-1].first_audio_at = time.monotonic()
-                    self.counters.audio_bytes += len(message)
-                    await self.out.play(message)
+                    self.counters.audio_bytes += len(event.data)
+                    await self.out.play(event.data)
                     continue
-                event = json.loads(message)
                 if self.on_event:
-                    self.on_event({"source": "tts", **event})
-                kind = event.get("type")
-                if kind == "done" and not self._discarding:
+                    self.on_event({"source": "tts", **event.as_dict()})
+                if isinstance(event, TtsReady):
+                    self.out.configure(event.sample_rate, event.encoding)
+                elif isinstance(event, Done) and not self._discarding:
                     self._reply_done.set()
-                elif kind == "cancelled":
+                elif isinstance(event, Cancelled):
                     self.counters.tts_cancelled += 1
                     self._discarding = False
-                elif kind == "error":
-                    self.counters.errors.append(event)
-                    self.log(f"TTS error {event.get('code')}: {event.get('message')}")
-                elif kind == "closed":
-                    return
+                elif isinstance(event, ErrorEvent):
+                    self._error("TTS", event.as_dict())
+        except VoiceClientError as exc:  # idle timeout or a lost connection: the next reply opens a new stream
+            if getattr(exc, "code", None) != "timeout":
+                self._error("TTS", {"type": "error", "code": getattr(exc, "code", "connection_lost"),
+                                    "message": str(exc)})

@@ -16,8 +16,8 @@ import wave
 
 import pytest
 
-from voice_client import (AsrStream, Audio, ConnectionLost, Final, Partial, Reconnecting, ResumePolicy, Resumed,
-                          Segment, SegmentEnd, ServiceError, TtsStream, NO_RESUME)
+from voice_client import (NO_RESUME, AsrStream, Audio, ConnectionLost, Done, Final, Partial, Reconnecting,
+                          ResumePolicy, Resumed, Segment, SegmentEnd, ServiceError, SpeechStart, TtsStream)
 from voice_client.tts import spoken_through
 
 from conftest import DATA, ROOT, normalise, read_wav, running
@@ -169,6 +169,35 @@ async def test_asr_drop_with_resume_off_raises_connection_lost(asr_service, jfk_
                     pass
 
 
+@pytest.mark.asyncio
+async def test_kept_audio_is_bounded_in_silence(asr_service):
+    """Silence with no utterance open is let go past max_replay_s: memory stays bounded, resuming stays possible."""
+    policy = ResumePolicy(max_replay_s=1.0)
+    async with AsrStream(asr_service.ws + "/v1/stream/asr", resume=policy) as stream:
+        for _ in range(150):  # 3 s of silence
+            await stream.send_audio(bytes(640))
+        assert stream.kept_bytes <= 32000
+        await stream.finish()
+        assert [e async for e in stream if isinstance(e, Final)] == []
+
+
+@pytest.mark.asyncio
+async def test_an_utterance_longer_than_the_replay_bound_cannot_resume(asr_service, two_pcm):
+    """A drop while the open utterance needs more kept audio than max_replay_s is a clear error, not a hole."""
+    async with CuttableProxy(asr_service.port) as proxy:
+        async with AsrStream(proxy.ws + "/v1/stream/asr", resume=ResumePolicy(max_replay_s=1.0)) as stream:
+            sender = asyncio.create_task(feed(stream, two_pcm))
+            start = None
+            with pytest.raises(ConnectionLost) as err:
+                async for event in stream:
+                    if isinstance(event, SpeechStart) and event.utterance == 1:
+                        start = event.t
+                    elif isinstance(event, Partial) and start is not None and event.t - start > 2.0:
+                        proxy.cut()  # two seconds into the second sentence, with one second kept
+            sender.cancel()
+    assert "max_replay_s=1" in str(err.value)
+
+
 @pytest.mark.parametrize("params, code", [
     ({"resume_at_s": "-1", "resume_utterance": "2"}, "invalid_parameter"),
     ({"resume_at_s": "nan", "resume_utterance": "2"}, "invalid_parameter"),
@@ -246,6 +275,32 @@ async def test_tts_reply_cut_midway_is_spoken_whole_once(tts_service):
     after = events.index(resumed)
     assert all(e.segment != 1 for e in events[after:] if isinstance(e, Audio))  # a complete piece is not heard again
     assert stream.pending_text.strip() == ""
+
+
+@pytest.mark.asyncio
+async def test_tts_flushed_reply_is_not_spoken_again_after_a_cut(tts_service):
+    """Two replies, the first answered with ``done``; a cut in the second re-sends only the second's rest."""
+    first, second = "A short first answer. It ends here.", REPLY
+    async with CuttableProxy(tts_service.port) as proxy:
+        stream = TtsStream(proxy.ws + "/v1/stream/tts", resume=FAST)
+        events = []
+        async with stream:
+            await stream.send_text(first)
+            await stream.flush()
+            async for event in stream:
+                events.append(event)
+                if isinstance(event, Done):
+                    break
+            assert stream.pending_text == ""  # the done answered all of it
+            cut_at = max(e.index for e in events if isinstance(e, SegmentEnd)) + 2
+            proxy.cut_before = b'{"type": "segment_end", "index": %d}' % cut_at
+            await stream.send_text(second)
+            await stream.finish()
+            events += [event async for event in stream]
+        assert proxy.cuts == 1 and stream.reconnects == 1
+    done = complete_segments(events)
+    assert [s.index for s in done] == list(range(len(done)))
+    assert normalise(" ".join(s.text for s in done)) == normalise(first + " " + second)
 
 
 @pytest.mark.asyncio

@@ -53,6 +53,12 @@ class Resume:
     utterance: int = 0
     replay_s: float = 0.0  # what the client said it replays (logged)
 
+    def log_fields(self) -> dict[str, float]:
+        """Fields of the "session started" log line (none for a stream that starts here)."""
+        if not (self.at_s or self.utterance):
+            return {}
+        return {"resume_at_s": self.at_s, "resume_utterance": self.utterance, "resume_replay_s": self.replay_s}
+
     def shift(self, item: Any) -> Any:
         """``item`` in the whole stream's time and numbering (anything that is not an event passes as it is)."""
         if not (self.at_s or self.utterance) or not isinstance(item, (SpeechStart, Partial, Final)):
@@ -70,7 +76,7 @@ def parse_resume(query: dict[str, str], max_replay_s: float) -> Resume:
     refuse_resume(query, "/v1/stream/asr", supported=("resume_at_s", "resume_utterance", "resume_replay_s"))
     at_s = seconds_param(query, "resume_at_s")
     utterance = index_param(query, "resume_utterance")
-    replay_s = seconds_param(query, "resume_replay_s", max_replay_s)
+    replay_s = seconds_param(query, "resume_replay_s", max_replay_s, over=ErrorCode.TOO_LARGE)
     if (at_s is None) != (utterance is None):
         raise ServiceError(ErrorCode.INVALID_PARAMETER, "a resumed stream names both resume_at_s and "
                                                         "resume_utterance")

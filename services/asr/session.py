@@ -94,7 +94,7 @@ class AsrSession(Session):
     def begin(self) -> None:
         p = self.params
         log.info("session started", extra={"sample_rate": p.sample_rate, "encoding": p.encoding.value,
-                                           "turn_detection": p.turn_detection.value, **p.resume.__dict__})
+                                           "turn_detection": p.turn_detection.value, **p.resume.log_fields()})
         self.greet()
         for warning in self.warnings:
             self.report(warning)

@@ -40,9 +40,10 @@ def refuse_resume(query: Mapping[str, str], route: str, supported: Iterable[str]
                                                     f"(resume_segment, segment_end)")
 
 
-def seconds_param(query: Mapping[str, str], name: str, limit_s: float = MAX_STREAM_S) -> float | None:
-    """A finite, non-negative number of seconds (None when absent); ``invalid_parameter`` otherwise, or
-    ``too_large`` past ``limit_s``."""
+def seconds_param(query: Mapping[str, str], name: str, limit_s: float = MAX_STREAM_S,
+                  over: ErrorCode = ErrorCode.INVALID_PARAMETER) -> float | None:
+    """A finite, non-negative number of seconds (None when absent); ``invalid_parameter`` otherwise, or ``over``
+    past ``limit_s``."""
     raw = query.get(name)
     if raw is None:
         return None
@@ -54,7 +55,7 @@ def seconds_param(query: Mapping[str, str], name: str, limit_s: float = MAX_STRE
         raise ServiceError(ErrorCode.INVALID_PARAMETER,
                            f"{name} must be a number of seconds >= 0, got {shown(raw)}")
     if value > limit_s:
-        raise ServiceError(ErrorCode.TOO_LARGE, f"{name}={value:g} exceeds the limit of {limit_s:g} s")
+        raise ServiceError(over, f"{name}={value:g} exceeds the limit of {limit_s:g} s")
     return value
 
 

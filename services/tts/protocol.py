@@ -23,8 +23,8 @@ from ..common import protocol as common
 from ..common.protocol import Closed, End, Event, parse_message, shown
 from ..common.resume import index_param, refuse_resume
 
-__all__ = ["Cancel", "Cancelled", "Closed", "DeepgramSpeakRequest", "Done", "End", "Flush", "Ready", "Segment", "SegmentEnd",
-           "SpeechFormat",
+__all__ = ["Cancel", "Cancelled", "Closed", "DeepgramSpeakRequest", "Done", "End", "Flush", "Ready", "Segment",
+           "SegmentEnd", "SpeechFormat",
            "SpeechRequest", "StreamParams", "SynthesizeFormat", "SynthesizeRequest", "Text", "parse_client_message",
            "parse_stream_params"]
 

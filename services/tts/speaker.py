@@ -4,8 +4,9 @@ A :class:`Speaker` belongs to one session and speaks what the session's reader
 queued - :class:`Piece` s of text and flush :class:`Mark` s - one at a time,
 in order, into the session's outbox: a ``segment`` event, then the piece's
 audio pulled from ``runtime.stream`` (resampled and encoded on the model's
-worker thread), then ``segment_end`` where the client asked for it, then ``done`` for a flush mark, ``closed`` and the close for an
-``end``. Before each piece it waits for room in the outbox's audio budget, so a
+worker thread), then ``segment_end`` where the client asked for it (a
+resuming client learns the piece is complete), then ``done`` for a flush mark,
+``closed`` and the close for an ``end``. Before each piece it waits for room in the outbox's audio budget, so a
 slow reader holds synthesis back instead of filling memory. Everything it
 queues carries its *generation*: after a barge-in the session starts a new
 generation and a new :meth:`Speaker.speak` task, and nothing of the old one

@@ -187,7 +187,8 @@ class ResumableStream:
         try:
             # no permessage-deflate: audio barely compresses, and it costs CPU on both ends
             ws = await connect(with_query(self.url, params), additional_headers=headers, max_size=None, proxy=None,
-                               compression=None, open_timeout=self.policy.open_timeout_s)
+                               compression=None, open_timeout=self.policy.open_timeout_s,
+                               ping_interval=self.policy.keepalive_s, ping_timeout=self.policy.keepalive_s)
         except InvalidStatus as exc:  # refused on the handshake (a proxy, an auth layer, a dialect)
             raise refusal(exc) from exc
         try:

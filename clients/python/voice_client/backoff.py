@@ -29,6 +29,9 @@ class ResumePolicy:
     silence the server has already heard); if an open utterance needs more, a drop raises ``ConnectionLost``."""
     open_timeout_s: float = 10.0
     """Time one connection attempt (TCP, TLS, WebSocket handshake, ``ready``) may take."""
+    keepalive_s: float | None = 10.0
+    """Ping the server this often and count the socket as dropped when a pong takes longer: a path that dies
+    without a reset (a partition, a suspended laptop) is noticed within twice this. None: no pings."""
 
     def delay_s(self, attempt: int, rng: random.Random | None = None) -> float:
         """The delay before attempt ``attempt`` (1-based)."""
