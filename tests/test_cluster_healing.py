@@ -160,9 +160,9 @@ def test_every_client_connection_cut_once_by_a_proxy_loses_and_repeats_nothing(c
     _assert_nothing_lost_or_repeated(runs, recordings, undisturbed)
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation: a stream resumed at the end of 'And so my fellow "
-                   "Americans.' starts a fresh VAD state there, and the faint 'Ask' 0.8 s later stays under the "
-                   "speech threshold (a new session fed the same audio from that point hears 'Not!' too)")
+@pytest.mark.xfail(strict=True, reason="known limitation (docs/resume.md, 'Voice detection restarts at the seam'): "
+                   "a stream resumed at the end of 'And so my fellow Americans.' starts a fresh VAD state there, "
+                   "and the faint 'Ask' 0.8 s later stays under the speech threshold")
 def test_a_resume_right_after_a_final_keeps_the_faint_word_that_follows(cluster):
     jfk = bench.recordings(DATA / "asr", 1, min_s=1.0, names=["jfk"])[0]
 
