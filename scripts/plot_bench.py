@@ -7,7 +7,9 @@
 Writes ``asr-latency.png`` (time-to-final p50 and p95 from the end of the last word, against concurrent
 streams, with the targets) and ``tts-latency.png`` (time to first audio of a whole sentence, p50 and p95,
 against concurrent sessions). Several JSON files per service may be given (``--asr a.json --asr b.json``) to
-draw runs side by side; ``--label`` names them in the same order.
+draw runs side by side; ``--label`` names them in the same order. ``--resume FILE`` (bench_resume.py's JSON)
+writes ``resume.png``: the time from a drop to the resume and to the first final after it, and the WER with
+and without the fault.
 """
 
 from __future__ import annotations
@@ -61,10 +63,43 @@ def chart(out: Path, title: str, xlabel: str, ylabel: str, series: list, targets
     print(f"wrote {out}")
 
 
+def resume_chart(report: dict, path: Path) -> None:
+    """bench_resume.py's figures: the time after a drop, and the WER with and without the fault."""
+    runs = report["runs"]
+    faulted = [r for r in runs if r["fault"] != "none"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    labels = [f"{r['fault']}\n{r['streams']} stream{'s' if r['streams'] > 1 else ''}" for r in faulted]
+    xs = range(len(faulted))
+    for offset, q, hatch in ((-0.2, "p50", None), (0.2, "p95", "//")):
+        ax1.bar([x + offset for x in xs], [r["drop_to_first_final_ms"][q] or 0 for r in faulted], 0.4,
+                label=f"drop -> first final {q}", hatch=hatch, color="tab:blue", alpha=0.6 if hatch else 1.0)
+        ax1.scatter([x + offset for x in xs], [r["outage_ms"][q] or 0 for r in faulted], color="black", zorder=5,
+                    marker="_" if hatch else "x", s=120, label=f"outage (drop -> resumed) {q}")
+    ax1.set_xticks(list(xs), labels, fontsize=8)
+    ax1.set_ylabel("ms")
+    ax1.set_title("After the drop")
+    ax1.legend(fontsize=7)
+    levels = sorted({r["streams"] for r in runs})
+    width = 0.8 / 3
+    for i, fault in enumerate(("none", "kill", "cut")):
+        vals = [next((r["wer"] * 100 for r in runs if r["streams"] == n and r["fault"] == fault), 0) for n in levels]
+        ax2.bar([j + (i - 1) * width for j in range(len(levels))], vals, width, label=fault)
+    ax2.set_xticks(range(len(levels)), [f"{n} stream{'s' if n > 1 else ''}" for n in levels])
+    ax2.set_ylabel("WER %")
+    ax2.set_title("Word error rate, with and without the fault")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--asr", type=Path, action="append", default=[])
     p.add_argument("--tts", type=Path, action="append", default=[])
+    p.add_argument("--resume", type=Path, help="a bench_resume.py JSON: writes resume.png")
     p.add_argument("--label", action="append", default=[], help="one per run, ASR runs first then TTS runs")
     p.add_argument("--out", type=Path, default=Path("docs/img"))
     args = p.parse_args(argv)
@@ -76,6 +111,8 @@ def main(argv=None) -> int:
     if args.tts:
         chart(args.out / "tts-latency.png", "TTS time to first audio (a whole sentence)", "concurrent sessions",
               "ms", [(next(labels, path.stem), tts_points(path)) for path in args.tts], TTS_TARGETS)
+    if args.resume:
+        resume_chart(json.loads(args.resume.read_text()), args.out / "resume.png")
     return 0
 
 

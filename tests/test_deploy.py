@@ -89,6 +89,10 @@ def test_nginx_configs_pass_nginx_t(tmp_path):
         assert run.returncode == 0, run.stderr
     assert "least_conn" in rendered and "proxy_next_upstream error timeout http_502 http_503" in rendered
     assert "client_max_body_size 101m" in rendered and "client_max_body_size 21m" in rendered
+    # a dead or restarting instance is skipped (passive health) and a refused try moves on to the next one
+    assert "max_fails=3 fail_timeout=10s" in rendered and "proxy_next_upstream_tries 0" in rendered
+    # on SIGQUIT (start_all.sh stopping) nginx keeps draining streams open, for a bounded time
+    assert "worker_shutdown_timeout 60s;" in standalone and "worker_shutdown_timeout" not in rendered
     # a POST is never replayed on another instance; no shipped access log records a query string (keys)
     assert "non_idempotent" not in rendered and "non_idempotent" not in standalone
     for config in (rendered, standalone):

@@ -77,6 +77,9 @@ log_format voice_services '$remote_addr [$time_local] "$request_method $uri $ser
 upstream voice_asr {{
     zone voice_asr 64k;          # shared by all workers: least_conn and failures counted once
     least_conn;                  # long streams: fewest open connections wins
+    # Passive health: a server whose connections fail (refused: it is down or restarting) or answer 502/503
+    # max_fails times within fail_timeout is skipped for fail_timeout, then tried again; each failed try
+    # moves on to the next server (proxy_next_upstream), so the client never sees it.
 {_servers(asr, max_fails, fail_timeout_s)}
     keepalive 16;
 }}
@@ -150,8 +153,13 @@ server {{
 """
 
 
-def render_standalone(site: str, run_dir: str, *, workers: int = 1, user: str | None = None) -> str:
-    """A whole ``nginx.conf`` for an unprivileged foreground nginx whose files all live in ``run_dir``."""
+def render_standalone(site: str, run_dir: str, *, workers: int = 1, user: str | None = None,
+                      shutdown_timeout_s: int = 60) -> str:
+    """A whole ``nginx.conf`` for an unprivileged foreground nginx whose files all live in ``run_dir``.
+
+    On SIGQUIT nginx stops listening and keeps its open connections until they close: the streams of draining
+    instances get their last finals and their 1001 through it. ``shutdown_timeout_s`` bounds that wait; it
+    exceeds the longest drain (ASR ``drain_timeout_s`` 30 s + 5 s)."""
     # As root, nginx would switch its workers to "nobody", who cannot reach a private run dir: name the user.
     user_line = f"user {user};\n" if user else ""
     indented = "\n".join(("    " + line) if line else "" for line in site.splitlines())
@@ -160,6 +168,7 @@ daemon off;
 {user_line}worker_processes {workers};
 pid {run_dir}/nginx.pid;
 error_log {run_dir}/error.log warn;
+worker_shutdown_timeout {shutdown_timeout_s}s;
 
 events {{
     worker_connections 4096;
