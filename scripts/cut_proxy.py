@@ -5,9 +5,13 @@
 instance), copying bytes both ways unchanged. ``cut()`` resets every connection open at that moment on both
 sides (an RST, as when a NAT entry is dropped or a middlebox restarts), and records when; connections made
 afterwards, the clients' reconnects, are left alone until the next ``cut()``. So one ``cut()`` while every
-client streams cuts every client connection exactly once; ``cut_after(n)`` does it once the target has sent
-``n`` more bytes to the clients (the middle of a reply). Standard library only; the fault tests and
-``scripts/bench_resume.py`` import it, and it runs on its own too::
+client streams cuts every client connection exactly once. Two triggers cut once by themselves, at a point of
+what the target sends to the clients: ``cut_after(n)`` once it has sent ``n`` more bytes (the middle of a
+reply), and ``cut_before(pattern)`` the first time ``pattern`` comes, forwarding only what came before the
+WebSocket frame that holds it (a small text frame: its 2-byte header), e.g. between a piece's last audio and
+its ``segment_end``. ``connected`` is an event set on each connection made to the target, so a caller waits
+for the reconnect instead of sleeping. Standard library only; the tests, ``scripts/bench_resume.py`` and
+``scripts/measure_replay.py`` import it, and it runs on its own too::
 
     scripts/cut_proxy.py --listen 18080 --to 127.0.0.1:8080   # kill -USR1 <pid> cuts every open connection
 """
@@ -41,13 +45,20 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counted=None) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, watch=None, cut=None) -> None:
+    """Copy ``reader`` to ``writer``. ``watch(chunk)``, where given, returns what of the chunk to forward and
+    whether to ``cut()`` once that is forwarded (the rest of the chunk goes nowhere)."""
     try:
         while chunk := await reader.read(CHUNK_BYTES):
-            if counted is not None and counted(len(chunk)):
-                return  # the connection was cut at this point: the chunk goes nowhere
-            writer.write(chunk)
-            await writer.drain()
+            cut_here = False
+            if watch is not None:
+                chunk, cut_here = watch(chunk)
+            if chunk:
+                writer.write(chunk)
+                await writer.drain()
+            if cut_here:
+                cut()
+                return
         if writer.can_write_eof():
             writer.write_eof()  # half-close, as TCP does: the other direction may still carry data
     except (ConnectionError, OSError, RuntimeError):
@@ -58,19 +69,30 @@ class CutProxy:
     """Forward ``127.0.0.1:port`` (0: a free port) to ``target_host:target_port``; ``cut()`` drops what is open."""
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1", port: int = 0) -> None:
-        self.target = (_loopback(target_host), target_port)
+        self.target = (_loopback(target_host), target_port)  # read at each connection: a test may move it
         self.port = port
         self.accepted = 0                     # connections accepted so far
+        self.connected = asyncio.Event()      # set on each connection made to the target
         self.cut_at: list[float] = []         # time.time() of each cut()
         self.cut_counts: list[int] = []       # connections each cut() reset
         self.downstream_bytes = 0             # bytes forwarded from the target to the clients, all connections
         self._cut_at_downstream: int | None = None
+        self._cut_before: bytes | None = None
         self._open: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._server: asyncio.Server | None = None
 
     @property
     def open_connections(self) -> int:
         return len(self._open)
+
+    @property
+    def cuts(self) -> int:
+        return len(self.cut_at)
+
+    @property
+    def ws(self) -> str:
+        """The proxy's WebSocket base URL (``ws://127.0.0.1:PORT``)."""
+        return f"ws://127.0.0.1:{self.port}"
 
     async def start(self) -> "CutProxy":
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -107,13 +129,24 @@ class CutProxy:
         a point in the middle of a reply, however fast it is made."""
         self._cut_at_downstream = self.downstream_bytes + downstream_bytes
 
-    def _downstream(self, n: int) -> bool:
-        self.downstream_bytes += n
+    def cut_before(self, pattern: bytes) -> None:
+        """Cut once, the first time ``pattern`` comes from the target, after forwarding what came before the
+        WebSocket frame that holds it (a text frame under 126 bytes, whose header is 2 bytes)."""
+        self._cut_before = pattern
+
+    def _downstream(self, chunk: bytes) -> tuple[bytes, bool]:
+        """What of a chunk from the target to forward, and whether to cut once it is forwarded."""
+        at = chunk.find(self._cut_before) if self._cut_before else -1
+        if at >= 0:
+            self._cut_before = None
+            chunk = chunk[:max(0, at - 2)]
+            self.downstream_bytes += len(chunk)
+            return chunk, True  # what came before the frame is forwarded, then the cut
+        self.downstream_bytes += len(chunk)
         if self._cut_at_downstream is not None and self.downstream_bytes >= self._cut_at_downstream:
             self._cut_at_downstream = None
-            self.cut()
-            return True
-        return False
+            return b"", True  # cut at this point: the chunk goes nowhere
+        return chunk, False
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
@@ -124,8 +157,9 @@ class CutProxy:
             return
         pair = (writer, up_writer)
         self._open.add(pair)
+        self.connected.set()
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer, self._downstream))
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer, self._downstream, self.cut))
         finally:
             self._open.discard(pair)
             for w in pair:

@@ -19,16 +19,14 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import wave
 from pathlib import Path
 from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from cut_proxy import CutProxy
+from voice_client import AsrStream, Final, Partial, ResumePolicy, Resumed
 
-from tcp_proxy import CuttableProxy  # noqa: E402  (tests/tcp_proxy.py)
-from voice_client import AsrStream, Final, Partial, ResumePolicy, Resumed  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def two_sentences() -> bytes:
@@ -41,7 +39,7 @@ def two_sentences() -> bytes:
 
 async def run_once(url: str, pcm: bytes, cut: bool) -> dict:
     port = urlsplit(url).port or 80
-    async with CuttableProxy(port) as proxy:
+    async with CutProxy(port) as proxy:
         path = urlsplit(url).path
         stream = AsrStream(f"{proxy.ws}{path}", resume=ResumePolicy(base_delay_s=0.1))
         loop = asyncio.get_running_loop()

@@ -1,7 +1,7 @@
 """The client library (clients/python, ``voice_client``) against real services, and resuming across a cut.
 
 Real ASR and TTS processes on loopback, real speech from tests/data/asr, and a
-:class:`~tests.tcp_proxy.CuttableProxy` between the library and the service:
+:class:`CutProxy` (scripts/cut_proxy.py) between the library and the service:
 cutting it mid-utterance (ASR) or mid-reply (TTS) is a dropped connection the
 library must ride through. Each test waits on events (the stream's own, the
 proxy's new connection), never on a clock.
@@ -20,8 +20,10 @@ from voice_client import (NO_RESUME, AsrStream, Audio, ConnectionLost, Done, Fin
                           ResumePolicy, Resumed, Segment, SegmentEnd, ServiceError, SpeechStart, TtsStream)
 from voice_client.tts import spoken_through
 
-from conftest import DATA, ROOT, normalise, read_wav, running
-from tcp_proxy import CuttableProxy
+from conftest import DATA, ROOT, normalise, read_wav, running, script_modules
+
+with script_modules("cut_proxy") as (cut_proxy,):
+    CutProxy = cut_proxy.CutProxy
 
 JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
 TWO = ("Mr. Quilter is the apostle of the middle classes and we are glad to welcome his gospel. "
@@ -84,7 +86,7 @@ async def test_asr_stream_matches_the_transcript(asr_service, jfk_pcm):
 
 @pytest.mark.asyncio
 async def test_asr_stream_resumes_after_a_cut_mid_utterance(asr_service, two_pcm):
-    async with CuttableProxy(asr_service.port) as proxy:
+    async with CutProxy(asr_service.port) as proxy:
         stream = AsrStream(proxy.ws + "/v1/stream/asr", resume=FAST)
         events = []
         async with stream:
@@ -115,7 +117,7 @@ async def test_stream_file_json_prints_finals_only_and_rides_through_a_cut(asr_s
     path = tmp_path / "two.wav"
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(two_pcm)
-    async with CuttableProxy(asr_service.port) as proxy:
+    async with CutProxy(asr_service.port) as proxy:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "examples/stream_file.py", "--json", str(path), "--url", proxy.ws + "/v1/stream/asr",
             cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -135,7 +137,7 @@ async def test_stream_file_json_prints_finals_only_and_rides_through_a_cut(asr_s
             lines.append(json.loads(line))
         await watcher
         assert await proc.wait() == 0, "".join(log)
-    assert proxy.cuts == 1 and proxy.connections == 2 and any(line.startswith("resumed at") for line in log)
+    assert proxy.cuts == 1 and proxy.accepted == 2 and any(line.startswith("resumed at") for line in log)
     assert all(line["type"] == "final" and {"text", "start", "end", "reason", "words"} <= line.keys() for line in lines)
     assert [line["utterance"] for line in lines] == list(range(len(lines)))
     assert normalise(" ".join(line["text"] for line in lines)) == normalise(TWO)
@@ -143,11 +145,11 @@ async def test_stream_file_json_prints_finals_only_and_rides_through_a_cut(asr_s
 
 @pytest.mark.asyncio
 async def test_asr_stream_gives_up_with_a_clear_error(asr_service, jfk_pcm):
-    async with CuttableProxy(asr_service.port) as proxy:
+    async with CutProxy(asr_service.port) as proxy:
         policy = ResumePolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05)
         async with AsrStream(proxy.ws + "/v1/stream/asr", resume=policy) as stream:
             await stream.send_audio(jfk_pcm[:16000])
-            proxy.upstream = ("127.0.0.1", 1)  # the service is gone: every new connection fails
+            proxy.target = ("127.0.0.1", 1)  # the service is gone: every new connection fails
             proxy.cut()
             attempts = []
             with pytest.raises(ConnectionLost) as err:
@@ -160,7 +162,7 @@ async def test_asr_stream_gives_up_with_a_clear_error(asr_service, jfk_pcm):
 
 @pytest.mark.asyncio
 async def test_asr_drop_with_resume_off_raises_connection_lost(asr_service, jfk_pcm):
-    async with CuttableProxy(asr_service.port) as proxy:
+    async with CutProxy(asr_service.port) as proxy:
         async with AsrStream(proxy.ws + "/v1/stream/asr", resume=NO_RESUME) as stream:
             await stream.send_audio(jfk_pcm[:16000])
             proxy.cut()
@@ -184,7 +186,7 @@ async def test_kept_audio_is_bounded_in_silence(asr_service):
 @pytest.mark.asyncio
 async def test_an_utterance_longer_than_the_replay_bound_cannot_resume(asr_service, two_pcm):
     """A drop while the open utterance needs more kept audio than max_replay_s is a clear error, not a hole."""
-    async with CuttableProxy(asr_service.port) as proxy:
+    async with CutProxy(asr_service.port) as proxy:
         async with AsrStream(proxy.ws + "/v1/stream/asr", resume=ResumePolicy(max_replay_s=1.0)) as stream:
             sender = asyncio.create_task(feed(stream, two_pcm))
             start = None
@@ -256,9 +258,9 @@ def complete_segments(events: list) -> list[Segment]:
 
 @pytest.mark.asyncio
 async def test_tts_reply_cut_midway_is_spoken_whole_once(tts_service):
-    async with CuttableProxy(tts_service.port) as proxy:
+    async with CutProxy(tts_service.port) as proxy:
         # the cut comes after the third piece's audio has begun and before that piece is complete
-        proxy.cut_before = b'{"type": "segment_end", "index": 2}'
+        proxy.cut_before(b'{"type": "segment_end", "index": 2}')
         stream = TtsStream(proxy.ws + "/v1/stream/tts", resume=FAST)
         async with stream:
             for word in REPLY.split(" "):  # as an LLM streams it
@@ -281,7 +283,7 @@ async def test_tts_reply_cut_midway_is_spoken_whole_once(tts_service):
 async def test_tts_flushed_reply_is_not_spoken_again_after_a_cut(tts_service):
     """Two replies, the first answered with ``done``; a cut in the second re-sends only the second's rest."""
     first, second = "A short first answer. It ends here.", REPLY
-    async with CuttableProxy(tts_service.port) as proxy:
+    async with CutProxy(tts_service.port) as proxy:
         stream = TtsStream(proxy.ws + "/v1/stream/tts", resume=FAST)
         events = []
         async with stream:
@@ -293,7 +295,7 @@ async def test_tts_flushed_reply_is_not_spoken_again_after_a_cut(tts_service):
                     break
             assert stream.pending_text == ""  # the done answered all of it
             cut_at = max(e.index for e in events if isinstance(e, SegmentEnd)) + 2
-            proxy.cut_before = b'{"type": "segment_end", "index": %d}' % cut_at
+            proxy.cut_before(b'{"type": "segment_end", "index": %d}' % cut_at)
             await stream.send_text(second)
             await stream.finish()
             events += [event async for event in stream]

@@ -5,16 +5,14 @@ refuses through the proxy."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 
 import pytest
 
-from conftest import ROOT, free_port
+from conftest import free_port, script_modules
 
-_spec = importlib.util.spec_from_file_location("cut_proxy", ROOT / "scripts" / "cut_proxy.py")
-cut_proxy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cut_proxy)
+with script_modules("cut_proxy") as (cut_proxy,):
+    pass
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -72,6 +70,28 @@ def test_cut_after_cuts_once_in_the_middle_of_what_the_target_sends():
             writer.close()
             assert proxy.cut_counts == [1] and 0 < received < 400_000
             await _round_trip(proxy.port, b"again")  # disarmed after one cut
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
+def test_cut_before_forwards_up_to_the_frame_that_holds_the_pattern_and_connected_is_set():
+    async def scenario():
+        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        async with cut_proxy.CutProxy(server.sockets[0].getsockname()[1]) as proxy:
+            reader, writer = await _round_trip(proxy.port, b"first")
+            assert proxy.connected.is_set() and proxy.cuts == 0
+            proxy.cut_before(b"MARK")
+            writer.write(b"before" + b"\x81\x04MARK" + b"after")  # a 2-byte frame header, then the pattern
+            assert await asyncio.wait_for(reader.readexactly(6), 10) == b"before"
+            with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+                await asyncio.wait_for(reader.readexactly(1), 10)
+            writer.close()
+            assert proxy.cuts == 1
+            proxy.connected.clear()
+            await _round_trip(proxy.port, b"MARK again")  # disarmed after one cut
+            assert proxy.connected.is_set() and proxy.accepted == 2
         server.close()
         await server.wait_closed()
 
