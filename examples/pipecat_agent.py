@@ -23,21 +23,18 @@ import asyncio
 import sys
 import time
 import wave
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from agent import History, make_replier  # noqa: E402
-from audio_io import read_wav  # noqa: E402
-from pipecat.frames.frames import (EndFrame, Frame, InputAudioRawFrame, LLMFullResponseEndFrame,  # noqa: E402
+from agent import History, make_replier  # examples/agent.py (the script's own folder is on sys.path)
+from audio_io import read_wav
+from pipecat.frames.frames import (EndFrame, Frame, InputAudioRawFrame, LLMFullResponseEndFrame,
                                    LLMFullResponseStartFrame, LLMTextFrame, TranscriptionFrame, TTSAudioRawFrame,
                                    TTSStoppedFrame, VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame)
-from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker  # noqa: E402
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  # noqa: E402
-from pipecat.services.deepgram.stt import DeepgramSTTService  # noqa: E402
-from pipecat.services.deepgram.tts import DeepgramTTSService  # noqa: E402
-from pipecat.workers.runner import WorkerRunner  # noqa: E402
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.services.deepgram.stt import DeepgramSTTService
+from pipecat.services.deepgram.tts import DeepgramTTSService
+from pipecat.workers.runner import WorkerRunner
 
 FRAME_MS = 20
 OUT_RATE_HZ = 24000

@@ -44,10 +44,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_asr import corpus_wer, normalize, summarize  # noqa: E402
-from cut_proxy import CutProxy  # noqa: E402
-from local_cluster import LocalCluster  # noqa: E402
+from bench_asr import corpus_wer, normalize, summarize
+from cut_proxy import CutProxy
+from local_cluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000

@@ -25,9 +25,9 @@ import wave
 from pathlib import Path
 
 import yaml
+from asr_client import stream as stream_clip
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 CLIP = ROOT / "tests" / "data" / "asr" / "jfk.wav"
 REFERENCE = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
 GRACEFUL_SHUTDOWN_S = 5  # services/common/serve.py: what uvicorn gives open work after the drain
@@ -38,8 +38,6 @@ def words(text: str) -> str:
 
 
 def stream(args) -> int:
-    from asr_client import stream as stream_clip
-
     with wave.open(str(CLIP)) as w:
         audio = w.readframes(w.getnframes())
     result = asyncio.run(stream_clip(args.ws.rstrip("/") + "/v1/stream/asr", audio, speed=args.speed, timeout_s=120))

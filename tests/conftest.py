@@ -54,6 +54,10 @@ def script_modules(*names: str):
             del sys.modules[name]
 
 
+with script_modules("asr_client") as (_asr_client,):
+    stream_asr = _asr_client.stream  # scripts/asr_client.py: the minimal client of WS /v1/stream/asr
+
+
 def metric(service: Loopback, name: str) -> float:
     """The sum of a metric's samples (all label sets) on a running service's /metrics."""
     text = httpx.get(service.http + "/metrics", timeout=10).text

@@ -13,8 +13,7 @@ import pytest
 import soxr
 import websockets
 
-from asr_client import stream
-from conftest import DATA, await_until, normalise, paced, read_wav, wait_until
+from conftest import DATA, await_until, normalise, paced, read_wav, wait_until, stream_asr as stream
 
 JFK_WORDS = normalise("And so my fellow Americans, ask not what your country can do for you, "
                       "ask what you can do for your country.")

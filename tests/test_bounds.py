@@ -260,7 +260,7 @@ def test_voice_conditionals_cache_is_a_bounded_lru(tmp_path):
 
 
 def test_finished_asr_sessions_are_freed_without_the_cyclic_collector(jfk):
-    from asr_client import stream
+    from conftest import stream_asr as stream
     from services.asr.app import create_app
     from services.asr.settings import load
 

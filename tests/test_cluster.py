@@ -24,9 +24,8 @@ import numpy as np
 import pytest
 import websockets
 
-from asr_client import stream
 from conftest import (DATA, ROOT, Loopback, ServiceProcess, await_until, free_port, metric, normalise, read_wav,
-                      wait_until)
+                      stream_asr as stream, wait_until)
 from test_tts_cloning import wav_bytes
 from tts_support import Received, recv_until
 

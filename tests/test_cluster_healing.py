@@ -10,28 +10,25 @@ The tests run in file order on one cluster; the last one stops it. Everything wa
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import shutil
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from voice_client import TtsStream
 
-from asr_client import stream
-from conftest import DATA, DETERMINISTIC_TTS, ROOT, Loopback, metric, normalise, read_wav
+from conftest import (DATA, DETERMINISTIC_TTS, Loopback, metric, normalise, read_wav, script_modules,
+                      stream_asr as stream)
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 pytestmark = [pytest.mark.skipif(NGINX is None, reason="nginx is not installed (scripts/install.sh installs it)"),
               pytest.mark.slow, pytest.mark.timeout(420)]
 
-_spec = importlib.util.spec_from_file_location("bench_resume", ROOT / "scripts" / "bench_resume.py")
-bench = sys.modules["bench_resume"] = importlib.util.module_from_spec(_spec)  # dataclasses need it registered
-_spec.loader.exec_module(bench)  # its helpers: the start_all.sh driver, the cutting proxy, the stream and seam checks
-from local_cluster import ready  # noqa: E402 - scripts/, on the path once bench_resume is loaded
+# bench_resume's helpers: the start_all.sh driver, the cutting proxy, the stream and seam checks
+with script_modules("bench_resume", "local_cluster") as (bench, local_cluster):
+    ready = local_cluster.ready
 
 SPEED = 2.0  # the recordings stream at twice real time (stream time, not wall time, drives the service)
 

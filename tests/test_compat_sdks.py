@@ -20,8 +20,7 @@ from deepgram.listen.v1.types import ListenV1Metadata, ListenV1Results, ListenV1
 from deepgram.speak.v1.types import SpeakV1Metadata, SpeakV1Text
 from openai import AsyncOpenAI
 
-from asr_client import stream
-from conftest import normalise, paced, running
+from conftest import normalise, paced, running, stream_asr as stream
 from tts_support import Transcriber, mostly_heard
 
 pytestmark = pytest.mark.asyncio

@@ -12,8 +12,7 @@ import threading
 import httpx
 import numpy as np
 
-from asr_client import stream
-from conftest import DATA, ServiceProcess, await_until, metric, normalise, read_wav, wait_until
+from conftest import DATA, ServiceProcess, await_until, metric, normalise, read_wav, wait_until, stream_asr as stream
 from test_tts_cloning import wav_bytes
 
 ENV = {"ASR_SERVER__DRAIN_TIMEOUT_S": "20", "ASR_MODEL__CPU_THREADS": "2", "ASR_SERVER__IDLE_TIMEOUT_S": "30"}

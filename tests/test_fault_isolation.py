@@ -33,8 +33,7 @@ import numpy as np
 import pytest
 import websockets
 
-from asr_client import stream
-from conftest import normalise, wait_until
+from conftest import normalise, wait_until, stream_asr as stream
 from inprocess import InProcessServer
 from tts_support import Received, Transcriber, mostly_heard, pcm_to_float, recv_until
 

@@ -22,8 +22,7 @@ import httpx
 import numpy as np
 import websockets
 
-from asr_client import stream
-from conftest import ASR_TEST_ENV, DATA, await_until, normalise, read_wav, wait_until
+from conftest import ASR_TEST_ENV, DATA, await_until, normalise, read_wav, wait_until, stream_asr as stream
 
 MAX_CONNECTIONS = int(ASR_TEST_ENV["ASR_SERVER__MAX_CONNECTIONS"])
 JFK_WORDS = normalise("And so my fellow Americans, ask not what your country can do for you, "

@@ -1,4 +1,5 @@
-"""A minimal asyncio client of WS /v1/stream/asr for the tests (speaks the contract, nothing more)."""
+"""A minimal asyncio client of WS /v1/stream/asr (speaks the contract, nothing more): the tests use it, loaded
+through tests/conftest.py, and so does scripts/deploy_checks.py."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 import websockets
-
-from conftest import paced
 
 
 @dataclass
@@ -36,8 +35,10 @@ async def stream(url: str, audio: bytes, *, params: dict | None = None, frame_by
     async with websockets.connect(full, max_size=None, open_timeout=20) as ws:
         async def send() -> None:
             period_s = frame_bytes / bytes_per_second / speed if speed > 0 else 0.0
-            async for i in paced(range(0, len(audio), frame_bytes), period_s):
+            for i in range(0, len(audio), frame_bytes):
                 await ws.send(audio[i:i + frame_bytes])
+                if period_s:
+                    await asyncio.sleep(period_s)  # the pace of a live source is the input, not a wait for an event
             for message in before_end or []:
                 await ws.send(message if isinstance(message, (bytes, str)) else json.dumps(message))
             if end:
