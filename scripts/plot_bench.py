@@ -56,11 +56,15 @@ def chart(out: Path, title: str, xlabel: str, ylabel: str, series: list, targets
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    _save(fig, out)
+
+
+def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
     plt.close(fig)
-    print(f"wrote {out}")
+    print(f"wrote {path}")
 
 
 def resume_chart(report: dict, path: Path) -> None:
@@ -88,11 +92,7 @@ def resume_chart(report: dict, path: Path) -> None:
     ax2.set_ylabel("WER %")
     ax2.set_title("Word error rate, with and without the fault")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    print(f"wrote {path}")
+    _save(fig, path)
 
 
 def main(argv=None) -> int:
