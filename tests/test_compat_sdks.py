@@ -290,7 +290,7 @@ async def test_openai_realtime_refuses_conversation_sessions(asr_service):
 
 async def test_openai_sdk_reads_speech_as_sse(examples_tts):
     client = AsyncOpenAI(base_url=f"{examples_tts.http}/v1", api_key="sk-local")
-    text = "Streaming speech arrives as server sent events."
+    text = "The weather is lovely today, and the sun is shining."
     async with client.audio.speech.with_streaming_response.create(
             model="gpt-4o-mini-tts", voice="alloy", input=text, response_format="pcm") as raw:
         plain = b"".join([chunk async for chunk in raw.iter_bytes()])
