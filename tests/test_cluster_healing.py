@@ -13,14 +13,13 @@ import asyncio
 import shutil
 import signal
 import socket
-import time
 from pathlib import Path
 
 import pytest
 from voice_client import TtsStream
 
-from conftest import (DATA, DETERMINISTIC_TTS, Loopback, metric, normalise, read_wav, script_modules,
-                      stream_asr as stream)
+from conftest import (DATA, DETERMINISTIC_TTS, Loopback, await_until, metric, normalise, read_wav, script_modules,
+                      stream_asr as stream, wait_until)
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 pytestmark = [pytest.mark.skipif(NGINX is None, reason="nginx is not installed (scripts/install.sh installs it)"),
@@ -242,10 +241,7 @@ def test_a_killed_nginx_comes_back_on_its_port(cluster, speech):
     assert "was killed by SIGKILL" in cluster.wait_line(rf"^start_all: nginx \(pid {old}\) .*", start=mark).group(0)
     cluster.wait_line(r"^start_all: nginx started", start=mark)
     assert not any("could not bind" in line for line in cluster.lines[mark:])
-    deadline = time.monotonic() + 30
-    while not ready(cluster.front, "/health"):
-        assert time.monotonic() < deadline, "the front did not come back"
-        time.sleep(0.1)
+    wait_until(lambda: ready(cluster.front, "/health"), 30, "the front came back")
     result = asyncio.run(stream(cluster.ws + "/v1/stream/asr", speech["wizard"], speed=0, timeout_s=60))
     assert result.close_code == 1000 and "wizard" in normalise(result.final_text)
 
@@ -261,10 +257,9 @@ def test_ctrl_c_drains_open_streams_through_nginx_and_stops_everything(cluster, 
     async def scenario():
         heard = sum(metric(i, "asr_audio_seconds_total") for i in instances)
         task = asyncio.create_task(stream(cluster.ws + "/v1/stream/asr", speech["jfk"], speed=1.0, timeout_s=90))
-        deadline = time.monotonic() + 30
-        while sum(metric(i, "asr_audio_seconds_total") for i in instances) < heard + 1.2:  # "And so my fellow"
-            assert time.monotonic() < deadline and not task.done()
-            await asyncio.sleep(0.05)
+        await await_until(lambda: task.done() or sum(metric(i, "asr_audio_seconds_total") for i in instances)
+                          >= heard + 1.2, 30, "the first words heard")  # "And so my fellow"
+        assert not task.done()
         stopper = asyncio.get_running_loop().run_in_executor(None, cluster.stop)
         result = await task
         return result, await stopper
