@@ -58,6 +58,30 @@ def _text(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
+class StreamHandle:
+    """What a public stream class shares: open/close (also as ``async with``) and iteration, over its ``_core``
+    (a :class:`ResumableStream`)."""
+
+    _core: "ResumableStream"
+
+    async def __aenter__(self):
+        await self._core.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._core.close()
+
+    async def open(self) -> None:
+        await self._core.open()
+
+    async def close(self) -> None:
+        """Drop the stream at once (no ``end``)."""
+        await self._core.close()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._core.__aiter__()
+
+
 class ResumableStream:
     """Base of :class:`~.asr.AsrStream` and :class:`~.tts.TtsStream`; use those."""
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 
-from ._stream import ResumableStream
+from ._stream import ResumableStream, StreamHandle
 from .backoff import ResumePolicy
 from .errors import ConnectionLost
 from .events import Event, Final, Resumed, SpeechStart, parse_asr_event
@@ -29,7 +29,7 @@ FRAME_S = 0.1
 """Kept audio is replayed in frames of this much audio."""
 
 
-class AsrStream:
+class AsrStream(StreamHandle):
     """``async with AsrStream(url, sample_rate=16000) as stream:`` then ``send_audio``, ``finish`` and
     ``async for event in stream`` (typically in two tasks). Iteration ends after ``closed``; it raises
     :class:`~.errors.ServiceError` for a fatal error and :class:`~.errors.ConnectionLost` when a drop could
@@ -45,23 +45,6 @@ class AsrStream:
                  "turn_detection": turn_detection, **(params or {})}
         self._core = _AsrCore(url, query, api_key, resume, sample_rate * BYTES_PER_SAMPLE[encoding],
                               BYTES_PER_SAMPLE[encoding])
-
-    async def __aenter__(self) -> "AsrStream":
-        await self._core.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._core.close()
-
-    async def open(self) -> None:
-        await self._core.open()
-
-    async def close(self) -> None:
-        """Drop the stream at once (no ``end``)."""
-        await self._core.close()
-
-    def __aiter__(self):
-        return self._core.__aiter__()
 
     async def send_audio(self, data: bytes) -> None:
         """Send audio in the stream's encoding (any length). Returns at once while the stream reconnects, unless

@@ -19,7 +19,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 
-from ._stream import ResumableStream
+from ._stream import ResumableStream, StreamHandle
 from .backoff import ResumePolicy
 from .events import Audio, Cancelled, Done, Event, Resumed, Segment, SegmentEnd, parse_tts_event
 
@@ -38,7 +38,7 @@ def spoken_through(text: str, piece: str) -> int | None:
     return None if found < 0 else where[found + len(target) - 1] + 1
 
 
-class TtsStream:
+class TtsStream(StreamHandle):
     """``async with TtsStream(url, voice=...) as tts:`` then ``send_text``/``flush``/``cancel``/``finish`` and
     ``async for event in tts``. Iteration ends after ``closed``; it raises :class:`~.errors.ServiceError` for a
     fatal error and :class:`~.errors.ConnectionLost` when a drop could not be resumed."""
@@ -49,23 +49,6 @@ class TtsStream:
         query = {"voice": voice, "encoding": encoding, "sample_rate": sample_rate, "segment_end": True,
                  **(params or {})}
         self._core = _TtsCore(url, query, api_key, resume)
-
-    async def __aenter__(self) -> "TtsStream":
-        await self._core.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._core.close()
-
-    async def open(self) -> None:
-        await self._core.open()
-
-    async def close(self) -> None:
-        """Drop the stream at once (no ``end``)."""
-        await self._core.close()
-
-    def __aiter__(self):
-        return self._core.__aiter__()
 
     async def send_text(self, text: str) -> None:
         """Append text (any fragment); the server speaks it piece by piece as sentences complete."""
