@@ -319,3 +319,25 @@ def test_spoken_through_ignores_whitespace_and_unspoken_text():
     assert spoken_through("Hello   there.  Next", "Hello there.") == len("Hello   there.")
     assert spoken_through("... Hi,\nyou. x", "Hi, you.") == len("... Hi,\nyou.")
     assert spoken_through("abc", "xyz") is None
+
+
+@pytest.mark.asyncio
+async def test_iteration_ends_after_closed_when_the_event_queue_was_full():
+    """The end of the events is queued behind a full queue (an application that reads slowly), not dropped."""
+    from voice_client._stream import EVENT_QUEUE, ResumableStream
+
+    core = ResumableStream("ws://127.0.0.1:9/", {}, None, FAST)
+    for i in range(EVENT_QUEUE):
+        core._events.put_nowait(i)
+
+    async def session_closed(ws):
+        return None  # the socket ended after ``closed``
+
+    core._pump = session_closed
+    core._runner = asyncio.create_task(core._run())
+    for _ in range(10):
+        await asyncio.sleep(0)  # the runner sees the end before the application reads anything
+    async with asyncio.timeout(10):
+        events = [event async for event in core]
+    assert events == list(range(EVENT_QUEUE))
+    await core._runner

@@ -236,6 +236,9 @@ class ResumableStream:
             while True:
                 reason = await self._pump(self._ws)
                 if reason is None:
+                    # wait for room: with the queue full of unread events, a dropped end would leave the
+                    # application's ``async for`` waiting forever after ``closed``
+                    await self._events.put(_END)
                     return
                 await self._reconnect(reason)
         except asyncio.CancelledError:
@@ -249,7 +252,7 @@ class ResumableStream:
         finally:
             self._progress.set()
             with contextlib.suppress(asyncio.QueueFull):
-                self._events.put_nowait(_END)
+                self._events.put_nowait(_END)  # cancelled (close()), or after the failure: best effort
 
     async def _pump(self, ws: ClientConnection | None) -> str | None:
         """Read ``ws`` until it ends; None when the session ended (``closed``), else why the socket ended."""
