@@ -341,3 +341,27 @@ async def test_iteration_ends_after_closed_when_the_event_queue_was_full():
         events = [event async for event in core]
     assert events == list(range(EVENT_QUEUE))
     await core._runner
+
+
+async def until_done(stream: TtsStream, events: list) -> None:
+    async with asyncio.timeout(60):
+        async for event in stream:
+            events.append(event)
+            if isinstance(event, Done):
+                return
+
+
+@pytest.mark.asyncio
+async def test_tts_flush_after_everything_was_spoken_gets_its_done(tts_service):
+    """All the text sent was already spoken (and its segment_end came): a flush still goes out and gets a done."""
+    async with TtsStream(tts_service.ws + "/v1/stream/tts", resume=FAST) as stream:
+        events: list = []
+        await stream.send_text("Hello there.")
+        await stream.flush()
+        await until_done(stream, events)
+        assert stream.pending_text == "" and not stream._core.ops  # what a spoken-by-timer fragment leaves too
+        await stream.flush()
+        await until_done(stream, events)
+        assert sum(isinstance(e, Done) for e in events) == 2
+        await stream.finish()
+        events += [event async for event in stream]

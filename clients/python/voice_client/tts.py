@@ -56,8 +56,9 @@ class TtsStream(StreamHandle):
             await self._core.add("text", text)
 
     async def flush(self) -> None:
-        """Speak everything sent so far, even an unfinished sentence; ``done`` follows its audio. A flush with no
-        text since the last one is not sent again (it would say nothing)."""
+        """Speak everything sent so far, even an unfinished sentence; ``done`` follows its audio. Every flush is
+        answered with a ``done``, also one with nothing to say; a flush right behind one whose ``done`` has not come
+        yet is not sent (that ``done`` answers both, as the server merges them)."""
         await self._core.add("flush")
 
     async def finish(self) -> None:
@@ -98,8 +99,8 @@ class _TtsCore(ResumableStream):
         self._raise_if_failed()
         if self.ended:
             raise RuntimeError(f"{kind} after finish()")
-        if kind == "flush" and (not self.ops or self.ops[-1][0] == "flush"):
-            return
+        if kind == "flush" and self.ops and self.ops[-1][0] == "flush":
+            return  # nothing since a flush not yet answered: the server would merge the two (its done answers both)
         self.ops.append([kind, text])
         self.ended = kind == "end"
         if self.live:
