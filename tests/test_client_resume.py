@@ -365,3 +365,26 @@ async def test_tts_flush_after_everything_was_spoken_gets_its_done(tts_service):
         assert sum(isinstance(e, Done) for e in events) == 2
         await stream.finish()
         events += [event async for event in stream]
+
+
+@pytest.mark.asyncio
+async def test_tts_flushes_the_server_would_merge_keep_the_client_in_step(tts_service):
+    """A flush with only unspeakable text since an unanswered flush is merged by the server (one done for both):
+    the client does not send it, so each done it gets answers exactly one kept flush and nothing stale stays."""
+    async with TtsStream(tts_service.ws + "/v1/stream/tts", resume=FAST) as stream:
+        await stream.send_text("Hi there.")
+        await stream.flush()
+        await stream.send_text(" ... ")
+        await stream.flush()
+        await stream.flush()
+        await stream.send_text("Bye now.")
+        await stream.flush()
+        assert [op[0] for op in stream._core.ops] == ["text", "flush", "text", "text", "flush"]
+        events: list = []
+        await until_done(stream, events)
+        await until_done(stream, events)
+        assert stream.pending_text == "" and not stream._core.ops
+        await stream.finish()
+        events += [event async for event in stream]
+    assert sum(isinstance(e, Done) for e in events) == 3  # two flushes and the end
+    assert normalise(" ".join(s.text for s in complete_segments(events))) == normalise("Hi there. Bye now.")

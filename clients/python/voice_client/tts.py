@@ -15,6 +15,7 @@ so with ``restarted``).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -23,6 +24,8 @@ from ._stream import ResumableStream, StreamHandle
 from .backoff import ResumePolicy
 from .events import Audio, Cancelled, Done, Event, Resumed, Segment, SegmentEnd, parse_tts_event
 
+_SPEAKABLE = re.compile(r"\w", re.UNICODE)
+"""Text the server speaks has a letter or digit (services/tts/text.py ``is_speakable``)."""
 TEXT_FRAME_CHARS = 4000
 """Kept text is sent again in messages of at most this many characters."""
 
@@ -57,8 +60,8 @@ class TtsStream(StreamHandle):
 
     async def flush(self) -> None:
         """Speak everything sent so far, even an unfinished sentence; ``done`` follows its audio. Every flush is
-        answered with a ``done``, also one with nothing to say; a flush right behind one whose ``done`` has not come
-        yet is not sent (that ``done`` answers both, as the server merges them)."""
+        answered with a ``done``, also one with nothing to say; a flush with nothing speakable (no letter or digit)
+        since one whose ``done`` has not come yet is not sent: that ``done`` answers both (the server merges them)."""
         await self._core.add("flush")
 
     async def finish(self) -> None:
@@ -99,12 +102,22 @@ class _TtsCore(ResumableStream):
         self._raise_if_failed()
         if self.ended:
             raise RuntimeError(f"{kind} after finish()")
-        if kind == "flush" and self.ops and self.ops[-1][0] == "flush":
-            return  # nothing since a flush not yet answered: the server would merge the two (its done answers both)
+        if kind == "flush" and self._joins_kept_flush():
+            return  # the server would merge it into that flush (one done for both): not sent, that done answers it
         self.ops.append([kind, text])
         self.ended = kind == "end"
         if self.live:
             await self._send_pending()
+
+    def _joins_kept_flush(self) -> bool:
+        """A flush now would join the last kept flush on the server: that flush is not answered yet and no
+        speakable text was sent after it (the server's ``WorkQueue.put`` merges a flush mark into a waiting one
+        when no piece lies between, and text with no letter or digit makes no piece: ``is_speakable``). Such a
+        flush is not sent, so every flush sent gets exactly one ``done`` and the kept ops stay in step."""
+        last = next((i for i in range(len(self.ops) - 1, -1, -1) if self.ops[i][0] != "text"), None)
+        if last is None or self.ops[last][0] != "flush":
+            return False
+        return not _SPEAKABLE.search("".join(op[1] for op in self.ops[last + 1:]))
 
     async def cancel(self) -> None:
         self._raise_if_failed()
