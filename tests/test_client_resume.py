@@ -388,3 +388,27 @@ async def test_tts_flushes_the_server_would_merge_keep_the_client_in_step(tts_se
         events += [event async for event in stream]
     assert sum(isinstance(e, Done) for e in events) == 3  # two flushes and the end
     assert normalise(" ".join(s.text for s in complete_segments(events))) == normalise("Hi there. Bye now.")
+
+
+@pytest.mark.asyncio
+async def test_asr_audio_sent_while_reconnecting_keeps_the_open_utterance_whole():
+    """max_replay_s=1: 0.5 s sent, speech_start at 0.2 s, then the socket drops and the application sends 1 s
+    more. The open utterance's start is never let go (a resume would start mid-utterance without a word):
+    send_audio waits for the reconnect instead once 1 s is kept."""
+    from voice_client.asr import _AsrCore
+
+    core = _AsrCore("ws://127.0.0.1:9/", {}, None, ResumePolicy(max_replay_s=1.0), 32000, 2)
+    core.kept += bytes(16000)
+    core.total = core.cursor = 16000  # 0.5 s went out on the socket
+    core._on_event(SpeechStart(utterance=0, t=0.2))
+    assert core.open_start == 6400 and not core.live  # dropped: reconnecting
+    blocked = False
+    for _ in range(10):  # 1 s more, 0.1 s at a time
+        try:
+            await asyncio.wait_for(core.send_audio(bytes(3200)), 0.2)
+        except TimeoutError:
+            blocked = True
+            break
+    assert blocked  # backpressure, not a silent let-go
+    assert core.kept_start <= core.open_start and core.lost_before == 0
+    core._check_resumable("test")  # still resumable

@@ -294,10 +294,10 @@ class ResumableStream:
     async def _reconnect(self, reason: str) -> None:
         if not self.policy.enabled:
             raise ConnectionLost(f"connection dropped ({reason}) and resuming is off")
-        self._check_resumable(reason)
         dropped_at = time.monotonic()
         last: BaseException | None = None
         for attempt in range(1, self.policy.max_attempts + 1):
+            self._check_resumable(reason)  # before each attempt: what was kept may have changed while retrying
             delay = self.policy.delay_s(attempt)
             await self._events.put(Reconnecting(attempt, round(delay, 3), reason))
             await asyncio.sleep(delay)

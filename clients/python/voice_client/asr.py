@@ -48,7 +48,8 @@ class AsrStream(StreamHandle):
 
     async def send_audio(self, data: bytes) -> None:
         """Send audio in the stream's encoding (any length). Returns at once while the stream reconnects, unless
-        more than ``max_replay_s`` is waiting to be sent: then it waits (backpressure, nothing is dropped)."""
+        more than ``max_replay_s`` is kept: then it waits (backpressure: nothing is dropped, and the utterance in
+        flight is kept whole for the resume)."""
         await self._core.send_audio(data)
 
     async def commit(self) -> None:
@@ -104,10 +105,11 @@ class _AsrCore(ResumableStream):
         if self.live:
             await self._send_pending()
             return
-        while self.total - self.cursor > self.max_bytes and not self.live:
+        while len(self.kept) > self.max_bytes and not self.live:
             self._raise_if_failed()
             self._progress.clear()
             await self._progress.wait()  # reconnecting with a full buffer: wait rather than drop
+            self._bound()
         if self.live:
             await self._send_pending()
 
@@ -159,7 +161,10 @@ class _AsrCore(ResumableStream):
             return
         until = self.kept_start + excess // self.bytes_per_sample * self.bytes_per_sample
         if self.open_start is not None and until > self.open_start:
-            self.lost_before = max(self.lost_before, min(until, self.cursor))
+            if not self._connected:  # reconnecting: the resume needs the open utterance whole; send_audio waits
+                until = self.open_start
+            else:
+                self.lost_before = max(self.lost_before, min(until, self.cursor))
         self._let_go(until)
 
     # -- what the server says -------------------------------------------------------------------
