@@ -412,3 +412,14 @@ async def test_asr_audio_sent_while_reconnecting_keeps_the_open_utterance_whole(
     assert blocked  # backpressure, not a silent let-go
     assert core.kept_start <= core.open_start and core.lost_before == 0
     core._check_resumable("test")  # still resumable
+
+
+def test_asr_announced_replay_never_exceeds_max_replay_s():
+    """send_audio takes a chunk before it waits for room, so the kept audio may pass max_replay_s by one chunk;
+    the announced resume_replay_s does not (a server whose max_replay_s equals it would refuse: too_large)."""
+    from voice_client.asr import _AsrCore
+
+    core = _AsrCore("ws://127.0.0.1:9/", {}, None, ResumePolicy(max_replay_s=1.0), 32000, 2)
+    core.kept += bytes(32000 + 3200)  # 1 s kept and one 0.1 s chunk more
+    core.total = len(core.kept)
+    assert float(core._resume_params()["resume_replay_s"]) <= 1.0

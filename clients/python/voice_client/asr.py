@@ -193,8 +193,11 @@ class _AsrCore(ResumableStream):
                                  f"needs more than max_replay_s={self.policy.max_replay_s:g} s of kept audio")
 
     def _resume_params(self) -> dict[str, Any]:
+        # announced no higher than max_replay_s (the server refuses more than its own bound with too_large): the
+        # kept audio may pass it by the last chunk send_audio took before waiting for room
+        replay_ms = min(self.total - self.kept_start, self.max_bytes) * 1000 // self.bytes_per_s
         return {"resume_at_s": f"{self.kept_start / self.bytes_per_s:.6f}", "resume_utterance": self.next_utterance,
-                "resume_replay_s": f"{(self.total - self.kept_start) / self.bytes_per_s:.3f}"}
+                "resume_replay_s": f"{replay_ms / 1000:.3f}"}
 
     def _resumed(self, attempt: int, outage_s: float) -> Resumed:
         return Resumed(attempt, outage_s, at_s=round(self.kept_start / self.bytes_per_s, 6),

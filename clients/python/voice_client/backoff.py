@@ -26,7 +26,9 @@ class ResumePolicy:
     """ASR: the most audio kept for a replay, in seconds of stream audio. A client keeps what it sent after the
     end of the last final it received, normally one utterance and a pause; at 16 kHz PCM16 a minute costs
     1.92 MB (8 kHz mu-law: 0.48 MB). Audio older than this is let go while no utterance is open (it is
-    silence the server has already heard); if an open utterance needs more, a drop raises ``ConnectionLost``."""
+    silence the server has already heard); if an open utterance needs more, a drop raises ``ConnectionLost``.
+    Keep it at or below the server's ``server.max_replay_s`` (300 s by default): a resume announcing more is
+    refused with ``too_large``."""
     open_timeout_s: float = 10.0
     """Time one connection attempt (TCP, TLS, WebSocket handshake, ``ready``) may take."""
     keepalive_s: float | None = 10.0
