@@ -8,6 +8,7 @@ again (``overloaded`` answers carry ``Retry-After``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
@@ -51,7 +52,7 @@ async def transcribe_file(base_url: str, audio: str | os.PathLike | bytes, *, la
                           timeout_s: float = 600.0) -> Transcript:
     """Transcribe a whole file (any format the server's FFmpeg decodes); ``base_url`` like
     ``http://127.0.0.1:8001``."""
-    data = audio if isinstance(audio, bytes) else Path(audio).read_bytes()
+    data = audio if isinstance(audio, bytes) else await asyncio.to_thread(Path(audio).read_bytes)  # off the loop
     name = "audio" if isinstance(audio, bytes) else Path(audio).name
     form: dict[str, Any] = {"word_timestamps": "true" if word_timestamps else "false"}
     if language:
