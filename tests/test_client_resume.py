@@ -423,3 +423,18 @@ def test_asr_announced_replay_never_exceeds_max_replay_s():
     core.kept += bytes(32000 + 3200)  # 1 s kept and one 0.1 s chunk more
     core.total = len(core.kept)
     assert float(core._resume_params()["resume_replay_s"]) <= 1.0
+
+
+@pytest.mark.asyncio
+async def test_tts_text_kept_while_reconnecting_is_bounded():
+    """While reconnecting, send_text waits rather than keep more than the server's max_buffered_chars (a replay
+    of more would be refused with too_large)."""
+    from voice_client.tts import MAX_KEPT_CHARS, _TtsCore
+
+    core = _TtsCore("ws://127.0.0.1:9/", {}, None, FAST)
+    assert not core.live  # dropped: reconnecting
+    await asyncio.wait_for(core.add("text", "x" * (MAX_KEPT_CHARS - 10)), 1)
+    await asyncio.wait_for(core.add("text", "y" * 10), 1)  # up to the bound: at once
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(core.add("text", "z"), 0.2)  # past it: waits
+    assert core._kept_chars() == MAX_KEPT_CHARS

@@ -197,6 +197,7 @@ class ResumableStream:
                     self._progress.set()
             except ConnectionClosed:
                 pass  # the runner sees the drop and resumes; what was not sent is kept
+        self._progress.set()  # a replay that ends makes the stream live: a sender waiting for that goes on
 
     async def _send_control(self, message: dict) -> None:
         """A message that is not replayed (it is sent now or never)."""

@@ -26,6 +26,9 @@ from .events import Audio, Cancelled, Done, Event, Resumed, Segment, SegmentEnd,
 
 _SPEAKABLE = re.compile(r"\w", re.UNICODE)
 """Text the server speaks has a letter or digit (services/tts/text.py ``is_speakable``)."""
+MAX_KEPT_CHARS = 50000
+"""Text kept while the stream reconnects before ``send_text`` waits for the resume (the server's default
+``max_buffered_chars``: a replay of more would be refused with ``too_large``)."""
 TEXT_FRAME_CHARS = 4000
 """Kept text is sent again in messages of at most this many characters."""
 
@@ -54,7 +57,9 @@ class TtsStream(StreamHandle):
         self._core = _TtsCore(url, query, api_key, resume)
 
     async def send_text(self, text: str) -> None:
-        """Append text (any fragment); the server speaks it piece by piece as sentences complete."""
+        """Append text (any fragment); the server speaks it piece by piece as sentences complete. Returns at once
+        while the stream reconnects, unless more than ``MAX_KEPT_CHARS`` (50000) characters would be kept: then it
+        waits for the resume."""
         if text:
             await self._core.add("text", text)
 
@@ -104,10 +109,17 @@ class _TtsCore(ResumableStream):
             raise RuntimeError(f"{kind} after finish()")
         if kind == "flush" and self._joins_kept_flush():
             return  # the server would merge it into that flush (one done for both): not sent, that done answers it
+        while text and not self.live and self._kept_chars() + len(text) > MAX_KEPT_CHARS:
+            self._raise_if_failed()
+            self._progress.clear()
+            await self._progress.wait()  # reconnecting with much text kept: wait rather than grow without bound
         self.ops.append([kind, text])
         self.ended = kind == "end"
         if self.live:
             await self._send_pending()
+
+    def _kept_chars(self) -> int:
+        return sum(len(op[1]) for op in self.ops)
 
     def _joins_kept_flush(self) -> bool:
         """A flush now would join the last kept flush on the server: that flush is not answered yet and no
