@@ -100,6 +100,8 @@ class AsrEngine(Protocol):
 
     def supports_language(self, language: str) -> bool: ...
 
+    def languages(self) -> list[str]: ...
+
 
 EXACT_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
@@ -180,6 +182,10 @@ class WhisperEngine:
         if not self.multilingual:
             return language == "en"
         return language in self._model.supported_languages
+
+    def languages(self) -> list[str]:
+        """The languages it transcribes (ISO 639-1 codes, as Whisper names them)."""
+        return list(self._model.supported_languages) if self.multilingual else ["en"]
 
     def _tokenizer(self, language: str) -> Tokenizer:
         tok = self._tokenizers.get(language)

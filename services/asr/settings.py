@@ -160,6 +160,7 @@ class AsrSettings(Section):
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    wyoming: common_settings.WyomingSettings = Field(default_factory=common_settings.WyomingSettings)
 
 
 def load(path: str | os.PathLike | None = None, **overrides) -> AsrSettings:

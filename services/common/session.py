@@ -19,9 +19,12 @@ and its work (ASR: the audio processor; TTS: the speaker). The chassis owns:
 * **draining**: on SIGTERM the watcher waits :data:`DRAIN_GRACE_S` (what was
   sent just before is read first) and calls :meth:`Session.on_drain`;
 * **dialects**: a compatible API is a subclass that renders the same items in
-  its own shape (:meth:`Session.send`, :meth:`Session.error_frame`) and, with
-  ``handshake_refusal``, refuses a session with an HTTP status on the handshake
-  (with its :meth:`Session.refusal_headers`), as those APIs' clients expect;
+  its own shape (:meth:`Session.send`, :meth:`Session.error_frame`), over a
+  WebSocket or over a transport that looks like one to the chassis (Wyoming's
+  TCP connections, :mod:`.wyoming`, whose typed events reach
+  :meth:`Session.on_event`), and, with ``handshake_refusal``, refuses a
+  session with an HTTP status on the handshake (with its
+  :meth:`Session.refusal_headers`), as those APIs' clients expect;
   :func:`handshake_refusals` lists such sockets for the API-key check.
 
 Any exception in the reader or writer ends this session, never another one.
@@ -116,6 +119,11 @@ class Session:
     async def on_text(self, raw: str) -> bool:
         """A text frame within the size limit; True stops reading. (From any reading hook, a non-fatal
         ``ServiceError`` is reported and reading goes on; a fatal one goes to :meth:`end_with`.)"""
+        raise NotImplementedError
+
+    async def on_event(self, event: Any) -> bool:
+        """A typed message from a transport other than a WebSocket (a Wyoming connection,
+        :mod:`.wyoming`); True stops reading."""
         raise NotImplementedError
 
     async def end_with(self, err: ServiceError) -> None:
@@ -243,6 +251,8 @@ class Session:
         if message is None:
             return await self.on_timeout()
         self.last_input = time.perf_counter()
+        if "event" in message:
+            return await self.on_event(message["event"])
         data, text = message.get("bytes"), message.get("text")
         if data is not None:
             return await self.on_binary(data)

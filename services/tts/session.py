@@ -72,6 +72,9 @@ class TtsSession(Session):
         self.speaker = Speaker(runtime, voice, AudioEncoder(WIRE_FORMATS[params.encoding], self.out_rate_hz),
                                self.outbox, self.chunker, params.first_segment, params.segment_end)
         self.speaker_task: asyncio.Task | None = None
+        self.piece_voice: ResolvedVoice | None = None
+        """A dialect's voice for the pieces queued from now on, where a request names its own (None: the
+        session's); the session's encoder resamples it to the session's rate."""
         self._cancel_started = 0.0
 
     # -- chassis hooks: setup ------------------------------------------------------------------
@@ -147,7 +150,8 @@ class TtsSession(Session):
     def _queue(self, pieces: list[str]) -> None:
         now = time.perf_counter()
         for text in pieces:
-            self.work.put(Piece(text, now, first=not self.speaker.speaking and self.work.empty()))
+            self.work.put(Piece(text, now, first=not self.speaker.speaking and self.work.empty(),
+                                voice=self.piece_voice))
 
     def _idle(self) -> bool:
         return not self.speaker.speaking and self.work.empty() and not self.chunker.pending and not len(self.outbox)

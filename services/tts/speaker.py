@@ -38,6 +38,7 @@ class Piece:
     text: str
     ready_at: float  # perf_counter when it was cut
     first: bool  # nothing else was waiting or speaking: its first audio is a time-to-first-audio
+    voice: ResolvedVoice | None = None  # the voice it is spoken with (None: the speaker's)
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class Speaker:
             outbox.put(Segment(index, item.text), generation=generation)
             first = item if item.first else None
             priority = Priority.URGENT if item.first else Priority.NORMAL  # first audio of a reply goes first
-            async with contextlib.aclosing(self.runtime.stream(self.voice, item.text, self.encoder,
+            async with contextlib.aclosing(self.runtime.stream(item.voice or self.voice, item.text, self.encoder,
                                                                priority=priority)) as audio:
                 async for data in audio:
                     outbox.put(Audio(data, first), generation=generation)
