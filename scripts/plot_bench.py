@@ -9,7 +9,8 @@ streams, with the targets) and ``tts-latency.png`` (time to first audio of a who
 against concurrent sessions). Several JSON files per service may be given (``--asr a.json --asr b.json``) to
 draw runs side by side; ``--label`` names them in the same order. ``--resume FILE`` (bench_resume.py's JSON)
 writes ``resume.png``: the time from a drop to the resume and to the first final after it, and the WER with
-and without the fault.
+and without the fault. ``--wyoming FILE`` (bench_wyoming.py's JSON) writes ``wyoming.png``: ours beside
+wyoming-faster-whisper and wyoming-piper.
 """
 
 from __future__ import annotations
@@ -95,11 +96,41 @@ def resume_chart(report: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def wyoming_chart(report: dict, path: Path) -> None:
+    """bench_wyoming.py's figures: ASR time to the transcript (and ours to its streamed text) from the end of the
+    last word, and TTS time to first audio, p50 bars with p95 marks, ours beside the peers, by clients."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for ax, rows, series, title in (
+            (ax1, report["asr"], [("ours", "time_to_text_ms", "ours: streamed text"),
+                                  ("ours", "time_to_transcript_ms", "ours: transcript"),
+                                  ("wyoming-faster-whisper", "time_to_transcript_ms", "wyoming-faster-whisper")],
+             f"Speech to text: from the end of the last word\n(audio-stop {report['conditions']['stop_after_ms']:.0f} "
+             f"ms after it)"),
+            (ax2, report["tts"], [("ours", "time_to_first_audio_ms", "ours"),
+                                  ("wyoming-piper", "time_to_first_audio_ms", "wyoming-piper")],
+             "Text to speech: first audio from sending the text")):
+        levels = sorted({r["clients"] for r in rows})
+        width = 0.8 / len(series)
+        for i, (server, key, label) in enumerate(series):
+            stats = [next(r[key] for r in rows if r["server"] == server and r["clients"] == n) for n in levels]
+            xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(levels))]
+            ax.bar(xs, [s["p50"] for s in stats], width, label=f"{label} (p50; p95 marked)")
+            ax.scatter(xs, [s["p95"] for s in stats], marker="_", s=300, color="black", zorder=5)
+        ax.set_xticks(range(len(levels)), [f"{n} client{'s' if n > 1 else ''}" for n in levels])
+        ax.set_ylabel("ms")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(bottom=0)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--asr", type=Path, action="append", default=[])
     p.add_argument("--tts", type=Path, action="append", default=[])
     p.add_argument("--resume", type=Path, help="a bench_resume.py JSON: writes resume.png")
+    p.add_argument("--wyoming", type=Path, help="a bench_wyoming.py JSON: writes wyoming.png")
     p.add_argument("--label", action="append", default=[], help="one per run, ASR runs first then TTS runs")
     p.add_argument("--out", type=Path, default=Path("docs/img"))
     args = p.parse_args(argv)
@@ -113,6 +144,8 @@ def main(argv=None) -> int:
               "ms", [(next(labels, path.stem), tts_points(path)) for path in args.tts], TTS_TARGETS)
     if args.resume:
         resume_chart(json.loads(args.resume.read_text()), args.out / "resume.png")
+    if args.wyoming:
+        wyoming_chart(json.loads(args.wyoming.read_text()), args.out / "wyoming.png")
     return 0
 
 

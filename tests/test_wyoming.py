@@ -11,6 +11,7 @@ with ``error`` events while the servers keep serving; admission as on the socket
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from wyoming.info import Describe, Info
 from wyoming.ping import Ping
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
-from conftest import ROOT, free_port, metric, normalise, paced, read_wav, running
+from conftest import DETERMINISTIC_TTS, ROOT, ServiceProcess, free_port, metric, normalise, paced, read_wav, wait_until
 
 SAMPLES = ROOT / "samples"
 FRAME_MS = 20
@@ -42,22 +43,34 @@ def word_errors(heard: str, expected: list[str]) -> float:
 
 
 @pytest.fixture(scope="module")
-def asr(tmp_path_factory):
-    port = free_port()
-    env = {"ASR_WYOMING__PORT": str(port), "ASR_SERVER__MAX_CONNECTIONS": "3", "ASR_MODEL__CPU_THREADS": "2",
-           "ASR_SERVER__MAX_FRAME_BYTES": "65536"}
-    with running("services.asr", env, tmp_path_factory.mktemp("wyoming-asr")) as service:
-        service.wyoming = port
-        yield service
+def wyoming_services(tmp_path_factory):
+    """Both services, started side by side (loading the models is most of this file's time)."""
+    tmp = tmp_path_factory.mktemp("wyoming")
+    asr_port, tts_port = free_port(), free_port()
+    asr = ServiceProcess("services.asr", {"ASR_WYOMING__PORT": str(asr_port), "ASR_SERVER__MAX_CONNECTIONS": "3",
+                                          "ASR_MODEL__CPU_THREADS": "2", "ASR_SERVER__MAX_FRAME_BYTES": "65536"},
+                         tmp / "asr.log")
+    tts = ServiceProcess("services.tts", {**DETERMINISTIC_TTS, "TTS_WYOMING__PORT": str(tts_port),
+                                          "TTS_ENGINE__CPU_THREADS": "2"}, tmp / "tts.log")
+    asr.wyoming, tts.wyoming = asr_port, tts_port
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            for started in [pool.submit(service.start, 240) for service in (asr, tts)]:  # a loaded machine is slow
+                started.result()
+        yield asr, tts
+    finally:
+        asr.stop()
+        tts.stop()
 
 
 @pytest.fixture(scope="module")
-def tts(tmp_path_factory):
-    port = free_port()
-    env = {"TTS_WYOMING__PORT": str(port), "TTS_ENGINE__CPU_THREADS": "2"}
-    with running("services.tts", env, tmp_path_factory.mktemp("wyoming-tts")) as service:
-        service.wyoming = port
-        yield service
+def asr(wyoming_services):
+    return wyoming_services[0]
+
+
+@pytest.fixture(scope="module")
+def tts(wyoming_services):
+    return wyoming_services[1]
 
 
 def run(coro):
@@ -167,6 +180,7 @@ def test_two_utterances_at_real_time_stream_the_first_transcript_before_audio_st
     assert "year" in normalise("".join(TranscriptChunk.from_event(e).text for e in before_stop))
     text = Transcript.from_event(received[-2][0]).text
     assert word_errors(text, reference("timit") + reference("austen")) <= 0.2, text
+    assert "".join(TranscriptChunk.from_event(e).text for e, _ in received[1:-2]) == text  # deltas add up
 
 
 def test_audio_in_another_rate_width_and_channel_count_is_converted(asr):
@@ -281,8 +295,8 @@ def test_sessions_are_admitted_as_on_the_sockets_and_describe_needs_no_slot(asr)
             await client.connect()
             await client.write_event(AudioStart(16000, 2, 1).event())
         try:
-            await asyncio.to_thread(lambda: __import__("conftest").wait_until(
-                lambda: metric(asr, "asr_sessions_active") == 3, 30, "three Wyoming sessions open"))
+            await asyncio.to_thread(wait_until, lambda: metric(asr, "asr_sessions_active") == 3, 30,
+                                    "three Wyoming sessions open")
             async with AsyncTcpClient("127.0.0.1", asr.wyoming) as extra:
                 await extra.write_event(AudioStart(16000, 2, 1).event())
                 refused = Error.from_event(await next_event(extra))
@@ -295,3 +309,24 @@ def test_sessions_are_admitted_as_on_the_sockets_and_describe_needs_no_slot(asr)
 
     refused, closed, info = run(go())
     assert refused.code == "overloaded" and closed is None and info.asr
+
+
+def test_sigterm_drains_a_wyoming_stream_with_its_transcript(asr):
+    """Last in this file: it stops the ASR process. A stream whose utterance has ended gets its transcript and
+    transcript-stop on SIGTERM, then the connection closes and the process exits 0."""
+    samples, rate = read_wav(SAMPLES / "timit.wav")
+
+    async def go():
+        async with AsyncTcpClient("127.0.0.1", asr.wyoming) as client:
+            await client.write_event(AudioStart(rate, 2, 1).event())
+            for event in chunks(np.concatenate([samples, np.zeros(rate * 2, np.int16)]).tobytes(), rate):
+                await client.write_event(event)
+            first = [await next_event(client), await next_event(client)]  # transcript-start, the final's chunk
+            asr.proc.terminate()  # SIGTERM: drain
+            return first, await events_until(client, "never")
+
+    first, rest = run(go())
+    assert [e.type for e in first] == ["transcript-start", "transcript-chunk"]
+    assert [e.type for e in rest] == ["transcript", "transcript-stop"]  # then the close
+    assert Transcript.from_event(rest[0]).text == TranscriptChunk.from_event(first[1]).text
+    assert asr.proc.wait(30) == 0

@@ -12,10 +12,12 @@ mono 16-bit here and resampled by the processor), ``audio-chunk`` (the audio,
 as a binary frame would be: same limits and backpressure), ``audio-stop`` (our
 ``end``: what is open is ended and flushed). Utterances end as on the socket
 (Smart Turn), and each one's text goes out as it is decided: ``transcript-start``
-at the first speech, ``transcript-chunk`` deltas from the partials' stable words
-and from each final, and at ``audio-stop`` the full ``transcript`` (every final,
-joined: what Home Assistant reads) and ``transcript-stop``; then the connection
-closes (a drain sends them with what was decided, then closes). Bad input is an ``error`` event with our code (a chunk before
+at the first speech, a ``transcript-chunk`` with each utterance's final text (a
+delta: a space, then the new utterance; finals are never revised, so the chunks
+add up to the transcript exactly, and no partial decodes are spent on a
+connection that cannot show them), and at ``audio-stop`` the full
+``transcript`` (what Home Assistant reads) and ``transcript-stop``; then the
+connection closes (a drain sends them with what was decided, then closes). Bad input is an ``error`` event with our code (a chunk before
 ``audio-start`` is ignored; a format we cannot take ends the session).
 """
 
@@ -34,7 +36,7 @@ from ..common.errors import ErrorCode, ServiceError
 from ..common.protocol import Closed, End, shown
 from ..common.wyoming import EventLimits, WyomingDialect, WyomingListener, WyomingSocket, answer_describes, listeners
 from .endpointing import TurnMode
-from .protocol import Final, Partial, SpeechStart, StreamParams
+from .protocol import Final, SpeechStart, StreamParams
 from .serving import AsrRuntime
 from .session import AsrSession, AsrSetup
 
@@ -99,14 +101,14 @@ class WyomingAsrSession(WyomingDialect, AsrSession):
         self.hints = TranscribeHints()
         self._format: tuple[int, int, int] | None = None  # (rate, width, channels) of audio-start
         self._to_pcm16: MonoPcm16 | None = None
-        self._delivered: dict[int, str] = {}  # utterance -> text sent in its chunks
         self._finals: list[str] = []
         self._started = False  # transcript-start sent
         self._stopped = False  # transcript and transcript-stop sent
 
     @classmethod
     def prepare(cls, ws: WyomingSocket, runtime: AsrRuntime) -> AsrSetup:
-        params = StreamParams(SAMPLE_RATE_HZ, Encoding.PCM_S16LE, None, True, TurnMode.SMART_TURN)
+        params = StreamParams(SAMPLE_RATE_HZ, Encoding.PCM_S16LE, None, partials=False,
+                              turn_detection=TurnMode.SMART_TURN)
         return AsrSetup(params, runtime.resolve_language(None), [])
 
     def describe(self) -> Event:
@@ -176,23 +178,9 @@ class WyomingAsrSession(WyomingDialect, AsrSession):
             self._started = True
             await self.write_event(TranscriptStart(language=self.language).event())
 
-    async def _delta(self, utterance: int, text: str) -> None:
-        """Send what ``text`` adds to the utterance's delivered text (nothing where it revises it)."""
-        delivered = self._delivered.get(utterance, "")
-        if not text.startswith(delivered) or len(text) <= len(delivered):
-            return
-        chunk = text[len(delivered):]
-        if not delivered and any(self._delivered.values()):
-            chunk = " " + chunk  # utterances join with a space, as the full transcript does
-        self._delivered[utterance] = text
-        await self.write_event(TranscriptChunk(text=chunk).event())
-
     async def send(self, item: Any) -> bool:
         if isinstance(item, SpeechStart):
             await self._open_transcript()
-        elif isinstance(item, Partial):
-            await self._open_transcript()
-            await self._delta(item.utterance, item.stable.strip())
         elif isinstance(item, Closed):
             await self._stop_transcript()
         else:
@@ -214,7 +202,7 @@ class WyomingAsrSession(WyomingDialect, AsrSession):
         await self._open_transcript()
         text = final.text.strip()
         if text:
-            await self._delta(final.utterance, text)
+            await self.write_event(TranscriptChunk(text=f" {text}" if self._finals else text).event())
             self._finals.append(text)
 
 
