@@ -225,7 +225,20 @@ def check_codes(ref: Reference) -> list[str]:
     return problems
 
 
-CHECKS = [check_routes, check_events, check_native_types, check_codes]
+def wyoming_section(md: str) -> str:
+    """docs/api.md's section on the Wyoming servers: from its ``## ... Wyoming`` heading to the next ``## ``."""
+    found = re.search(r"^## [^\n]*Wyoming[^\n]*\n(.*?)(?=^## |\Z)", md, re.M | re.S)
+    return found.group(1) if found else ""
+
+
+def check_wyoming(ref: Reference) -> list[str]:
+    """Every Wyoming event the servers handle or send is named (`` `type` ``) in docs/api.md's Wyoming section."""
+    section = wyoming_section(ref.api_md)
+    return [f"Wyoming event {kind!r} ({where}) is not in docs/api.md's Wyoming section"
+            for kind, where in facts.wyoming_events().items() if f"`{kind}`" not in section]
+
+
+CHECKS = [check_routes, check_events, check_native_types, check_codes, check_wyoming]
 
 
 # -- the tests ---------------------------------------------------------------------------------------------
@@ -342,3 +355,9 @@ def test_an_error_code_removed_or_wrong_in_the_reference_is_reported(reference):
     assert "error code 'unauthorized': docs/api.md says ['401', '1003', 'yes']" in found
     assert "close code 1001" in found
     assert "query parameter 'utterance_end_ms'" in found
+
+
+def test_a_wyoming_event_removed_from_the_reference_is_reported(reference):
+    md = reference.api_md.replace("`synthesize-stopped`", "`synthesize-ended`")
+    assert "Wyoming event 'synthesize-stopped' (services/tts/wyoming.py" in "\n".join(check_wyoming(
+        _without(reference, md)))

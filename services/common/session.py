@@ -18,14 +18,10 @@ and its work (ASR: the audio processor; TTS: the speaker). The chassis owns:
   a client that takes no frame for ``server.send_timeout_s`` is dropped;
 * **draining**: on SIGTERM the watcher waits :data:`DRAIN_GRACE_S` (what was
   sent just before is read first) and calls :meth:`Session.on_drain`;
-* **dialects**: a compatible API is a subclass that renders the same items in
-  its own shape (:meth:`Session.send`, :meth:`Session.error_frame`), over a
-  WebSocket or over a transport that looks like one to the chassis (Wyoming's
-  TCP connections, :mod:`.wyoming`, whose typed events reach
-  :meth:`Session.on_event`), and, with ``handshake_refusal``, refuses a
-  session with an HTTP status on the handshake (with its
-  :meth:`Session.refusal_headers`), as those APIs' clients expect;
-  :func:`handshake_refusals` lists such sockets for the API-key check.
+* **dialects**: a subclass renders the same items in its own shape (:meth:`Session.send`,
+  :meth:`Session.error_frame`), also over Wyoming's TCP (:mod:`.wyoming`, via :meth:`Session.on_event`);
+  with ``handshake_refusal`` it refuses with an HTTP status on the handshake (with its
+  :meth:`Session.refusal_headers`); :func:`handshake_refusals` lists those sockets for the API-key check.
 
 Any exception in the reader or writer ends this session, never another one.
 """
@@ -122,8 +118,7 @@ class Session:
         raise NotImplementedError
 
     async def on_event(self, event: Any) -> bool:
-        """A typed message from a transport other than a WebSocket (a Wyoming connection,
-        :mod:`.wyoming`); True stops reading."""
+        """A typed message of a transport other than a WebSocket (:mod:`.wyoming`); True stops reading."""
         raise NotImplementedError
 
     async def end_with(self, err: ServiceError) -> None:

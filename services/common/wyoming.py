@@ -120,7 +120,7 @@ class WyomingSocket:
         self.reader = reader
         self.writer = writer
         self.limits = limits
-        self.scope: dict = {"type": "wyoming", "extensions": {}}
+        self.scope: dict = {"extensions": {}}  # no WebSocket extensions (no denial response)
         self.query_params: dict[str, str] = {}
         self.closed = False
         self._inbox: asyncio.Queue[dict] = asyncio.Queue(maxsize=1)
