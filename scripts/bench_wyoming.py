@@ -52,7 +52,7 @@ from pathlib import Path
 
 from bench_asr import Clip, corpus_wer, load_clips
 from bench_tts import SENTENCES
-from benchlib import RATE, summarize
+from benchlib import RATE, stop_process, summarize
 from plot_bench import wyoming_chart
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -116,13 +116,8 @@ class Server:
             await asyncio.sleep(0.5)  # a process starting up: nothing to wait on but asking again
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc)
 
 
 def servers(args, peers: Path, tmp: Path) -> dict[str, Server]:

@@ -6,13 +6,14 @@ installed environment, so no script edits ``sys.path``. What is here is plain
 and dependency-free (numpy and the standard library): reading the corpora's
 16 kHz mono WAV files, tiling room tone into a pause, summarising latencies
 (p50/p95 as numpy's default percentile), checking that a target URL is the
-loopback, and reading a process's resident memory from ``/proc``.
+loopback, reading a process's resident memory from ``/proc``, and stopping a server process.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
+import subprocess
 import urllib.parse
 import wave
 from pathlib import Path
@@ -84,3 +85,16 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 30.0) -> int:
+    """SIGTERM (a service drains), SIGKILL after ``grace_s``; the exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
