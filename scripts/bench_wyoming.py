@@ -319,9 +319,12 @@ def main(argv=None) -> int:
         for proc in procs.values():
             proc.start()
             stack.callback(proc.stop)
+        load_before = os.getloadavg()
         report = asyncio.run(run(args, procs, clips))
+        load = [round(v, 1) for v in (*load_before, *os.getloadavg())]
     report = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "load_average_1_5_15_min_before_after": load},
               "conditions": {"clips": len(clips), "speech_s": round(sum(c.word_end for c in clips), 1),
                              "stop_after_ms": args.stop_after_ms, "threads": args.threads,
                              "beam_size": args.beam_size, "tts_rounds": args.tts_rounds,

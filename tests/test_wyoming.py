@@ -25,7 +25,8 @@ from wyoming.info import Describe, Info
 from wyoming.ping import Ping
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
-from conftest import DETERMINISTIC_TTS, ROOT, ServiceProcess, free_port, metric, normalise, paced, read_wav, wait_until
+from conftest import (DETERMINISTIC_TTS, ROOT, ServiceProcess, await_until, free_port, metric, normalise, paced,
+                      read_wav, wait_until)
 
 SAMPLES = ROOT / "samples"
 FRAME_MS = 20
@@ -283,6 +284,25 @@ def test_bad_input_gets_an_error_event_and_the_servers_keep_serving(asr, tts):
     assert out["unknown_voice"].code == "not_found" and out["after_unknown"] is None
     assert len(out["tts_after"]) > 22050  # more than half a second of speech
     assert metric(asr, "asr_errors_total") >= 4 and metric(asr, "asr_wyoming_connections_total") >= 4
+
+
+def test_a_client_that_never_reads_does_not_hold_up_another(tts):
+    """One client asks for a long reply and reads none of it; another is answered meanwhile."""
+    long_text = " ".join(f"This is sentence number {n} of a long answer nobody reads." for n in range(12))
+
+    async def go():
+        stuck = AsyncTcpClient("127.0.0.1", tts.wyoming)
+        await stuck.connect()
+        try:
+            await stuck.write_event(Synthesize(long_text).event())
+            await await_until(lambda: metric(tts, "tts_pieces_total") >= 2, 60, "the unread reply is being spoken")
+            async with AsyncTcpClient("127.0.0.1", tts.wyoming) as client:
+                await client.write_event(Synthesize("Still here.").event())
+                return (await audio_of(client, "audio-stop"))[0]
+        finally:
+            await stuck.disconnect()
+
+    assert len(run(go())) > 22050
 
 
 def test_sessions_are_admitted_as_on_the_sockets_and_describe_needs_no_slot(asr):

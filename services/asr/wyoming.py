@@ -5,20 +5,21 @@ A connection on ``wyoming.port`` is one :class:`WyomingAsrSession`, an
 and OpenAI dialects: the same processor, schedulers, admission, limits, idle
 timer, drain and metrics (the transport is :mod:`services.common.wyoming`).
 Client events: ``describe`` (answered with ``info``: the model, its languages,
-``supports_transcript_streaming``), ``transcribe`` (its ``language``; its
-names, terms and context are kept as :class:`TranscribeHints`),
-``audio-start`` (any rate, 8-48 kHz, width and channel count: converted to
-mono 16-bit here and resampled by the processor), ``audio-chunk`` (the audio,
-as a binary frame would be: same limits and backpressure), ``audio-stop`` (our
-``end``: what is open is ended and flushed). Utterances end as on the socket
-(Smart Turn), and each one's text goes out as it is decided: ``transcript-start``
-at the first speech, a ``transcript-chunk`` with each utterance's final text (a
-delta: a space, then the new utterance; finals are never revised, so the chunks
-add up to the transcript exactly, and no partial decodes are spent on a
-connection that cannot show them), and at ``audio-stop`` the full
-``transcript`` (what Home Assistant reads) and ``transcript-stop``; then the
-connection closes (a drain sends them with what was decided, then closes). Bad input is an ``error`` event with our code (a chunk before
-``audio-start`` is ignored; a format we cannot take ends the session).
+``supports_transcript_streaming``), ``transcribe`` (its ``language``; its names,
+terms and context are kept as :class:`TranscribeHints`), ``audio-start`` (any
+rate, 8-48 kHz, width and channel count: converted to mono 16-bit here and
+resampled by the processor), ``audio-chunk`` (the audio, as a binary frame would
+be: same limits and backpressure), ``audio-stop`` (our ``end``: what is open is
+ended and flushed). Utterances end as on the socket (Smart Turn), and each one's
+text goes out as it is decided: ``transcript-start`` at the first speech, a
+``transcript-chunk`` with each utterance's final text (a delta: from the second
+on, a space and the utterance; finals are never revised, so the chunks add up to
+the transcript exactly, and no partial decodes are spent on a connection that
+cannot show them), and at ``audio-stop`` the full ``transcript`` (what Home
+Assistant reads) and ``transcript-stop``; then the connection closes (a drain
+sends them with what was decided, then closes). Bad input is an ``error`` event
+with our code (a chunk before ``audio-start`` is ignored; a format we cannot
+take ends the session).
 """
 
 from __future__ import annotations
