@@ -26,7 +26,10 @@ session, so a finished session is freed by reference counting):
   decode with the confirmed words forced as its prefix (replaced in the
   scheduler if still waiting when the next is due);
 * when an utterance ends, a :class:`FinalSlot` takes its place in the outbox at
-  once, so utterance K+1's events never overtake K's final.
+  once, so utterance K+1's events never overtake K's final; with ``vad_state``
+  the final carries the VAD's state at its end, which a resumed session starts
+  its detector from (the processor scores the few windows between the last
+  kept state and the end to reach it).
 
 The segmenter trims its buffer behind the open utterance, so memory is bounded
 by ``streaming.max_utterance_s``.
@@ -50,6 +53,7 @@ from ..common.outbox import Outbox, OutboxFull
 from ..common.scheduler import Priority, Superseded
 from ..common.session import report
 from ..common.tasks import TaskSet
+from ..common.vad import VadStream, decode_state, encode_state
 from .endpointing import (Action, CheckTurn, Ended, Endpointer, EndReason, Resumed, Speculate, SpeechState,
                           Started, TurnMode)
 from .engine import DecodeRequest, DecodeResult
@@ -108,7 +112,10 @@ class AudioProcessor:
         self.language = language
         self.decoder = ByteDecoder(params.encoding)
         self.resampler = StreamResampler(params.sample_rate, SAMPLE_RATE_HZ)
-        self.segmenter = Segmenter(runtime.endpoint_options(params.turn_detection), runtime.detector_options())
+        resumed = params.resume.vad_state
+        self.segmenter = Segmenter(runtime.endpoint_options(params.turn_detection), runtime.detector_options(),
+                                   vad_stream=decode_state(resumed)[1] if resumed is not None else None,
+                                   keep_states=params.vad_state)
         self.utterances = 0
         self.utterance: _Utterance | None = None
         self.partial_interval = s.streaming.partial_interval_ms * SAMPLE_RATE_HZ // 1000
@@ -284,14 +291,22 @@ class AudioProcessor:
             if u.speculative is not None:
                 u.speculative.cancel()
             decoding = self.tasks.spawn(self._decode_final(u, ended.end_sample), "final")
-        built = self.tasks.spawn(self._build_final(u, ended, decoding), "final-event")
+        vad_state = self.segmenter.state_at(ended.end_sample) if self.params.vad_state else None
+        built = self.tasks.spawn(self._build_final(u, ended, decoding, vad_state), "final-event")
         self.outbox.put(FinalSlot(u.index, built, decided_at), force=True)
 
-    async def _build_final(self, u: _Utterance, ended: Ended, decoding: asyncio.Task) -> Final:
+    async def _build_final(self, u: _Utterance, ended: Ended, decoding: asyncio.Task,
+                           vad_state: tuple[VadStream, np.ndarray] | None = None) -> Final:
         result: DecodeResult = await decoding
         offset = ended.start_sample / SAMPLE_RATE_HZ
+        state = None
+        if vad_state is not None:
+            stream, audio = vad_state
+            if audio.size:
+                await self.runtime.speech_probabilities(stream, audio)  # from the kept state on to the final's end
+            state = encode_state(stream, self.runtime.vad_model.fingerprint)
         return Final(u.index, result.text.strip(), _seconds(ended.start_sample), _seconds(ended.end_sample),
-                     ended.reason, [w.as_dict(offset) for w in result.words])
+                     ended.reason, [w.as_dict(offset) for w in result.words], vad_state=state)
 
     # -- partials --------------------------------------------------------------------------------
     def _maybe_partial(self) -> None:

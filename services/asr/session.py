@@ -86,7 +86,8 @@ class AsrSession(Session):
     # -- chassis hooks: setup ------------------------------------------------------------------
     @classmethod
     def prepare(cls, ws: WebSocket, runtime: AsrRuntime) -> AsrSetup:
-        params, warnings = parse_stream_params(dict(ws.query_params), runtime.settings.server.max_replay_s)
+        params, warnings = parse_stream_params(dict(ws.query_params), runtime.settings.server.max_replay_s,
+                                               runtime.vad_model.fingerprint)
         try:
             language = runtime.resolve_language(params.language)
         except ValueError as exc:
