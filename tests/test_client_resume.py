@@ -20,7 +20,8 @@ from voice_client import (NO_RESUME, AsrStream, Audio, ConnectionLost, Done, Err
                           ResumePolicy, Resumed, Segment, SegmentEnd, ServiceError, SpeechStart, TtsStream)
 from voice_client.tts import spoken_through
 
-from conftest import DATA, ROOT, normalise, read_wav, running, script_modules
+from conftest import DATA, ROOT, metric, normalise, read_wav, running, script_modules
+from inprocess import InProcessServer
 
 with script_modules("cut_proxy") as (cut_proxy,):
     CutProxy = cut_proxy.CutProxy
@@ -272,6 +273,36 @@ async def test_asr_vad_state_from_another_model_is_a_warning(asr_service, jfk_pc
     warnings = [e for e in events if isinstance(e, ErrorEvent)]
     assert len(warnings) == 1 and "another VAD model" in warnings[0].message
     assert check_finals([e for e in events if isinstance(e, Final)]) == normalise(JFK)
+
+
+@pytest.fixture(scope="module")
+def backlogged_asr():
+    """An ASR service whose turn model always has work waiting: the state in which live streams shed
+    intermediate turn checks."""
+    from services.asr.app import create_app
+    from services.asr.settings import load
+
+    with InProcessServer(create_app(load(server={"log_level": "warning"}, model={"cpu_threads": 2}))) as server:
+        server.runtime.turn_backlogged = lambda: True
+        yield server
+
+
+@pytest.mark.asyncio
+async def test_replayed_audio_is_cut_as_before_the_drop_whatever_the_load(backlogged_asr, two_pcm):
+    """Turn checks are shed under load only in live audio: in the audio a resumed stream replays, every check
+    runs, as it did before the drop (so a burst of replays cannot merge utterances that had ended)."""
+    async def checks(replay_s: float) -> float:
+        before = metric(backlogged_asr, "asr_turn_checks_total")
+        params = {"resume_at_s": "0", "resume_utterance": "0", "resume_replay_s": f"{replay_s:.3f}"}
+        async with AsrStream(backlogged_asr.ws + "/v1/stream/asr", params=params, resume=NO_RESUME) as stream:
+            sender = asyncio.create_task(feed(stream, two_pcm, paced=False))
+            finals = [e for e in [event async for event in stream] if isinstance(e, Final)]
+            await sender
+        assert check_finals(finals) == normalise(TWO)
+        return metric(backlogged_asr, "asr_turn_checks_total") - before
+
+    live, replayed = await checks(0.0), await checks(len(two_pcm) / 32000)
+    assert replayed > live, (live, replayed)
 
 
 # -- TTS ------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ session, so a finished session is freed by reference counting):
   runs on is not a turn. The processor waits for each decision before reading
   on, so the same audio gives the same utterances at any sending speed (as long
   as the turn model keeps up: while other sessions' checks wait for it, a
-  session sheds its intermediate checks);
+  session sheds its intermediate checks, except in the audio a resumed stream
+  replays, which is cut as it was before the drop);
 * while speaking, every ``partial_interval_ms`` of new audio a greedy partial
   decode with the confirmed words forced as its prefix (replaced in the
   scheduler if still waiting when the next is due);
@@ -120,6 +121,7 @@ class AudioProcessor:
         self.utterance: _Utterance | None = None
         self.partial_interval = s.streaming.partial_interval_ms * SAMPLE_RATE_HZ // 1000
         self.min_partial = s.streaming.min_partial_audio_ms * SAMPLE_RATE_HZ // 1000
+        self.replay_samples = int(params.resume.replay_s * SAMPLE_RATE_HZ)  # a resumed stream's replayed audio
 
     @property
     def endpointer(self) -> Endpointer:
@@ -225,8 +227,11 @@ class AudioProcessor:
                 return
             rt = self.runtime
             last_check_ms = self.endpointer.options.turn_checkpoints_ms[-1]
-            if rt.turn_backlogged() and action.silence_ms + rt.settings.turn.check_interval_ms < last_check_ms:
-                return  # the model is behind (load): this check is shed, a later one of this pause decides
+            if (rt.turn_backlogged() and action.silence_ms + rt.settings.turn.check_interval_ms < last_check_ms
+                    and action.end_sample >= self.replay_samples):
+                # the model is behind (load): this check is shed, a later one of this pause decides. Not in audio
+                # a resumed stream replays: it is cut as it was before the drop, whatever the load
+                return
             audio = self.segmenter.slice(u.start_sample, self.endpointer.position_sample)
             probability = await rt.turn_probability(audio)
             if probability >= rt.settings.turn.speculate_threshold and u.pause_end == action.end_sample:
