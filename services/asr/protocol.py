@@ -21,6 +21,7 @@ from ..common.errors import ErrorCode, ServiceError
 from ..common import protocol as common
 from ..common.protocol import Closed, End, Event, parse_message, shown
 from ..common.resume import index_param, refuse_resume, seconds_param
+from .context import checked_context
 from .endpointing import EndReason, TurnMode
 
 __all__ = ["Closed", "Commit", "End", "Final", "Partial", "Ready", "Resume", "SpeechStart", "StreamParams",
@@ -93,16 +94,21 @@ class StreamParams:
     partials: bool = True
     turn_detection: TurnMode = TurnMode.SMART_TURN
     resume: Resume = Resume()
+    hotwords: str = ""  # words likely to be said (context.py)
+    prompt: str = ""  # text that precedes the audio (context.py)
 
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
-def parse_stream_params(query: dict[str, str], max_replay_s: float = 300.0) -> tuple[StreamParams, list[ServiceError]]:
-    """Audio and resume parameters are fatal when wrong (``bad_audio``; see :func:`parse_resume`); the others
-    fall back to their default with a non-fatal ``bad_message`` warning."""
+def parse_stream_params(query: dict[str, str], max_replay_s: float = 300.0,
+                        max_context_chars: int = 500) -> tuple[StreamParams, list[ServiceError]]:
+    """Audio and resume parameters are fatal when wrong (``bad_audio``; see :func:`parse_resume`), and so are
+    hotwords and prompt over ``max_context_chars`` (``too_large``); the others fall back to their default with a
+    non-fatal ``bad_message`` warning."""
     resume = parse_resume(query, max_replay_s)
+    context = checked_context(query.get("hotwords"), query.get("prompt"), max_context_chars)
     warnings: list[ServiceError] = []
     sample_rate = parse_sample_rate(query.get("sample_rate", str(SAMPLE_RATE_HZ)))
     encoding = parse_encoding(query.get("encoding", "pcm_s16le"))
@@ -124,7 +130,8 @@ def parse_stream_params(query: dict[str, str], max_replay_s: float = 300.0) -> t
             warnings.append(ServiceError(
                 ErrorCode.BAD_MESSAGE, f"turn_detection must be smart_turn, vad or none, got {shown(raw)}; using smart_turn"))
     language = query.get("language") or None
-    return StreamParams(sample_rate, encoding, language, partials, turn, resume), warnings
+    return StreamParams(sample_rate, encoding, language, partials, turn, resume, context.hotwords,
+                        context.prompt), warnings
 
 
 # -- server -> client ---------------------------------------------------------------

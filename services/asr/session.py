@@ -86,7 +86,9 @@ class AsrSession(Session):
     # -- chassis hooks: setup ------------------------------------------------------------------
     @classmethod
     def prepare(cls, ws: WebSocket, runtime: AsrRuntime) -> AsrSetup:
-        params, warnings = parse_stream_params(dict(ws.query_params), runtime.settings.server.max_replay_s)
+        settings = runtime.settings
+        params, warnings = parse_stream_params(dict(ws.query_params), settings.server.max_replay_s,
+                                               settings.model.max_context_chars)
         try:
             language = runtime.resolve_language(params.language)
         except ValueError as exc:
@@ -97,7 +99,8 @@ class AsrSession(Session):
     def begin(self) -> None:
         p = self.params
         log.info("session started", extra={"sample_rate": p.sample_rate, "encoding": p.encoding.value,
-                                           "turn_detection": p.turn_detection.value, **p.resume.log_fields()})
+                                           "turn_detection": p.turn_detection.value, **p.resume.log_fields(),
+                                           **self.processor.context.log_fields()})
         self.greet()
         for warning in self.warnings:
             self.report(warning)
