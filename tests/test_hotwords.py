@@ -113,6 +113,16 @@ async def test_different_hotwords_share_one_batch_and_a_neighbour_without_is_unc
     assert results[2].text == neighbour_alone.text and results[2].words == neighbour_alone.words
 
 
+def test_a_long_context_leaves_a_greedy_decode_its_whole_length(engine):
+    """CTranslate2 counts the context in the decode's length budget: a 60-token glossary must not cut the text."""
+    quilter = read_wav(DATA / "asr" / "quilter.wav")[0].astype(np.float32) / 32768
+    glossary = ("Gutenberg, Maintz, Schoeffer, Strasburg, Basle, Lubeck, Sweynheim, Pannartz, Subiaco, Abigail, "
+                "Claflin, Abbie, Dashwood, Quilter, Pocketsphinx, Kubernetes")
+    assert len(engine._tokenizer("en").encode(" " + glossary)) > 50
+    [r] = engine.decode_batch([DecodeRequest(quilter, beam_size=1, final=True, hotwords=glossary)])
+    assert r.text.rstrip(" .").lower().endswith("welcome his gospel"), r.text
+
+
 # -- the native socket -------------------------------------------------------------------------------------
 
 @pytest.mark.asyncio

@@ -285,13 +285,15 @@ class WhisperEngine:
             prompts.append(prompt + prefix_tokens)
         temperature = requests[0].temperature
         sampling = {"sampling_temperature": temperature, "sampling_topk": 0} if temperature > 0 else {}
-        # CTranslate2's max_length counts the forced prefix too. Greedy decodes (partials) get a budget of 8 tokens
-        # a second (+16; speech runs at 2-5), which stops a looping partial from running to 448 tokens. Beam
-        # search (finals, files) keeps the model's full length: a budget changes its results (ARCHITECTURE.md).
-        max_new = self._model.max_length - max(len(p) for p in prompts) + max(prefix_lens)
+        # CTranslate2's max_length counts the forced prefix and the context too (one length in a call). Greedy
+        # decodes (partials) get a budget of 8 tokens a second (+16; speech runs at 2-5), which stops a looping
+        # partial from running to 448 tokens. Beam search (finals, files) keeps the model's full length: a budget
+        # changes its results (ARCHITECTURE.md).
+        forced = max(prefix_lens) + len(contexts[0])
+        max_new = self._model.max_length - max(len(p) for p in prompts) + forced
         if beam == 1:
             longest_s = max(r.audio.size for r in requests) / SAMPLE_RATE_HZ
-            max_new = min(max_new, int(TOKENS_PER_SECOND_MAX * longest_s) + 16 + max(prefix_lens))
+            max_new = min(max_new, int(TOKENS_PER_SECOND_MAX * longest_s) + 16 + forced)
         max_new = max(1, max_new)
         outputs = self._model.model.generate(
             encoded, prompts, beam_size=beam, patience=1.0, length_penalty=1.0,
