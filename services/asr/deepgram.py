@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.datastructures import ImmutableMultiDict
 from starlette.websockets import WebSocket
 
 from ..common.audio import SAMPLE_RATE_HZ, Encoding
@@ -71,9 +72,8 @@ def _flag(query: Mapping[str, str], name: str) -> bool:
 
 def _every(query: Mapping[str, str], name: str) -> list[str]:
     """Every value of a repeated query parameter (``keyterm=a&keyterm=b``)."""
-    getlist = getattr(query, "getlist", None)
-    if getlist is not None:
-        return list(getlist(name))
+    if isinstance(query, ImmutableMultiDict):
+        return query.getlist(name)
     return [query[name]] if name in query else []
 
 

@@ -86,9 +86,8 @@ class AsrSession(Session):
     # -- chassis hooks: setup ------------------------------------------------------------------
     @classmethod
     def prepare(cls, ws: WebSocket, runtime: AsrRuntime) -> AsrSetup:
-        settings = runtime.settings
-        params, warnings = parse_stream_params(dict(ws.query_params), settings.server.max_replay_s,
-                                               settings.model.max_context_chars)
+        s = runtime.settings
+        params, warnings = parse_stream_params(dict(ws.query_params), s.server.max_replay_s, s.model.max_context_chars)
         try:
             language = runtime.resolve_language(params.language)
         except ValueError as exc:
