@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import time
-import wave
 from collections import Counter
 from pathlib import Path
 
@@ -37,7 +35,7 @@ import httpx
 import numpy as np
 
 from bench_asr import corpus_wer, normalize
-from benchlib import RATE, is_loopback_url, read_wav, ws_url
+from benchlib import RATE, is_loopback_url, read_wav, wav_bytes, ws_url
 
 CONDITIONS = ("none", "own_hotwords", "glossary_hotwords", "glossary_prompt")
 
@@ -90,16 +88,6 @@ def score_names(references: list[str], hypotheses: list[str], names: list[list[s
             heard[word] -= 1
     return {"names_said": said, "names_missed": missed, "name_error_rate": missed / said if said else None,
             "false_names": false}
-
-
-def wav_bytes(audio: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return out.getvalue()
 
 
 async def transcribe_file(client: httpx.AsyncClient, url: str, audio: np.ndarray, fields: dict) -> str:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
-import wave
 
 import httpx
 import numpy as np
@@ -32,6 +30,7 @@ from services.asr.protocol import parse_stream_params
 from services.common.errors import ErrorCode, ServiceError
 from services.common.scheduler import Scheduler, SchedulerOptions
 from test_compat_sdks import Inbox, deepgram, kept_alive
+from test_tts_cloning import wav_bytes
 
 SUBIACO_NAMES = ("Sweynheim", "Pannartz", "Subiaco")
 SUBIACO_HOTWORDS = "Sweynheim, Pannartz, Subiaco"
@@ -152,7 +151,7 @@ async def test_stream_prompt_over_the_limit_is_refused(asr_service, subiaco):
 # -- the file routes ---------------------------------------------------------------------------------------
 
 def test_uploads_take_hotwords_and_prompt(asr_service, schoeffer):
-    files = {"file": ("schoeffer.wav", _wav(schoeffer), "audio/wav")}
+    files = {"file": ("schoeffer.wav", wav_bytes(np.frombuffer(schoeffer, "<i2"), 16000), "audio/wav")}
     plain = httpx.post(f"{asr_service.http}/v1/transcribe", files=files, timeout=120).json()
     biased = httpx.post(f"{asr_service.http}/v1/transcribe", files=files, data={"hotwords": SCHOEFFER_HOTWORDS},
                         timeout=120).json()
@@ -166,7 +165,7 @@ def test_uploads_take_hotwords_and_prompt(asr_service, schoeffer):
 async def test_openai_transcriptions_prompt(asr_service, schoeffer):
     client = AsyncOpenAI(base_url=f"{asr_service.http}/v1", api_key="sk-local")
     text = (await client.audio.transcriptions.create(
-        model="whisper-1", file=("schoeffer.wav", _wav(schoeffer)),
+        model="whisper-1", file=("schoeffer.wav", wav_bytes(np.frombuffer(schoeffer, "<i2"), 16000)),
         prompt="Printed at Maintz by Peter Schoeffer.")).text
     assert named(text, SCHOEFFER_NAMES) == 2, text
 
@@ -222,13 +221,3 @@ async def test_openai_realtime_prompt(asr_service, schoeffer):
             "transcription": {"prompt": "p" * 501}}}}})
         error = await asyncio.wait_for(conn.recv(), 10)
     assert error.type == "error" and error.error.code == "too_large"
-
-
-def _wav(pcm: bytes) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(pcm)
-    return out.getvalue()
