@@ -53,8 +53,10 @@ def join_terms(*groups: Iterable[str]) -> str:
 
 
 def checked_context(hotwords: str | None, prompt: str | None, max_chars: int) -> DecodingContext:
-    """The context of a session or upload; ``too_large`` when hotwords and prompt together pass ``max_chars``."""
-    context = DecodingContext(" ".join((hotwords or "").split()), (prompt or "").strip())
+    """The context of a session or upload; ``too_large`` when hotwords and prompt together pass ``max_chars``.
+    Hotwords are written one way whatever the client's spacing (``a,b`` and ``a , b`` are ``a, b``): Whisper
+    reads ``a,b`` as other tokens, and heeds it less."""
+    context = DecodingContext(join_terms((hotwords or "").split(",")), (prompt or "").strip())
     if context.chars > max_chars:
         raise ServiceError(ErrorCode.TOO_LARGE, f"hotwords and prompt are {context.chars} characters together; "
                                                 f"the limit is {max_chars} (model.max_context_chars)")
