@@ -26,6 +26,8 @@ session, so a finished session is freed by reference counting):
 * while speaking, every ``partial_interval_ms`` of new audio a greedy partial
   decode with the confirmed words forced as its prefix (replaced in the
   scheduler if still waiting when the next is due);
+* partials and finals alike carry the stream's :class:`~.context.DecodingContext`
+  (hotwords, prompt), which a dialect's session update may replace;
 * when an utterance ends, a :class:`FinalSlot` takes its place in the outbox at
   once, so utterance K+1's events never overtake K's final; with ``vad_state``
   the final carries the VAD's state at its end, which a resumed session starts
@@ -55,6 +57,7 @@ from ..common.scheduler import Priority, Superseded
 from ..common.session import report
 from ..common.tasks import TaskSet
 from ..common.vad import VadStream, decode_state, encode_state
+from .context import DecodingContext
 from .endpointing import (Action, CheckTurn, Ended, Endpointer, EndReason, Resumed, Speculate, SpeechState,
                           Started, TurnMode)
 from .engine import DecodeRequest, DecodeResult
@@ -111,6 +114,7 @@ class AudioProcessor:
         self.runtime = runtime
         self.params = params
         self.language = language
+        self.context = DecodingContext(params.hotwords, params.prompt)  # every decode's hotwords and prompt
         self.decoder = ByteDecoder(params.encoding)
         self.resampler = StreamResampler(params.sample_rate, SAMPLE_RATE_HZ)
         resumed = params.resume.vad_state
@@ -280,6 +284,7 @@ class AudioProcessor:
         request = DecodeRequest(
             audio=self.segmenter.slice(u.start_sample, end_sample), beam_size=rt.settings.streaming.final_beam_size,
             word_timestamps=True, language=self.language, final=True,
+            hotwords=self.context.hotwords or None, prompt=self.context.prompt or None,
         )
         return rt.decode_final(request, priority, replace_key, owner=self.session_id)
 
@@ -329,7 +334,8 @@ class AudioProcessor:
     async def _partial(self, u: _Utterance, audio: np.ndarray, position: int) -> None:
         rt = self.runtime
         request = DecodeRequest(audio=audio, beam_size=rt.settings.model.partial_beam_size,
-                                prefix=u.agreement.stable, language=self.language)
+                                prefix=u.agreement.stable, language=self.language,
+                                hotwords=self.context.hotwords or None, prompt=self.context.prompt or None)
         try:
             result = await rt.decode_partial(request, self.session_id)
         except Superseded:

@@ -23,6 +23,7 @@ from ..common import protocol as common
 from ..common.protocol import Closed, End, Event, parse_message, shown
 from ..common.resume import index_param, refuse_resume, seconds_param
 from ..common.vad import decode_state
+from .context import checked_context
 from .endpointing import EndReason, TurnMode
 
 __all__ = ["Closed", "Commit", "End", "Final", "Partial", "Ready", "Resume", "SpeechStart", "StreamParams",
@@ -116,6 +117,8 @@ class StreamParams:
     turn_detection: TurnMode = TurnMode.SMART_TURN
     resume: Resume = Resume()
     vad_state: bool = False  # finals carry the detector's state at their end (for a resume)
+    hotwords: str = ""  # words likely to be said (context.py)
+    prompt: str = ""  # text that precedes the audio (context.py)
 
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -123,9 +126,12 @@ _FALSE = {"false", "0", "no", "off"}
 
 
 def parse_stream_params(query: dict[str, str], max_replay_s: float = 300.0,
+                        max_context_chars: int = 500,
                         vad_fingerprint: bytes | None = None) -> tuple[StreamParams, list[ServiceError]]:
-    """Audio and resume parameters are fatal when wrong (``bad_audio``; see :func:`parse_resume`); the others
-    fall back to their default with a non-fatal ``bad_message`` warning."""
+    """Audio and resume parameters are fatal when wrong (``bad_audio``; see :func:`parse_resume`), and so are
+    hotwords and prompt over ``max_context_chars`` (``too_large``); the others fall back to their default with a
+    non-fatal ``bad_message`` warning."""
+    context = checked_context(query.get("hotwords"), query.get("prompt"), max_context_chars)
     warnings: list[ServiceError] = []
     resume = parse_resume(query, max_replay_s, vad_fingerprint, warnings)
     sample_rate = parse_sample_rate(query.get("sample_rate", str(SAMPLE_RATE_HZ)))
@@ -141,7 +147,8 @@ def parse_stream_params(query: dict[str, str], max_replay_s: float = 300.0,
             warnings.append(ServiceError(
                 ErrorCode.BAD_MESSAGE, f"turn_detection must be smart_turn, vad or none, got {shown(raw)}; using smart_turn"))
     language = query.get("language") or None
-    return StreamParams(sample_rate, encoding, language, partials, turn, resume, vad_state), warnings
+    return StreamParams(sample_rate, encoding, language, partials, turn, resume, vad_state, context.hotwords,
+                        context.prompt), warnings
 
 
 def _flag(query: dict[str, str], name: str, default: bool, warnings: list[ServiceError]) -> bool:
