@@ -5,8 +5,9 @@ This module owns the translation between Deepgram's streaming API and our
 schedulers, admission and limits. Query parameters map onto
 :class:`~.protocol.StreamParams` (``encoding`` linear16/mulaw, ``sample_rate``,
 ``channels=1``, ``language``, ``interim_results``, ``vad_events``,
-``utterance_end_ms``, ``endpointing``; the rest are accepted and ignored, see
-INTEGRATION.md). Client messages: binary audio; ``KeepAlive`` restarts the idle
+``utterance_end_ms``, ``endpointing``; ``keyterm`` and ``keywords``, repeated, become
+the stream's hotwords, a keyword's intensifier unused; the rest are accepted and
+ignored, see INTEGRATION.md). Client messages: binary audio; ``KeepAlive`` restarts the idle
 timer; ``Finalize`` is our ``commit`` (its ``Results`` carries
 ``from_finalize``, an empty one when nothing was open); ``CloseStream`` is our
 ``end`` (the last ``Results``, then ``Metadata``, then close 1000). Our events
@@ -26,9 +27,11 @@ import hashlib
 import json
 import string
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.datastructures import ImmutableMultiDict
 from starlette.websockets import WebSocket
 
 from ..common.audio import SAMPLE_RATE_HZ, Encoding
@@ -36,6 +39,7 @@ from ..common.deepgram import parse_audio_query, refusal_headers as deepgram_ref
 from ..common.errors import ErrorCode, ServiceError
 from ..common.protocol import Closed, End, parse_message
 from ..common.resume import refuse_resume
+from .context import context_of_terms
 from .endpointing import EndReason, TurnMode
 from .protocol import Final, Partial, SpeechStart, StreamParams
 from .serving import AsrRuntime
@@ -62,12 +66,32 @@ class ListenSetup(AsrSetup):
     options: ListenOptions = ListenOptions()
 
 
-def _flag(query: dict[str, str], name: str) -> bool:
+def _flag(query: Mapping[str, str], name: str) -> bool:
     return (query.get(name) or "").lower() in _TRUE
 
 
-def parse_listen_query(query: dict[str, str]) -> tuple[StreamParams, ListenOptions]:
-    """Deepgram's query parameters as our stream parameters; unsupported audio is ``bad_audio``."""
+def _every(query: Mapping[str, str], name: str) -> list[str]:
+    """Every value of a repeated query parameter (``keyterm=a&keyterm=b``)."""
+    if isinstance(query, ImmutableMultiDict):
+        return query.getlist(name)
+    return [query[name]] if name in query else []
+
+
+def keyword(raw: str) -> str | None:
+    """A ``keywords`` value, ``word`` or ``word:intensifier``, as a hotword: the intensifier is not used (Whisper
+    has no per-word weight); a word Deepgram is asked to suppress (an intensifier of 0 or less) is left out."""
+    word, colon, boost = raw.rpartition(":")
+    if not colon:
+        return raw
+    try:
+        return word if float(boost) > 0 else None
+    except ValueError:
+        return raw  # a colon inside the term itself
+
+
+def parse_listen_query(query: Mapping[str, str], max_context_chars: int = 500) -> tuple[StreamParams, ListenOptions]:
+    """Deepgram's query parameters as our stream parameters; unsupported audio is ``bad_audio``; ``keyterm`` and
+    ``keywords`` (repeated) are the stream's hotwords (over ``max_context_chars``: ``too_large``)."""
     refuse_resume(query, "/v1/listen")
     encoding, rate = parse_audio_query(query, _DEFAULT_RATES)
     if query.get("channels", "1") != "1" or _flag(query, "multichannel"):
@@ -85,7 +109,10 @@ def parse_listen_query(query: dict[str, str]) -> tuple[StreamParams, ListenOptio
     end_ms = query.get("utterance_end_ms")
     options = ListenOptions(interim, _flag(query, "vad_events"),
                             int(end_ms) if end_ms and end_ms.isdigit() else None)
-    return StreamParams(rate, encoding, language, partials=interim, turn_detection=turn), options
+    keywords = [k for k in map(keyword, _every(query, "keywords")) if k]
+    context = context_of_terms(_every(query, "keyterm"), keywords, max_chars=max_context_chars)
+    return StreamParams(rate, encoding, language, partials=interim, turn_detection=turn,
+                        hotwords=context.hotwords), options
 
 
 @dataclass(frozen=True)
@@ -131,7 +158,7 @@ class DeepgramListenSession(AsrSession):
 
     @classmethod
     def prepare(cls, ws: WebSocket, runtime: AsrRuntime) -> ListenSetup:
-        params, options = parse_listen_query(dict(ws.query_params))
+        params, options = parse_listen_query(ws.query_params, runtime.settings.model.max_context_chars)
         try:
             language = runtime.resolve_language(params.language)
         except ValueError as exc:

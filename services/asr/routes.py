@@ -11,6 +11,7 @@ done or the client leaves, then format.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 from typing import Annotated
 
@@ -21,6 +22,7 @@ from ..common.audio import SAMPLE_RATE_HZ, AudioFileReader
 from ..common.errors import ErrorCode, ServiceError
 from ..common.http import runtime_of, until_disconnected
 from ..common.session import handshake_refusals
+from .context import checked_context
 from .files import FileOptions, Transcript, as_contract_json, as_srt, as_verbose_json, as_vtt, transcribe_file
 from .deepgram import DeepgramListenSession
 from .realtime import RealtimeSession
@@ -51,6 +53,8 @@ HANDSHAKE_REFUSALS = handshake_refusals({"/v1/listen": DeepgramListenSession, "/
 
 async def _transcribe(request: Request, runtime: AsrRuntime, file: UploadFile, options: FileOptions) -> Transcript:
     server = runtime.settings.server
+    context = checked_context(options.hotwords, options.prompt, runtime.settings.model.max_context_chars)
+    options = dataclasses.replace(options, hotwords=context.hotwords, prompt=context.prompt)
     size = file.size if file.size is not None else 0
     if size > server.max_upload_bytes:
         raise ServiceError(ErrorCode.TOO_LARGE, f"file of {size} bytes exceeds the limit of {server.max_upload_bytes}")
@@ -60,6 +64,11 @@ async def _transcribe(request: Request, runtime: AsrRuntime, file: UploadFile, o
             return await until_disconnected(request, transcribe_file(runtime, reader, options))
         finally:
             await asyncio.to_thread(reader.close)
+
+
+HOTWORDS = ("words and names likely to be said, comma-separated, to bias the transcript towards them; with the "
+            "prompt at most model.max_context_chars characters (more: 413 too_large)")
+PROMPT = "text that precedes the audio, given to the decoder as previous text with every segment"
 
 
 class ResponseFormat(str, enum.Enum):
@@ -76,10 +85,13 @@ async def transcribe(
     file: Annotated[UploadFile, File(description="audio in any format FFmpeg decodes")],
     language: Annotated[str | None, Form()] = None,
     word_timestamps: Annotated[bool, Form()] = False,
+    hotwords: Annotated[str | None, Form(description=HOTWORDS)] = None,
+    prompt: Annotated[str | None, Form(description=PROMPT)] = None,
 ) -> JSONResponse:
     """Transcribe a whole file."""
     runtime = runtime_of(request.app)
-    result = await _transcribe(request, runtime, file, FileOptions(language=language, word_timestamps=word_timestamps))
+    options = FileOptions(language=language, word_timestamps=word_timestamps, hotwords=hotwords, prompt=prompt)
+    result = await _transcribe(request, runtime, file, options)
     return JSONResponse(as_contract_json(result, word_timestamps))
 
 
@@ -89,7 +101,8 @@ async def openai_transcriptions(
     file: Annotated[UploadFile, File()],
     model: Annotated[str, Form()] = "whisper-1",
     language: Annotated[str | None, Form()] = None,
-    prompt: Annotated[str | None, Form()] = None,
+    prompt: Annotated[str | None, Form(description=PROMPT)] = None,
+    hotwords: Annotated[str | None, Form(description=HOTWORDS + " (an extension of OpenAI's API)")] = None,
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
     response_format: Annotated[ResponseFormat, Form()] = ResponseFormat.json,
     timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
@@ -102,7 +115,8 @@ async def openai_transcriptions(
         raise ServiceError(ErrorCode.INVALID_PARAMETER, f"unknown timestamp_granularities: {sorted(unknown)}")
     words = "word" in granularities
     result = await _transcribe(request, runtime, file, FileOptions(language=language, word_timestamps=words,
-                                                                   prompt=prompt, temperature=temperature))
+                                                                   hotwords=hotwords, prompt=prompt,
+                                                                   temperature=temperature))
     if response_format is ResponseFormat.text:
         return PlainTextResponse(result.text)
     if response_format is ResponseFormat.srt:
