@@ -4,7 +4,8 @@ Both services run as real processes with their Wyoming ports on, the real tiny
 models behind them: ``info`` from both ports; real speech transcribed, with the
 first utterance's transcript events arriving while the audio still streams at
 real time; audio in another rate, width and channel count; speech from the TTS
-port (whole and streamed text) that our ASR transcribes back; bad input answered
+port (whole and streamed text) that our ASR transcribes back; ``transcribe``'s names as
+hotwords; bad input answered
 with ``error`` events while the servers keep serving; admission as on the sockets.
 """
 
@@ -190,6 +191,27 @@ def test_audio_in_another_rate_width_and_channel_count_is_converted(asr):
     stereo32 = (np.repeat(resampled[:, None], 2, axis=1) * 2**31 * 0.9).astype("<i4")
     text = run(transcribe(asr.wyoming, stereo32.tobytes(), 44100, width=4, channels=2))
     assert word_errors(text, reference("timit")) <= 0.2, text
+
+
+def test_transcribe_names_are_the_streams_hotwords(asr):
+    """AMI's "I'm Abigail Claflin. You can call me Abbie." (tiny.en alone writes "Claphlin"): with the names in
+    ``transcribe`` the transcript has them; a name list longer than ``model.max_context_chars`` is cut, not
+    refused."""
+    samples, rate = read_wav(SAMPLES / "names" / "ami_claflin.wav")
+
+    async def go(names: list[str]) -> str:
+        async with AsyncTcpClient("127.0.0.1", asr.wyoming) as client:
+            await client.write_event(Transcribe(language="en", transcript_names=names).event())
+            await client.write_event(AudioStart(rate, 2, 1).event())
+            for event in chunks(samples.tobytes(), rate):
+                await client.write_event(event)
+            await client.write_event(AudioStop().event())
+            events = await events_until(client, "transcript-stop")
+        assert [e.type for e in events if e.type == "error"] == []
+        return Transcript.from_event(next(e for e in events if e.type == "transcript")).text
+
+    with_names = run(go(["Abigail", "Claflin", "Abbie"] + [f"Entity number {n}" for n in range(300)]))
+    assert "claflin" in normalise(with_names), with_names
 
 
 # -- text to speech, heard back by our ASR --------------------------------------------------------------------

@@ -6,7 +6,9 @@ and OpenAI dialects: the same processor, schedulers, admission, limits, idle
 timer, drain and metrics (the transport is :mod:`services.common.wyoming`).
 Client events: ``describe`` (answered with ``info``: the model, its languages,
 ``supports_transcript_streaming``), ``transcribe`` (its ``language``; its names,
-terms and context are kept as :class:`TranscribeHints`), ``audio-start`` (any
+then its terms, become the stream's hotwords, as many as fit in
+``model.max_context_chars``: Home Assistant may send every entity's name, so
+what does not fit is left out, not refused; see :class:`TranscribeHints`), ``audio-start`` (any
 rate, 8-48 kHz, width and channel count: converted to mono 16-bit here and
 resampled by the processor), ``audio-chunk`` (the audio, as a binary frame would
 be: same limits and backpressure), ``audio-stop`` (our ``end``: what is open is
@@ -36,6 +38,7 @@ from ..common.audio import SAMPLE_RATE_HZ, Encoding, MonoPcm16, parse_sample_rat
 from ..common.errors import ErrorCode, ServiceError
 from ..common.protocol import Closed, End, shown
 from ..common.wyoming import EventLimits, WyomingDialect, WyomingListener, WyomingSocket, answer_describes, listeners
+from .context import DecodingContext, context_of_terms, join_terms
 from .endpointing import TurnMode
 from .protocol import Final, SpeechStart, StreamParams
 from .serving import AsrRuntime
@@ -70,6 +73,15 @@ class TranscribeHints:
     def words(self) -> list[str]:
         """Names, then terms, each once."""
         return list(dict.fromkeys(self.names + self.terms))
+
+    def decoding_context(self, max_chars: int) -> DecodingContext:
+        """The hotwords: names, then terms, as many as fit in ``max_chars`` (the rest are left out)."""
+        kept: list[str] = []
+        for word in self.words:
+            if len(join_terms(kept + [word])) > max_chars:
+                break
+            kept.append(word)
+        return context_of_terms(kept, max_chars=max_chars)
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -134,6 +146,7 @@ class WyomingAsrSession(WyomingDialect, AsrSession):
         if self._format is not None:
             raise ServiceError(ErrorCode.BAD_MESSAGE, "transcribe after audio-start; ignored")
         self.hints = transcribe_hints(event)
+        self.processor.context = self.hints.decoding_context(self.runtime.settings.model.max_context_chars)
         language = event.data.get("language")
         if language:
             try:
