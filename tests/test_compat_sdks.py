@@ -13,10 +13,12 @@ import httpx
 import numpy as np
 import pytest
 import soxr
+import websockets
 from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 from deepgram.core.api_error import ApiError
 from deepgram.core.events import EventType
-from deepgram.listen.v1.types import ListenV1Metadata, ListenV1Results, ListenV1SpeechStarted, ListenV1UtteranceEnd
+from deepgram.listen.v1.types import (ListenV1Configure, ListenV1ConfigureFailure, ListenV1ConfigureSuccess,
+                                      ListenV1Metadata, ListenV1Results, ListenV1SpeechStarted, ListenV1UtteranceEnd)
 from deepgram.speak.v1.types import SpeakV1Metadata, SpeakV1Text
 from openai import AsyncOpenAI
 
@@ -140,6 +142,45 @@ async def test_deepgram_finalize_ends_the_open_utterance_at_once(asr_service, jf
     # speech went on at the cut: a new utterance opened there, and CloseStream ended it (no audio: no words)
     assert not [m for m in got if getattr(m, "type", None) == "Error"]
     assert not [m for m in got if isinstance(m, ListenV1Results) and not m.is_final]  # interim_results defaults off
+
+
+async def test_deepgram_configure_is_answered_once_each_in_order_with_the_audio(asr_service, jfk):
+    """Configure mid-stream: what the transcripts already are succeeds; keyterms and other features fail with
+    Deepgram's shape (a code and a description) and change nothing: the stream goes on transcribing."""
+    got = Inbox()
+    async with deepgram(asr_service).listen.v1.connect(model="nova-3", encoding="linear16",
+                                                       sample_rate="16000") as conn:
+        conn.on(EventType.MESSAGE, got.append)
+        listening = asyncio.create_task(conn.start_listening())
+        await conn.send_configure(ListenV1Configure(features={"punctuate": True}))
+        await conn.send_configure(ListenV1Configure(keyterms=["Kennedy", "Americans"]))
+        await conn.send_configure(ListenV1Configure(features={"numerals": True, "punctuate": True}))
+        audio = jfk[: int(16000 * 3.0)].tobytes()  # "And so my fellow Americans"
+        for i in range(0, len(audio), 3200):
+            await conn.send_media(audio[i:i + 3200])
+        await conn.send_finalize()
+        async with kept_alive(conn):
+            await got.until(lambda got: any(isinstance(m, ListenV1Results) and m.from_finalize for m in got))
+        await conn.send_close_stream()
+        await asyncio.wait_for(listening, 30)
+    answers = [m for m in got if isinstance(m, (ListenV1ConfigureSuccess, ListenV1ConfigureFailure))]
+    assert [type(m) for m in answers] == [ListenV1ConfigureSuccess, ListenV1ConfigureFailure, ListenV1ConfigureFailure]
+    assert answers[0].keyterms is None and answers[0].request_id == answers[1].request_id
+    assert answers[1].code == "CONFIGURE_KEYTERMS_NOT_SUPPORTED" and "keyterms" in answers[1].description
+    assert answers[2].code == "CONFIGURE_FEATURES_NOT_SUPPORTED" and "numerals" in answers[2].description
+    assert got.index(answers[-1]) < next(i for i, m in enumerate(got) if isinstance(m, ListenV1Results))
+    finals = [m for m in got if isinstance(m, ListenV1Results) and m.is_final]
+    assert "americans" in normalise(" ".join(r.channel.alternatives[0].transcript for r in finals))
+
+
+async def test_deepgram_malformed_configure_is_a_non_fatal_error(asr_service):
+    async with websockets.connect(f"{asr_service.ws}/v1/listen") as ws:
+        await ws.send(json.dumps({"type": "Configure", "keyterms": "Kennedy"}))
+        error = json.loads(await asyncio.wait_for(ws.recv(), 20))
+        await ws.send(json.dumps({"type": "Configure"}))  # still open: an empty Configure changes nothing
+        success = json.loads(await asyncio.wait_for(ws.recv(), 20))
+    assert error["type"] == "Error" and error["variant"] == "bad_message" and "keyterms" in error["description"]
+    assert success["type"] == "ConfigureSuccess"
 
 
 def kind(message) -> str:

@@ -9,7 +9,11 @@ schedulers, admission and limits. Query parameters map onto
 INTEGRATION.md). Client messages: binary audio; ``KeepAlive`` restarts the idle
 timer; ``Finalize`` is our ``commit`` (its ``Results`` carries
 ``from_finalize``, an empty one when nothing was open); ``CloseStream`` is our
-``end`` (the last ``Results``, then ``Metadata``, then close 1000). Our events
+``end`` (the last ``Results``, then ``Metadata``, then close 1000); ``Configure``
+(keyterms and formatting features mid-stream) is answered in order with the
+audio by exactly one ``ConfigureSuccess`` or ``ConfigureFailure``: what our
+transcripts already are (punctuated) succeeds, keyterms and other features fail
+with a code and a description, and nothing changes. Our events
 become Deepgram's: a partial is an interim ``Results`` (``is_final`` false), a
 final a final ``Results`` whose ``speech_final`` is true when the turn ended
 (Smart Turn or the silence fallback: reasons ``turn`` and ``silence``), speech
@@ -32,7 +36,7 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from ..common.audio import SAMPLE_RATE_HZ, Encoding
-from ..common.deepgram import parse_audio_query, refusal_headers as deepgram_refusal_headers
+from ..common.deepgram import KEY_SUBPROTOCOLS, parse_audio_query, refusal_headers as deepgram_refusal_headers
 from ..common.errors import ErrorCode, ServiceError
 from ..common.protocol import Closed, End, parse_message
 from ..common.resume import refuse_resume
@@ -98,8 +102,35 @@ class _Finalize:
     pass
 
 
+@dataclass(frozen=True)
+class _Configure:
+    """Deepgram's mid-stream ``Configure``: ``keyterms`` (None: keep them) and formatting ``features``."""
+
+    keyterms: tuple[str, ...] | None
+    features: dict[str, bool]
+
+
+def _configure(data: dict) -> _Configure:
+    keyterms, features = data.get("keyterms"), data.get("features")
+    if keyterms is not None and not (isinstance(keyterms, list) and all(isinstance(t, str) for t in keyterms)):
+        raise ServiceError(ErrorCode.BAD_MESSAGE, "Configure: 'keyterms' must be an array of strings or null")
+    if features is not None and not (isinstance(features, dict) and all(isinstance(v, bool) for v in features.values())):
+        raise ServiceError(ErrorCode.BAD_MESSAGE, "Configure: 'features' must be an object of booleans or null")
+    return _Configure(None if keyterms is None else tuple(keyterms), dict(features or {}))
+
+
+FEATURES_AS_SERVED = {"punctuate": True}
+"""The formatting features a ``Configure`` may name: what every transcript here already is (Whisper punctuates)."""
+
 _MESSAGES = {"KeepAlive": lambda data: _KeepAlive(), "Finalize": lambda data: _Finalize(),
-             "CloseStream": lambda data: End()}
+             "CloseStream": lambda data: End(), "Configure": _configure}
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A message decided in order with the audio (a ``Configure``'s answer)."""
+
+    body: dict
 
 
 @dataclass(frozen=True)
@@ -118,6 +149,7 @@ def _word(w: dict) -> dict:
 class DeepgramListenSession(AsrSession):
     handshake_refusal = True
     refusal_headers = staticmethod(deepgram_refusal_headers)  # dg-error: why the handshake was refused
+    key_subprotocols = KEY_SUBPROTOCOLS  # a browser's key: Sec-WebSocket-Protocol: token, KEY
 
     def __init__(self, ws: WebSocket, runtime: AsrRuntime, setup: ListenSetup, session_id: str) -> None:
         super().__init__(ws, runtime, setup, session_id)
@@ -156,6 +188,9 @@ class DeepgramListenSession(AsrSession):
         return isinstance(message, End)
 
     async def handle(self, item: Any) -> bool:
+        if isinstance(item, _Configure):
+            self.outbox.put(_Reply(self._configured(item)))
+            return False
         if isinstance(item, _Finalize):
             processor = self.processor
             if processor.in_utterance:
@@ -165,9 +200,27 @@ class DeepgramListenSession(AsrSession):
             return False
         return await super().handle(item)
 
+    def _configured(self, configure: _Configure) -> dict:
+        """The one answer to a ``Configure``; a failure changes nothing (Deepgram's rule)."""
+        if configure.keyterms is not None:
+            return self._configure_failure("CONFIGURE_KEYTERMS_NOT_SUPPORTED",
+                                           "keyterms cannot be changed on this server's streams")
+        unserved = sorted(name for name, on in configure.features.items() if FEATURES_AS_SERVED.get(name) is not on)
+        if unserved:
+            served = ", ".join(f"{name}={str(on).lower()}" for name, on in FEATURES_AS_SERVED.items())
+            return self._configure_failure("CONFIGURE_FEATURES_NOT_SUPPORTED",
+                                           f"features {', '.join(unserved)} cannot be set here; transcripts are "
+                                           f"always {served}")
+        return {"type": "ConfigureSuccess", "request_id": self.request_id}
+
+    def _configure_failure(self, code: str, description: str) -> dict:
+        return {"type": "ConfigureFailure", "request_id": self.request_id, "code": code, "description": description}
+
     # -- writing ---------------------------------------------------------------------------------
     async def send(self, item: Any) -> bool:
-        if isinstance(item, SpeechStart):
+        if isinstance(item, _Reply):
+            await self._send(item.body)
+        elif isinstance(item, SpeechStart):
             if self.options.vad_events:
                 await self._send({"type": "SpeechStarted", "channel": [0, 1], "timestamp": round(item.t, 3)})
         elif isinstance(item, Partial):

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from ..common.audio import SAMPLE_RATE_HZ, AudioFileReader
 from ..common.errors import ErrorCode, ServiceError
 from ..common.http import runtime_of, until_disconnected
-from ..common.session import handshake_refusals
+from ..common.session import handshake_refusals, key_subprotocols
 from .files import FileOptions, Transcript, as_contract_json, as_srt, as_verbose_json, as_vtt, transcribe_file
 from .deepgram import DeepgramListenSession
 from .realtime import RealtimeSession
@@ -45,8 +45,11 @@ async def openai_realtime(ws: WebSocket) -> None:
     await RealtimeSession.serve(ws, runtime_of(ws.app))
 
 
-HANDSHAKE_REFUSALS = handshake_refusals({"/v1/listen": DeepgramListenSession, "/v1/realtime": RealtimeSession})
+DIALECT_SOCKETS = {"/v1/listen": DeepgramListenSession, "/v1/realtime": RealtimeSession}
+HANDSHAKE_REFUSALS = handshake_refusals(DIALECT_SOCKETS)
 """The dialects' sockets: a refusal there, a missing API key too, is an HTTP status on the handshake."""
+KEY_SUBPROTOCOLS = key_subprotocols(DIALECT_SOCKETS)
+"""Deepgram's socket also takes a browser's key as a subprotocol (``token, KEY``)."""
 
 
 async def _transcribe(request: Request, runtime: AsrRuntime, file: UploadFile, options: FileOptions) -> Transcript:

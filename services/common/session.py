@@ -22,7 +22,9 @@ and its work (ASR: the audio processor; TTS: the speaker). The chassis owns:
   its own shape (:meth:`Session.send`, :meth:`Session.error_frame`) and, with
   ``handshake_refusal``, refuses a session with an HTTP status on the handshake
   (with its :meth:`Session.refusal_headers`), as those APIs' clients expect;
-  :func:`handshake_refusals` lists such sockets for the API-key check.
+  :func:`handshake_refusals` lists such sockets for the API-key check; a dialect whose browser clients send
+  their key as a subprotocol (``key_subprotocols``) gets it checked there and the scheme accepted back
+  (:func:`key_subprotocols` lists those sockets).
 
 Any exception in the reader or writer ends this session, never another one.
 """
@@ -40,6 +42,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import logs
 from .admission import refuse, session_slot
+from .auth import subprotocol_key
 from .errors import ErrorCode, RefusalHeaders, ServiceError
 from .outbox import CloseRequest, Outbox, QueueFull
 from .protocol import Event
@@ -59,6 +62,12 @@ def handshake_refusals(sockets: Mapping[str, type["Session"]]) -> dict[str, Refu
     return {path: cls.refusal_headers for path, cls in sockets.items() if cls.handshake_refusal}
 
 
+def key_subprotocols(sockets: Mapping[str, type["Session"]]) -> dict[str, tuple[str, ...]]:
+    """Of a service's WebSocket paths and their session classes, those whose clients may send their API key as a
+    subprotocol, each with the subprotocol names that announce it: what the API-key middleware reads."""
+    return {path: cls.key_subprotocols for path, cls in sockets.items() if cls.key_subprotocols}
+
+
 def report(outbox: Outbox, err: ServiceError) -> None:
     """Queue an error event; a fatal one also closes the session after it. A non-fatal one counts against the
     outbox's limit (``OutboxFull`` when a client floods bad frames without reading)."""
@@ -73,6 +82,11 @@ class Session:
     handshake_refusal = False
     """Refuse (bad query, no slot) with an HTTP response on the handshake rather than an error event and a close
     (where the server supports the WebSocket denial extension)."""
+
+    key_subprotocols: tuple[str, ...] = ()
+    """Subprotocol names (lower case) after which a client may offer its API key as the next subprotocol, as a
+    browser's ``new WebSocket(url, ["token", KEY])`` does (browsers cannot set headers); the name it offered is
+    accepted back, never the key."""
 
     def __init__(self, ws: WebSocket, runtime: Any, session_id: str, outbox: Outbox) -> None:
         self.ws = ws
@@ -157,8 +171,10 @@ class Session:
     @classmethod
     async def serve(cls, ws: WebSocket, runtime: Any) -> None:
         deny = cls.handshake_refusal and "websocket.http.response" in ws.scope.get("extensions", {})
+        offered = subprotocol_key(ws.scope, cls.key_subprotocols)
+        subprotocol = offered[0] if offered else None  # the key was checked by ApiKeyAuth, if keys are configured
         if not deny:
-            await ws.accept()
+            await ws.accept(subprotocol)
         with logs.session_scope() as session_id:
             try:
                 setup = cls.prepare(ws, runtime)
@@ -173,7 +189,7 @@ class Session:
                     await refuse(ws, runtime.metrics, err, cls.error_frame(err), deny, cls.refusal_headers(err))
                     return
                 if deny:
-                    await ws.accept()
+                    await ws.accept(subprotocol)
                 await session.run()
 
     async def run(self) -> None:

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..common.audio import parse_sample_rate
 from ..common.errors import ErrorCode, ServiceError
 from ..common.http import runtime_of
-from ..common.session import handshake_refusals
+from ..common.session import handshake_refusals, key_subprotocols
 from .formats import AudioEncoder
 from .deepgram import DeepgramSpeakSession, voice_of_model
 from .protocol import DeepgramSpeakRequest, SpeechFormat, SpeechRequest, SynthesizeFormat, SynthesizeRequest
@@ -183,6 +183,8 @@ async def deepgram_speak_stream(ws: WebSocket) -> None:
 
 HANDSHAKE_REFUSALS = handshake_refusals({"/v1/speak": DeepgramSpeakSession})
 """The dialect's socket: a refusal there, a missing API key too, is an HTTP status on the handshake."""
+KEY_SUBPROTOCOLS = key_subprotocols({"/v1/speak": DeepgramSpeakSession})
+"""It also takes a browser's key as a subprotocol (``token, KEY``)."""
 
 
 _DEEPGRAM_FORMATS = {("linear16", "none"): "pcm", ("linear16", "wav"): "wav", ("mulaw", "none"): "mulaw",
