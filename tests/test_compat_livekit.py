@@ -130,14 +130,21 @@ async def test_openai_realtime_stt_streams_deltas_and_completed_transcripts(asr_
     assert normalise(finals[0])[:3] == normalise(AUSTEN)[:3], finals
 
 
-async def test_openai_stt_transcribes_a_buffered_turn_over_http(asr_service, austen):
+async def test_both_stts_transcribe_a_buffered_turn_over_http(asr_service, austen):
+    """``recognize()`` (what LiveKit's StreamAdapter and FallbackAdapter call): OpenAI's posts the turn as a WAV to
+    ``/audio/transcriptions``, Deepgram's as the raw body of ``POST /v1/listen`` (its pre-recorded API)."""
     samples, rate = austen
     async with plugin_context():
-        stt = openai.STT(api_key="unused", base_url=f"{asr_service.http}/v1")  # POST /audio/transcriptions
-        event = await stt.recognize(audio_frames(samples, rate))
-        await stt.aclose()
-    assert event.type is lk_stt.SpeechEventType.FINAL_TRANSCRIPT
-    assert mostly_heard(AUSTEN, event.alternatives[0].text, 0.9), event.alternatives[0].text
+        stts = [openai.STT(api_key="unused", base_url=f"{asr_service.http}/v1"),
+                deepgram.STT(api_key="unused", base_url=f"{asr_service.http}/v1/listen")]
+        events = [await stt.recognize(audio_frames(samples, rate)) for stt in stts]
+        for stt in stts:
+            await stt.aclose()
+    for event in events:
+        assert event.type is lk_stt.SpeechEventType.FINAL_TRANSCRIPT
+        assert mostly_heard(AUSTEN, event.alternatives[0].text, 0.9), event.alternatives[0].text
+    words = events[1].alternatives[0].words  # Deepgram's carry word timings
+    assert words and 0 <= words[0].start_time < words[-1].end_time <= len(samples) / rate + 0.1
 
 
 @pytest.fixture(scope="module")
@@ -178,15 +185,20 @@ async def _frames(stream) -> list[rtc.AudioFrame]:
     return [event.frame async for event in stream]
 
 
+async def _events(stream) -> list:
+    return [event async for event in stream]
+
+
 async def test_openai_tts_speech_is_heard_in_mp3_over_sse_and_in_24khz_pcm(examples_tts, transcriber):
     durations = {}
     for response_format in ("mp3", "pcm"):
         async with plugin_context():
             # the default model asks for SSE (base64 mp3 in speech.audio.delta events); pcm is taken as 24 kHz
             tts = openai.TTS(api_key="unused", base_url=f"{examples_tts.http}/v1", response_format=response_format)
-            frames = await asyncio.wait_for(_frames(tts.synthesize(SENTENCE)), EVENT_TIMEOUT_S)
+            events = await asyncio.wait_for(_events(tts.synthesize(SENTENCE)), EVENT_TIMEOUT_S)
             await tts.aclose()
-        audio, rate = frames_pcm(frames)
+        assert events[0].request_id.startswith("req_")  # from x-request-id, as OpenAI sends it
+        audio, rate = frames_pcm([event.frame for event in events])
         assert rate == 24000
         durations[response_format] = len(audio) / rate
         heard = transcriber(audio, rate)

@@ -20,7 +20,8 @@ final a final ``Results`` whose ``speech_final`` is true when the turn ended
 start is ``SpeechStarted``, and an end of turn is followed by ``UtteranceEnd``
 when ``utterance_end_ms`` is set. ``start``/``duration`` of the finals tile the
 stream. Errors are Deepgram ``Error`` messages; a refused session is an HTTP
-status on the handshake.
+status on the handshake. :func:`prerecorded_response` renders a whole-file
+transcript (``POST /v1/listen``, Deepgram's pre-recorded API) the same way.
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ from ..common.errors import ErrorCode, ServiceError
 from ..common.protocol import Closed, End, parse_message
 from ..common.resume import refuse_resume
 from .endpointing import EndReason, TurnMode
+from .files import Transcript
 from .protocol import Final, Partial, SpeechStart, StreamParams
 from .serving import AsrRuntime
 from .session import AsrSession, AsrSetup
 
-__all__ = ["DeepgramListenSession", "parse_listen_query"]
+__all__ = ["DeepgramListenSession", "parse_listen_query", "prerecorded_response"]
 
 _DEFAULT_RATES = {Encoding.PCM_S16LE: SAMPLE_RATE_HZ, Encoding.MULAW: 8000}
 _TRUE = {"true", "1", "yes"}
@@ -146,6 +148,34 @@ def _word(w: dict) -> dict:
             "confidence": w["probability"], "punctuated_word": text}
 
 
+def _confidence(words: list[dict], transcript: str) -> float:
+    return round(sum(w["confidence"] for w in words) / len(words) if words else (1.0 if transcript else 0.0), 4)
+
+
+def _model_info(model_name: str) -> tuple[str, dict]:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, model_name)), {"name": model_name, "version": "1", "arch": "whisper"}
+
+
+def _metadata(request_id: str, digest: str, created: str, duration: float, model_name: str) -> dict:
+    model_uuid, info = _model_info(model_name)
+    return {"transaction_key": "deprecated", "request_id": request_id, "sha256": digest, "created": created,
+            "duration": round(duration, 3), "channels": 1, "models": [model_uuid], "model_info": {model_uuid: info}}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def prerecorded_response(transcript: Transcript, digest: str, model_name: str) -> dict:
+    """Deepgram's pre-recorded response for a whole-file transcript: one channel, one alternative, its words."""
+    words = [_word(w) for segment in transcript.segments for w in segment.words]
+    text = transcript.text.strip()
+    return {"metadata": _metadata(str(uuid.uuid4()), digest, _now(), transcript.duration, model_name),
+            "results": {"channels": [{"alternatives": [{"transcript": text, "confidence": _confidence(words, text),
+                                                        "words": words}],
+                                      "detected_language": transcript.language}]}}
+
+
 class DeepgramListenSession(AsrSession):
     handshake_refusal = True
     refusal_headers = staticmethod(deepgram_refusal_headers)  # dg-error: why the handshake was refused
@@ -155,8 +185,8 @@ class DeepgramListenSession(AsrSession):
         super().__init__(ws, runtime, setup, session_id)
         self.options = setup.options
         self.request_id = str(uuid.uuid4())
-        self.created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-        self.model_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, runtime.model_name))
+        self.created = _now()
+        self.model_uuid, self.model_info = _model_info(runtime.model_name)
         self._cursor = 0.0  # where the next final's segment starts (finals tile the stream)
         self._digest = hashlib.sha256()
         self._bytes = 0
@@ -230,12 +260,9 @@ class DeepgramListenSession(AsrSession):
             await self._send(self._results("", [], self._cursor, end, is_final=True, from_finalize=True))
             self._cursor = end
         elif isinstance(item, Closed):
-            await self._send({"type": "Metadata", "transaction_key": "deprecated", "request_id": self.request_id,
-                              "sha256": self._digest.hexdigest(), "created": self.created,
-                              "duration": round(self._bytes / self.params.encoding.bytes_per_sample
-                                                / self.params.sample_rate, 3),
-                              "channels": 1, "models": [self.model_uuid],
-                              "model_info": {self.model_uuid: self._model_info()}})
+            duration = self._bytes / self.params.encoding.bytes_per_sample / self.params.sample_rate
+            await self._send({"type": "Metadata", **_metadata(self.request_id, self._digest.hexdigest(), self.created,
+                                                              duration, self.runtime.model_name)})
         else:
             return await super().send(item)
         return False
@@ -257,20 +284,15 @@ class DeepgramListenSession(AsrSession):
                            "message": err.message}, ensure_ascii=False)
 
     # -- rendering -------------------------------------------------------------------------------
-    def _model_info(self) -> dict:
-        return {"name": self.runtime.model_name, "version": "1", "arch": "whisper"}
-
     def _results(self, transcript: str, words: list[dict], start: float, end: float, *, is_final: bool,
                  speech_final: bool = False, from_finalize: bool = False) -> dict:
-        confidence = sum(w["confidence"] for w in words) / len(words) if words else (1.0 if transcript else 0.0)
         return {
             "type": "Results", "channel_index": [0, 1], "duration": round(max(0.0, end - start), 3),
             "start": round(start, 3), "is_final": is_final, "speech_final": speech_final,
             "from_finalize": from_finalize,
-            "channel": {"alternatives": [{"transcript": transcript.strip(), "confidence": round(confidence, 4),
-                                          "words": words}]},
-            "metadata": {"request_id": self.request_id, "model_info": self._model_info(),
-                         "model_uuid": self.model_uuid},
+            "channel": {"alternatives": [{"transcript": transcript.strip(),
+                                          "confidence": _confidence(words, transcript.strip()), "words": words}]},
+            "metadata": {"request_id": self.request_id, "model_info": self.model_info, "model_uuid": self.model_uuid},
         }
 
     async def _send(self, body: dict) -> None:
