@@ -22,7 +22,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from ..common.audio import SAMPLE_RATE_HZ, AudioFileReader
 from ..common.errors import ErrorCode, ServiceError
 from ..common.http import request_id_header, runtime_of, until_disconnected
-from ..common.session import handshake_refusals, key_subprotocols
+from ..common.auth import key_subprotocols
+from ..common.session import handshake_refusals
 from .files import FileOptions, Transcript, as_contract_json, as_srt, as_verbose_json, as_vtt, transcribe_file
 from .deepgram import DeepgramListenSession, prerecorded_response
 from .realtime import RealtimeSession

@@ -14,7 +14,7 @@ taking sessions and HTTP work, lets what is open finish within
 gate first, then API keys, then the body-size limit, then the routes. A service
 passes in the WebSocket paths its dialects refuse on the handshake
 (``handshake_refusals``, from :func:`services.common.session.handshake_refusals`) and those that take an API key
-as a subprotocol (``key_subprotocols``, from :func:`services.common.session.key_subprotocols`): this package
+as a subprotocol (``key_subprotocols``, from :func:`services.common.auth.key_subprotocols`): this package
 names no dialect.
 """
 

@@ -4,9 +4,9 @@ Keys come from the settings (``server.api_keys``) and/or a file (``server.api_ke
 ``#`` comments); an entry ``name:key`` names the client, otherwise the client is called ``key-<sha256 prefix>``.
 Only that name ever reaches logs and metrics, never the key. A request presents its key as
 ``Authorization: Bearer KEY`` (or ``Token KEY``, the scheme some compatible APIs' clients send) or, for
-WebSocket clients that cannot set headers, ``?api_key=KEY`` or, on the sockets whose dialect names key
-subprotocols (:func:`~.session.key_subprotocols`: Deepgram's ``token`` and ``bearer``), as the subprotocol offered
-after one of them (``Sec-WebSocket-Protocol: token, KEY``, what a browser's Deepgram client sends; on plain
+WebSocket clients that cannot set headers, ``?api_key=KEY`` or, on the sockets whose session class names key
+subprotocols (:func:`key_subprotocols`, e.g. ``token``), as the subprotocol offered after one of them
+(``Sec-WebSocket-Protocol: token, KEY``, what a browser's ``new WebSocket(url, ["token", KEY])`` sends; on plain
 HTTP the query is never read, so no key lands in an access log; only the literal name counts); the key is
 compared with every configured key in constant time. ``/health``, ``/ready`` and ``/metrics`` stay open. A
 refused HTTP request gets 401 with the contract's error body; a refused WebSocket is accepted just long enough
@@ -85,6 +85,12 @@ class ApiKeys:
             if hmac.compare_digest(token, key.secret) and found is None:
                 found = key.name
         return found
+
+
+def key_subprotocols(sockets: Mapping[str, type]) -> dict[str, tuple[str, ...]]:
+    """Of a service's WebSocket paths and their session classes, those whose clients may send their API key as a
+    subprotocol (the class's ``key_subprotocols``), with the names announcing it: what :class:`ApiKeyAuth` reads."""
+    return {path: cls.key_subprotocols for path, cls in sockets.items() if cls.key_subprotocols}
 
 
 def subprotocol_key(scope: Scope, schemes: Sequence[str]) -> tuple[str, str] | None:

@@ -9,8 +9,8 @@ with 413 before it is read, whether or not it declares a Content-Length.
 ``/ready`` and ``/metrics``, which no key, drain or gate ever refuses) from the
 runtime on ``app.state.runtime`` (anything with ``admission`` and ``metrics``).
 :func:`runtime_of` is how a route fetches that runtime; :func:`request_id_header` is
-the ``x-request-id`` a compatible API's clients read from a response (OpenAI's SDK
-and the plugins built on it report it, and warn when it is missing).
+the ``x-request-id`` some compatible APIs' clients read from a response (and warn
+when it is missing).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 
 def request_id_header() -> dict[str, str]:
-    """A fresh ``x-request-id`` for a response, in OpenAI's form (``req_`` and 32 hex digits)."""
+    """A fresh ``x-request-id`` for a response: ``req_`` and 32 hex digits, the form those clients know."""
     return {"x-request-id": f"req_{uuid.uuid4().hex}"}
 
 

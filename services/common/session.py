@@ -22,9 +22,7 @@ and its work (ASR: the audio processor; TTS: the speaker). The chassis owns:
   its own shape (:meth:`Session.send`, :meth:`Session.error_frame`) and, with
   ``handshake_refusal``, refuses a session with an HTTP status on the handshake
   (with its :meth:`Session.refusal_headers`), as those APIs' clients expect;
-  :func:`handshake_refusals` lists such sockets for the API-key check; a dialect whose browser clients send
-  their key as a subprotocol (``key_subprotocols``) gets it checked there and the scheme accepted back
-  (:func:`key_subprotocols` lists those sockets).
+  :func:`handshake_refusals` lists such sockets for the API-key check (``key_subprotocols``: a browser's key).
 
 Any exception in the reader or writer ends this session, never another one.
 """
@@ -62,12 +60,6 @@ def handshake_refusals(sockets: Mapping[str, type["Session"]]) -> dict[str, Refu
     return {path: cls.refusal_headers for path, cls in sockets.items() if cls.handshake_refusal}
 
 
-def key_subprotocols(sockets: Mapping[str, type["Session"]]) -> dict[str, tuple[str, ...]]:
-    """Of a service's WebSocket paths and their session classes, those whose clients may send their API key as a
-    subprotocol, each with the subprotocol names that announce it: what the API-key middleware reads."""
-    return {path: cls.key_subprotocols for path, cls in sockets.items() if cls.key_subprotocols}
-
-
 def report(outbox: Outbox, err: ServiceError) -> None:
     """Queue an error event; a fatal one also closes the session after it. A non-fatal one counts against the
     outbox's limit (``OutboxFull`` when a client floods bad frames without reading)."""
@@ -84,9 +76,7 @@ class Session:
     (where the server supports the WebSocket denial extension)."""
 
     key_subprotocols: tuple[str, ...] = ()
-    """Subprotocol names (lower case) after which a client may offer its API key as the next subprotocol, as a
-    browser's ``new WebSocket(url, ["token", KEY])`` does (browsers cannot set headers); the name it offered is
-    accepted back, never the key."""
+    """Subprotocols (lower case) a browser offers its API key after (``token, KEY``); that one is accepted back."""
 
     def __init__(self, ws: WebSocket, runtime: Any, session_id: str, outbox: Outbox) -> None:
         self.ws = ws
@@ -171,8 +161,7 @@ class Session:
     @classmethod
     async def serve(cls, ws: WebSocket, runtime: Any) -> None:
         deny = cls.handshake_refusal and "websocket.http.response" in ws.scope.get("extensions", {})
-        offered = subprotocol_key(ws.scope, cls.key_subprotocols)
-        subprotocol = offered[0] if offered else None  # the key was checked by ApiKeyAuth, if keys are configured
+        subprotocol = (subprotocol_key(ws.scope, cls.key_subprotocols) or (None,))[0]  # ApiKeyAuth checked the key
         if not deny:
             await ws.accept(subprotocol)
         with logs.session_scope() as session_id:

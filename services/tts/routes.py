@@ -28,7 +28,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..common.audio import parse_sample_rate
 from ..common.errors import ErrorCode, ServiceError
 from ..common.http import request_id_header, runtime_of
-from ..common.session import handshake_refusals, key_subprotocols
+from ..common.auth import key_subprotocols
+from ..common.session import handshake_refusals
 from .formats import AudioEncoder
 from .deepgram import DeepgramSpeakSession, voice_of_model
 from .protocol import DeepgramSpeakRequest, SpeechFormat, SpeechRequest, SynthesizeFormat, SynthesizeRequest
