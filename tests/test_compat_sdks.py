@@ -120,6 +120,18 @@ async def test_deepgram_sdk_live_transcription_matches_the_native_stream(asr_ser
     assert isinstance(got[-1], ListenV1Metadata) and got[-1].duration == pytest.approx(len(audio) / 32000, abs=0.01)
 
 
+async def send_then_finalize(conn, got: Inbox, listening: asyncio.Task, audio: bytes) -> None:
+    """``audio`` at once, ``Finalize``, the final that answers it (the socket kept alive meanwhile), then
+    ``CloseStream`` and the end of the SDK's listener."""
+    for i in range(0, len(audio), 3200):
+        await conn.send_media(audio[i:i + 3200])
+    await conn.send_finalize()
+    async with kept_alive(conn):
+        await got.until(lambda got: any(isinstance(m, ListenV1Results) and m.from_finalize for m in got))
+    await conn.send_close_stream()
+    await asyncio.wait_for(listening, 30)
+
+
 async def test_deepgram_finalize_ends_the_open_utterance_at_once(asr_service, jfk):
     """Finalize mid-speech (as Pipecat sends it when its own VAD stops): the open utterance's final comes back
     at once, with from_finalize and without speech_final."""
@@ -129,13 +141,7 @@ async def test_deepgram_finalize_ends_the_open_utterance_at_once(asr_service, jf
         conn.on(EventType.MESSAGE, got.append)
         listening = asyncio.create_task(conn.start_listening())
         audio = jfk[: int(16000 * 6.4)].tobytes()  # "... ask not ... what your country" cut mid-sentence
-        for i in range(0, len(audio), 3200):
-            await conn.send_media(audio[i:i + 3200])
-        await conn.send_finalize()
-        async with kept_alive(conn):
-            await got.until(lambda got: any(isinstance(m, ListenV1Results) and m.from_finalize for m in got))
-        await conn.send_close_stream()
-        await asyncio.wait_for(listening, 30)
+        await send_then_finalize(conn, got, listening, audio)
     finalized = [m for m in got if isinstance(m, ListenV1Results) and m.from_finalize]
     assert finalized and finalized[0].is_final and not finalized[0].speech_final
     assert "country" in normalise(finalized[0].channel.alternatives[0].transcript)
@@ -156,13 +162,7 @@ async def test_deepgram_configure_is_answered_once_each_in_order_with_the_audio(
         await conn.send_configure(ListenV1Configure(keyterms=["Kennedy", "Americans"]))
         await conn.send_configure(ListenV1Configure(features={"numerals": True, "punctuate": True}))
         audio = jfk[: int(16000 * 3.0)].tobytes()  # "And so my fellow Americans"
-        for i in range(0, len(audio), 3200):
-            await conn.send_media(audio[i:i + 3200])
-        await conn.send_finalize()
-        async with kept_alive(conn):
-            await got.until(lambda got: any(isinstance(m, ListenV1Results) and m.from_finalize for m in got))
-        await conn.send_close_stream()
-        await asyncio.wait_for(listening, 30)
+        await send_then_finalize(conn, got, listening, audio)
     answers = [m for m in got if isinstance(m, (ListenV1ConfigureSuccess, ListenV1ConfigureFailure))]
     assert [type(m) for m in answers] == [ListenV1ConfigureSuccess, ListenV1ConfigureFailure, ListenV1ConfigureFailure]
     assert answers[0].keyterms is None and answers[0].request_id == answers[1].request_id

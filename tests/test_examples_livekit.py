@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 
-from conftest import DATA, ROOT, read_wav, script_modules
+import pytest
+
+from conftest import DATA, ROOT, read_wav
 from fake_openai import FakeOpenAI
 from tts_support import Transcriber, mostly_heard
 
@@ -29,7 +31,8 @@ def test_livekit_agent_answers_a_spoken_question_without_a_livekit_server(asr_se
     assert mostly_heard(reply, Transcriber()(samples.astype("float32") / 32768.0, rate))
 
 
-def test_livekit_agent_builds_its_session_with_the_openai_plugins_too():
+@pytest.mark.asyncio
+async def test_livekit_agent_builds_its_session_with_the_openai_plugins_too():  # (AgentSession wants a running loop)
     env = {"SPEECH_PLUGINS": "openai", "ASR_URL": "http://asr.internal:8001/", "TTS_URL": "http://tts.internal:8002",
            "LLM_BASE_URL": "http://llm.internal:8080/v1", "SPEECH_API_KEY": "speech-key-0123456789abcdef"}
     sys.path.insert(0, str(ROOT / "examples"))
