@@ -22,7 +22,7 @@ from deepgram.listen.v1.types import (ListenV1Configure, ListenV1ConfigureFailur
 from deepgram.speak.v1.types import SpeakV1Metadata, SpeakV1Text
 from openai import AsyncOpenAI
 
-from conftest import normalise, paced, running, stream_asr as stream
+from conftest import ROOT, normalise, paced, running, stream_asr as stream
 from tts_support import Transcriber, mostly_heard
 
 pytestmark = pytest.mark.asyncio
@@ -181,6 +181,20 @@ async def test_deepgram_malformed_configure_is_a_non_fatal_error(asr_service):
         success = json.loads(await asyncio.wait_for(ws.recv(), 20))
     assert error["type"] == "Error" and error["variant"] == "bad_message" and "keyterms" in error["description"]
     assert success["type"] == "ConfigureSuccess"
+
+
+async def test_deepgram_sdk_prerecorded_transcription_of_a_file_body(asr_service):
+    """POST /v1/listen: the file as the body, Deepgram's pre-recorded response (parsed by the SDK's own types);
+    a remote url is refused, nothing is fetched."""
+    audio = (ROOT / "samples" / "timit.wav").read_bytes()
+    response = await deepgram(asr_service).listen.v1.media.transcribe_file(request=audio, model="nova-3",
+                                                                          language="en", punctuate=True)
+    alternative = response.results.channels[0].alternatives[0]
+    assert mostly_heard("She had your dark suit in greasy wash water all year.", alternative.transcript, 0.7)
+    assert alternative.words and alternative.words[-1].end <= response.metadata.duration + 0.1
+    assert response.metadata.duration == pytest.approx(2.925, abs=0.01)
+    refused = httpx.post(f"{asr_service.http}/v1/listen", json={"url": "https://example.com/a.wav"})
+    assert refused.status_code == 501 and refused.json()["error"]["code"] == "not_supported"
 
 
 def kind(message) -> str:
