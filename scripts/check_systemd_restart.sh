@@ -8,11 +8,13 @@
 #      installs from it offline; nothing is written back);
 #   3. inside it, deploy/systemd/install.sh exactly as on a host (user voice, /opt/voice-services, env files,
 #      units, `systemctl enable --now`) for one ASR and one TTS instance;
-#   4. for each: wait until the unit is active (Type=notify: READY=1 sent) and /ready answers 200, SIGKILL its
-#      main process, and wait until systemd has restarted it (NRestarts 1, a new main PID, active, /ready 200);
-#      prints the journal lines and the time from the SIGKILL to ready again.
-# Needs root, podman and mmdebstrap (apt-get install podman mmdebstrap); skips (exit 0) with a message
-# without them. Bounded: every wait has a deadline; the container and temporary files go on exit.
+#   4. for each: wait until the unit is active (Type=notify: READY=1 sent), /ready answers 200 and the unit has
+#      outlived WatchdogSec (the watchdog is fed), SIGKILL its main process, and wait until systemd has restarted
+#      it (NRestarts 1, a new main PID, active, /ready 200); then `systemctl stop` must end in result success
+#      with no restart. Prints the journal lines and the time from the SIGKILL to ready again.
+# Needs root, podman and mmdebstrap (apt-get install podman mmdebstrap runc: runc where the host mixes cgroup
+# v1 and v2); skips (exit 0) with a message without them. Bounded: every wait has a deadline; the container
+# and the temporary files go on exit. Takes about 3 minutes (4-6 more to build the root filesystem).
 # Cache: $VOICE_SYSTEMD_CACHE (default ~/.cache/voice-services-systemd); delete it for a clean run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,12 +37,15 @@ UV="$(command -v uv || true)"
 UV="$(readlink -f "$(command -v pyenv >/dev/null && pyenv which uv 2>/dev/null || echo "$UV")")"
 UV_CACHE="$("$UV" cache dir)"
 [ -d "$UV_CACHE" ] || skip "no uv cache at $UV_CACHE (run scripts/install.sh first: the container installs from it)"
+# the OCI runtime: runc where installed (as for docker), else crun (podman's own dependency)
+RUNTIME="$(command -v runc >/dev/null && echo runc || echo crun)"
+if [ "$RUNTIME" = crun ] && [ -d /sys/fs/cgroup/unified ]; then
+  skip "hybrid cgroups (v1 + v2), which crun refuses: apt-get install runc"
+fi
 
 mkdir -p "$CACHE"
 WORK="$(mktemp -d /tmp/voice-systemd.XXXXXX)"
-# podman's settings for this run only (the host's containers.conf is left alone): runc where installed
-# (as for docker), else crun (podman's own dependency)
-RUNTIME="$(command -v runc >/dev/null && echo runc || echo crun)"
+# podman's settings for this run only (the host's containers.conf is left alone)
 cat > "$WORK/containers.conf" <<EOF
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
