@@ -190,6 +190,15 @@ async def test_deepgram_keyterm(asr_service, subiaco):
     assert named(text, SUBIACO_NAMES) == 3, text
 
 
+def test_deepgram_prerecorded_keyterm(asr_service, schoeffer):
+    """POST /v1/listen (Deepgram's pre-recorded API, LiveKit's recognize()) takes keyterm / keywords too."""
+    body = wav_bytes(np.frombuffer(schoeffer, "<i2"), 16000)
+    url = f"{asr_service.http}/v1/listen?model=nova-3&keyterm=Maintz&keywords=Peter%20Schoeffer:2"
+    got = httpx.post(url, content=body, headers={"Content-Type": "audio/wav"}, timeout=120).json()
+    text = got["results"]["channels"][0]["alternatives"][0]["transcript"]
+    assert named(text, SCHOEFFER_NAMES) == 2, text
+
+
 @pytest.mark.asyncio
 async def test_deepgram_keywords_over_the_limit_refuse_the_handshake(asr_service):
     with pytest.raises(ApiError) as refused:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from ..common.app import build_app
-from .routes import HANDSHAKE_REFUSALS, router
+from .routes import HANDSHAKE_REFUSALS, KEY_SUBPROTOCOLS, router
 from .serving import AsrRuntime
 from .wyoming import wyoming_listeners
 from .settings import AsrSettings, load
@@ -22,4 +22,4 @@ def create_app(settings: AsrSettings | None = None) -> FastAPI:
     return build_app(title="ASR service", settings=settings, router=router,
                      description="Streaming and file speech-to-text. API reference: docs/api.md.",
                      load_runtime=lambda: AsrRuntime.load(settings), handshake_refusals=HANDSHAKE_REFUSALS,
-                     listeners=wyoming_listeners)
+                     key_subprotocols=KEY_SUBPROTOCOLS, listeners=wyoming_listeners)

@@ -3,7 +3,7 @@
 Each route fetches the shared runtime, builds what it needs and awaits it: the
 stream routes hand the socket to :class:`~.session.AsrSession` or one of its
 dialects (Deepgram's ``/v1/listen``, OpenAI Realtime's ``/v1/realtime``); the file routes
-take a file-transcription slot (503 at once when all are busy), open the upload
+(ours, OpenAI's multipart upload, Deepgram's raw-body ``POST /v1/listen``) take a file-transcription slot (503 at once when all are busy), open the upload
 for windowed decoding and await :func:`~.files.transcribe_file` until it is
 done or the client leaves, then format.
 """
@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import hashlib
+import tempfile
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile, WebSocket
@@ -20,11 +22,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ..common.audio import SAMPLE_RATE_HZ, AudioFileReader
 from ..common.errors import ErrorCode, ServiceError
-from ..common.http import runtime_of, until_disconnected
+from ..common.http import request_id_header, runtime_of, until_disconnected
+from ..common.auth import key_subprotocols
 from ..common.session import handshake_refusals
 from .context import checked_context
 from .files import FileOptions, Transcript, as_contract_json, as_srt, as_verbose_json, as_vtt, transcribe_file
-from .deepgram import DeepgramListenSession
+from .deepgram import DeepgramListenSession, listen_hotwords, prerecorded_response
 from .realtime import RealtimeSession
 from .serving import AsrRuntime
 from .session import AsrSession
@@ -47,8 +50,11 @@ async def openai_realtime(ws: WebSocket) -> None:
     await RealtimeSession.serve(ws, runtime_of(ws.app))
 
 
-HANDSHAKE_REFUSALS = handshake_refusals({"/v1/listen": DeepgramListenSession, "/v1/realtime": RealtimeSession})
+DIALECT_SOCKETS = {"/v1/listen": DeepgramListenSession, "/v1/realtime": RealtimeSession}
+HANDSHAKE_REFUSALS = handshake_refusals(DIALECT_SOCKETS)
 """The dialects' sockets: a refusal there, a missing API key too, is an HTTP status on the handshake."""
+KEY_SUBPROTOCOLS = key_subprotocols(DIALECT_SOCKETS)
+"""Deepgram's socket also takes a browser's key as a subprotocol (``token, KEY``)."""
 
 
 async def _transcribe(request: Request, runtime: AsrRuntime, file: UploadFile, options: FileOptions) -> Transcript:
@@ -69,6 +75,37 @@ async def _transcribe(request: Request, runtime: AsrRuntime, file: UploadFile, o
 HOTWORDS = ("words and names likely to be said, comma-separated, to bias the transcript towards them; with the "
             "prompt at most model.max_context_chars characters (more: 413 too_large)")
 PROMPT = "text that precedes the audio, given to the decoder as previous text with every segment"
+
+
+SPOOL_MEMORY_BYTES = 1024 * 1024
+"""A raw audio body past this is spooled to a temporary file, as multipart uploads are."""
+
+
+@router.post("/v1/listen", tags=["deepgram"])
+async def deepgram_listen_file(request: Request) -> JSONResponse:
+    """Deepgram-compatible pre-recorded transcription: the audio itself is the body (any format FFmpeg decodes);
+    ``language``, and ``keyterm`` / ``keywords`` as hotwords, in the query (Deepgram's other options are accepted
+    and ignored). A JSON body (a remote ``url``) is refused: nothing is fetched from elsewhere."""
+    runtime = runtime_of(request.app)
+    if (request.headers.get("content-type") or "").split(";")[0].strip().lower() == "application/json":
+        raise ServiceError(ErrorCode.NOT_SUPPORTED, "remote audio URLs are not fetched: send the audio as the body")
+    language = (request.query_params.get("language") or "").split("-")[0].lower() or None
+    hotwords = listen_hotwords(request.query_params, runtime.settings.model.max_context_chars)
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
+    try:
+        digest, size = hashlib.sha256(), 0
+        async for chunk in request.stream():  # the body-size limit counts it as it comes
+            digest.update(chunk)
+            size += len(chunk)
+            spool.write(chunk)
+        spool.seek(0)
+        upload = UploadFile(spool, size=size, filename="audio")
+        result = await _transcribe(request, runtime, upload, FileOptions(language=language, word_timestamps=True,
+                                                                   hotwords=hotwords or None))
+    finally:
+        spool.close()
+    body = prerecorded_response(result, digest.hexdigest(), runtime.model_name)
+    return JSONResponse(body, headers={"dg-request-id": body["metadata"]["request_id"]})
 
 
 class ResponseFormat(str, enum.Enum):
@@ -117,12 +154,13 @@ async def openai_transcriptions(
     result = await _transcribe(request, runtime, file, FileOptions(language=language, word_timestamps=words,
                                                                    hotwords=hotwords, prompt=prompt,
                                                                    temperature=temperature))
+    headers = request_id_header()  # OpenAI's clients report it
     if response_format is ResponseFormat.text:
-        return PlainTextResponse(result.text)
+        return PlainTextResponse(result.text, headers=headers)
     if response_format is ResponseFormat.srt:
-        return PlainTextResponse(as_srt(result))
+        return PlainTextResponse(as_srt(result), headers=headers)
     if response_format is ResponseFormat.vtt:
-        return PlainTextResponse(as_vtt(result), media_type="text/vtt")
+        return PlainTextResponse(as_vtt(result), media_type="text/vtt", headers=headers)
     if response_format is ResponseFormat.verbose_json:
-        return JSONResponse(as_verbose_json(result, words))
-    return JSONResponse({"text": result.text})
+        return JSONResponse(as_verbose_json(result, words), headers=headers)
+    return JSONResponse({"text": result.text}, headers=headers)

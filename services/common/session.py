@@ -18,10 +18,11 @@ and its work (ASR: the audio processor; TTS: the speaker). The chassis owns:
   a client that takes no frame for ``server.send_timeout_s`` is dropped;
 * **draining**: on SIGTERM the watcher waits :data:`DRAIN_GRACE_S` (what was
   sent just before is read first) and calls :meth:`Session.on_drain`;
-* **dialects**: a subclass renders the same items in its own shape (:meth:`Session.send`,
-  :meth:`Session.error_frame`), also over Wyoming's TCP (:mod:`.wyoming`, via :meth:`Session.on_event`);
-  with ``handshake_refusal`` it refuses with an HTTP status on the handshake (with its
-  :meth:`Session.refusal_headers`); :func:`handshake_refusals` lists those sockets for the API-key check.
+* **dialects**: a compatible API is a subclass that renders the same items in
+  its own shape (:meth:`Session.send`, :meth:`Session.error_frame`) and, with
+  ``handshake_refusal``, refuses a session with an HTTP status on the handshake
+  (with its :meth:`Session.refusal_headers`), as those APIs' clients expect;
+  :func:`handshake_refusals` lists such sockets for the API-key check (``key_subprotocols``: a browser's key).
 
 Any exception in the reader or writer ends this session, never another one.
 """
@@ -39,6 +40,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import logs
 from .admission import refuse, session_slot
+from .auth import subprotocol_key
 from .errors import ErrorCode, RefusalHeaders, ServiceError
 from .outbox import CloseRequest, Outbox, QueueFull
 from .protocol import Event
@@ -72,6 +74,9 @@ class Session:
     handshake_refusal = False
     """Refuse (bad query, no slot) with an HTTP response on the handshake rather than an error event and a close
     (where the server supports the WebSocket denial extension)."""
+
+    key_subprotocols: tuple[str, ...] = ()
+    """Subprotocols (lower case) a browser offers its API key after (``token, KEY``); that one is accepted back."""
 
     def __init__(self, ws: WebSocket, runtime: Any, session_id: str, outbox: Outbox) -> None:
         self.ws = ws
@@ -117,10 +122,6 @@ class Session:
         ``ServiceError`` is reported and reading goes on; a fatal one goes to :meth:`end_with`.)"""
         raise NotImplementedError
 
-    async def on_event(self, event: Any) -> bool:
-        """A typed message of a transport other than a WebSocket (:mod:`.wyoming`); True stops reading."""
-        raise NotImplementedError
-
     async def end_with(self, err: ServiceError) -> None:
         """Reading stopped on a fatal error (timeout, a frame too large, a fatal message); default: report it."""
         self.report(err)
@@ -160,8 +161,9 @@ class Session:
     @classmethod
     async def serve(cls, ws: WebSocket, runtime: Any) -> None:
         deny = cls.handshake_refusal and "websocket.http.response" in ws.scope.get("extensions", {})
+        subprotocol = (subprotocol_key(ws.scope, cls.key_subprotocols) or (None,))[0]  # ApiKeyAuth checked the key
         if not deny:
-            await ws.accept()
+            await ws.accept(subprotocol)
         with logs.session_scope() as session_id:
             try:
                 setup = cls.prepare(ws, runtime)
@@ -176,7 +178,7 @@ class Session:
                     await refuse(ws, runtime.metrics, err, cls.error_frame(err), deny, cls.refusal_headers(err))
                     return
                 if deny:
-                    await ws.accept()
+                    await ws.accept(subprotocol)
                 await session.run()
 
     async def run(self) -> None:
@@ -246,8 +248,6 @@ class Session:
         if message is None:
             return await self.on_timeout()
         self.last_input = time.perf_counter()
-        if "event" in message:
-            return await self.on_event(message["event"])
         data, text = message.get("bytes"), message.get("text")
         if data is not None:
             return await self.on_binary(data)

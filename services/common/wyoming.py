@@ -18,7 +18,8 @@ of payload (audio). This module owns the TCP side and nothing of either service:
   text frame the chassis sends (an error, a refusal) is one Wyoming event as the
   JSON ``{"type", "data"}``;
 * :class:`WyomingDialect` is what both services' Wyoming sessions add to their
-  session class: ``error`` events, ``ping``/``pong``, ``describe`` answered in
+  session class: the chassis's reading step taking those typed messages
+  (``_handle``), ``error`` events, ``ping``/``pong``, ``describe`` answered in
   order, events with payloads written under the chassis's send timeout;
 * :class:`WyomingListener` listens on ``wyoming.port`` for the app's lifespan:
   ``describe`` events before the first other one are answered without a session
@@ -33,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -120,14 +122,14 @@ class WyomingSocket:
         self.reader = reader
         self.writer = writer
         self.limits = limits
-        self.scope: dict = {"extensions": {}}  # no WebSocket extensions (no denial response)
+        self.scope: dict = dict(type="wyoming", extensions={})  # an ASGI-like scope: no extensions, no subprotocols
         self.query_params: dict[str, str] = {}
         self.closed = False
         self._inbox: asyncio.Queue[dict] = asyncio.Queue(maxsize=1)
         self._pump: asyncio.Task | None = None
         self._unread: dict | None = None
 
-    async def accept(self) -> None:
+    async def accept(self, subprotocol: str | None = None) -> None:
         """Nothing to do: a TCP connection is open once it exists."""
 
     async def receive(self) -> dict:
@@ -216,9 +218,16 @@ class WyomingDialect:
         """One client event other than describe and ping; True stops reading."""
         raise NotImplementedError
 
+    async def _handle(self, message: dict | None) -> bool:
+        """The chassis's reading step (:meth:`Session._handle`), for the transport's typed messages too."""
+        if message is None or "event" not in message:
+            return await super()._handle(message)  # type: ignore[misc]  # a timeout
+        self.last_input = time.perf_counter()
+        return await self.on_event(message["event"])
+
     async def on_event(self, item: Event | ServiceError) -> bool:
-        """The chassis's hook for a transport's typed message: a framing error is raised as the chassis expects
-        from any reading hook (fatal: ``end_with``; otherwise reported and reading goes on)."""
+        """One message of the transport: a framing error is raised as the chassis expects from any reading hook
+        (fatal: ``end_with``; otherwise reported and reading goes on)."""
         if isinstance(item, ServiceError):
             raise item
         if Describe.is_type(item.type):

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from ..common.app import build_app
 from .engine import TtsEngine
-from .routes import HANDSHAKE_REFUSALS, router
+from .routes import HANDSHAKE_REFUSALS, KEY_SUBPROTOCOLS, router
 from .serving import TtsRuntime
 from .wyoming import wyoming_listeners
 from .settings import TtsSettings, load
@@ -26,4 +26,4 @@ def create_app(settings: TtsSettings | None = None, engine: TtsEngine | None = N
                      load_runtime=lambda: TtsRuntime.load(settings, engine),
                      ready_extra=lambda runtime: {"engine": runtime.engine.name},
                      handshake_refusals=HANDSHAKE_REFUSALS,
-                     listeners=wyoming_listeners)
+                     key_subprotocols=KEY_SUBPROTOCOLS, listeners=wyoming_listeners)
