@@ -16,8 +16,7 @@ and its work (ASR: the audio processor; TTS: the speaker). The chassis owns:
   client that does not read them gets :data:`FAIL_GRACE_S`, then close 1011;
 * **limits**: text frames over ``server.max_message_bytes`` are ``too_large``;
   a client that takes no frame for ``server.send_timeout_s`` is dropped;
-* **draining**: on SIGTERM the watcher waits :data:`DRAIN_GRACE_S` (what was
-  sent just before is read first) and calls :meth:`Session.on_drain`;
+* **draining**: on SIGTERM, after :data:`DRAIN_GRACE_S` (what was just sent is read first), :meth:`Session.on_drain`;
 * **dialects**: a compatible API is a subclass that renders the same items in
   its own shape (:meth:`Session.send`, :meth:`Session.error_frame`) and, with
   ``handshake_refusal``, refuses a session with an HTTP status on the handshake
@@ -227,7 +226,7 @@ class Session:
                     self._gone.set()
                     return
                 try:
-                    stop = await self._handle(message)
+                    stop = await self.on_message(message)
                 except ServiceError as err:
                     if err.fatal:
                         await self.end_with(err)
@@ -244,7 +243,8 @@ class Session:
             log.exception("reader failed")
             self.fail(ServiceError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}"))
 
-    async def _handle(self, message: dict | None) -> bool:
+    async def on_message(self, message: dict | None) -> bool:
+        """A received message (None: timed out) to the hooks above; a non-WebSocket transport overrides it."""
         if message is None:
             return await self.on_timeout()
         self.last_input = time.perf_counter()

@@ -19,7 +19,7 @@ of payload (audio). This module owns the TCP side and nothing of either service:
   JSON ``{"type", "data"}``;
 * :class:`WyomingDialect` is what both services' Wyoming sessions add to their
   session class: the chassis's reading step taking those typed messages
-  (``_handle``), ``error`` events, ``ping``/``pong``, ``describe`` answered in
+  (``on_message``), ``error`` events, ``ping``/``pong``, ``describe`` answered in
   order, events with payloads written under the chassis's send timeout;
 * :class:`WyomingListener` listens on ``wyoming.port`` for the app's lifespan:
   ``describe`` events before the first other one are answered without a session
@@ -218,10 +218,10 @@ class WyomingDialect:
         """One client event other than describe and ping; True stops reading."""
         raise NotImplementedError
 
-    async def _handle(self, message: dict | None) -> bool:
-        """The chassis's reading step (:meth:`Session._handle`), for the transport's typed messages too."""
+    async def on_message(self, message: dict | None) -> bool:
+        """The chassis's reading step (:meth:`Session.on_message`), for the transport's typed messages too."""
         if message is None or "event" not in message:
-            return await super()._handle(message)  # type: ignore[misc]  # a timeout
+            return await super().on_message(message)  # type: ignore[misc]  # a timeout
         self.last_input = time.perf_counter()
         return await self.on_event(message["event"])
 
