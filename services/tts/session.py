@@ -7,7 +7,10 @@ reports and drains; this module adds the TTS messages and the speaker:
   queues the complete pieces for the :class:`~.speaker.Speaker`; it speaks a
   pending fragment once it has waited ``flush_after_ms``, and it handles
   ``cancel`` itself, at once;
-* the writer sends the outbox's events and audio in order.
+* the writer sends the outbox's events and audio in order, and keeps the
+  session's audio clock (samples written): with ``word_timings=true`` each
+  piece's word timings are put on it as they are sent, so they count only the
+  audio that went out.
 
 Admission comes first, before any other work (the voice lookup too).
 Everything queued is bounded: audio by seconds (``max_buffered_audio_s``, which
