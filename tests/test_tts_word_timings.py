@@ -88,6 +88,59 @@ def test_spread_and_fill_cover_the_gaps_by_characters():
     assert rate.s_per_char == pytest.approx(0.15)
 
 
+def test_the_fallback_estimates_before_the_first_audio_and_learns_the_pace():
+    """An engine that reports no alignment (Chatterbox; here Piper told not to) gets estimated words ahead of its
+    first chunk, from a rate the session learns from what it has spoken."""
+    from services.tts.formats import AudioEncoder
+    from services.tts.engine import SynthesisJob
+    from services.tts.pipe import piece_pipe
+    from services.tts.piper import EMBEDDED_VOICE, PiperEngine, embedded_voice_files
+
+    engine = PiperEngine({EMBEDDED_VOICE: embedded_voice_files()}, cpu_threads=2, noise_scale=0, noise_w_scale=0)
+    engine.aligns_words = False
+    rate = WordRate()
+
+    async def piece(text: str) -> tuple[list, int]:
+        job = SynthesisJob(text, EMBEDDED_VOICE)
+        pipe = piece_pipe(job, AudioEncoder("pcm", 16000), 60.0, words=rate, aligned=False)
+        done = asyncio.get_running_loop().run_in_executor(None, lambda: (engine.synthesize(job), job.on_done()))
+        done.add_done_callback(lambda _: pipe.end())
+        items = [item async for item in pipe]
+        await done
+        return items, sum(len(i) for i in items if isinstance(i, bytes)) // 2
+
+    text = "The quiet river wound slowly past the mill and under the old stone bridge."
+    first, samples = asyncio.run(piece(text))
+    assert not isinstance(first[0], bytes) and first[0].estimated  # before any audio
+    assert [s.word for s in first[0].spans] == text.split()
+    assert not any(not isinstance(i, bytes) for i in first[1:])
+    guess_error = abs(first[0].spans[-1].end - samples)
+    second, samples = asyncio.run(piece(text))
+    assert abs(second[0].spans[-1].end - samples) < guess_error  # learnt from the first piece
+
+
+def test_reply_words_and_the_client_clock_across_a_resume():
+    from voice_client.backoff import ResumePolicy
+    from voice_client.events import Cancelled, Done, Words
+    from voice_client.tts import _TtsCore
+
+    core = _TtsCore("ws://127.0.0.1:9/v1/stream/tts", {}, None, ResumePolicy())
+    core._parse({"type": "ready", "session_id": "s", "sample_rate": 1000, "encoding": "pcm_s16le"})
+    word = lambda w, a, b: {"word": w, "start": a / 1000, "end": b / 1000, "start_sample": a, "end_sample": b}
+    core._on_event(Words(0, [word("one", 0, 100), word("two", 150, 300)]))
+    core._on_binary(bytes(600))  # 300 samples
+    core._on_event(Done())
+    core._resumed(1, 0.1)  # a new socket: its session counts from 0 again, the stream from 300
+    [shifted] = core._on_event(Words(0, [word("three", 10, 200), word("four", 250, 400)]))
+    assert [(w["start_sample"], w["start"]) for w in shifted.words] == [(310, 0.31), (550, 0.55)]
+    assert core.reply_words.heard_text(311) == "three"  # the earlier reply ended with its done
+    core._on_binary(bytes(400))  # up to 500: "four" (from 550) never arrives before the cancel
+    core._on_event(Cancelled())
+    assert core.reply_words.heard_text(10_000) == "three"
+    assert core.reply_words.heard_text(10_000, whole=True) == "three"
+    assert core.reply_words.heard_text(400, whole=True) == ""
+
+
 # -- the socket --------------------------------------------------------------------------------------------------
 
 def test_without_the_opt_in_nothing_changes(tts):
