@@ -18,7 +18,7 @@ from services.asr.engine import DecodeRequest
 from services.common.audio import resample
 from services.tts.alignment import _fill
 from services.tts.words import WordRate, WordSpan, split_words, spread
-from tts_support import Received, Transcriber, mostly_heard, pcm_to_float, recv_until, words as plain_words
+from tts_support import Received, Transcriber, mostly_heard, pcm_to_float, recv_until, speak, words as plain_words
 
 sys.path.insert(0, str(ROOT / "examples"))
 
@@ -38,15 +38,6 @@ def tts(examples_tts):
 @pytest.fixture(scope="module")
 def asr():
     return Transcriber()
-
-
-async def say(url: str, text: str, query: str = "") -> Received:
-    async with websockets.connect(f"{url}/v1/stream/tts{query}") as ws:
-        got = Received()
-        await recv_until(ws, got, "ready")
-        await ws.send(json.dumps({"type": "text", "text": text}))
-        await ws.send(json.dumps({"type": "end"}))
-        return await recv_until(ws, got, None, timeout_s=60)
 
 
 def check_order(got: Received, bytes_per_sample: int = 2) -> list[dict]:
@@ -144,7 +135,7 @@ def test_reply_words_and_the_client_clock_across_a_resume():
 # -- the socket --------------------------------------------------------------------------------------------------
 
 def test_without_the_opt_in_nothing_changes(tts):
-    got = asyncio.run(say(tts.ws, "Hello there. How are you today?"))
+    got = asyncio.run(speak(tts.ws, "Hello there. How are you today?"))
     assert not got.of("words")
     assert set(got.types) == {"ready", "segment", "audio", "done", "closed"}
 
@@ -152,7 +143,7 @@ def test_without_the_opt_in_nothing_changes(tts):
 @pytest.mark.parametrize("query, bytes_per_sample", [("?word_timings=true", 2),
                                                       ("?word_timings=1&encoding=mulaw&sample_rate=8000", 1)])
 def test_each_word_arrives_before_the_audio_past_its_start(tts, query, bytes_per_sample):
-    got = asyncio.run(say(tts.ws, "It's 42 degrees in New York, isn't it? Of the people, by the people.", query))
+    got = asyncio.run(speak(tts.ws, "It's 42 degrees in New York, isn't it? Of the people, by the people.", query))
     timed = check_order(got, bytes_per_sample)
     assert len(got.of("segment")) >= 2  # the clock runs on across segments
     assert len(timed) == 14
@@ -173,7 +164,7 @@ def asr_words(asr: Transcriber, audio: np.ndarray, rate_hz: int) -> list[tuple[s
 
 
 def test_word_intervals_overlap_where_the_asr_hears_them(tts, asr):
-    got = asyncio.run(say(tts.ws, HELD_OUT, "?word_timings=true&sample_rate=16000"))
+    got = asyncio.run(speak(tts.ws, HELD_OUT, "?word_timings=true&sample_rate=16000"))
     timed = check_order(got)
     heard = asr_words(asr, pcm_to_float(got.audio), 16000)
     ours = [plain_words(w["word"])[0] if plain_words(w["word"]) else "" for w in timed]
