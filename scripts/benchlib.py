@@ -11,6 +11,7 @@ loopback, and reading a process's resident memory from ``/proc``.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import math
 import urllib.parse
@@ -28,6 +29,19 @@ def read_wav(path: Path) -> np.ndarray:
         if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (1, 2, RATE):
             raise ValueError(f"{path}: expected mono 16-bit {RATE} Hz")
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    """A 16-bit mono 16 kHz WAV file of int16 samples, or of floats in [-1, 1]."""
+    if samples.dtype.kind == "f":
+        samples = np.clip(samples, -1, 1) * 32767
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(samples.astype("<i2").tobytes())
+    return buf.getvalue()
 
 
 def mirror_tile(x: np.ndarray, n: int) -> np.ndarray:

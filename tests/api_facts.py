@@ -34,6 +34,7 @@ import importlib
 import inspect
 import json
 import sys
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,6 +198,9 @@ def native_query(service: str) -> dict[str, tuple[str, ...]]:
 # -- native events and messages (the classes) ---------------------------------------------------------------
 
 def _placeholder(hint: Any) -> Any:
+    present = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and present:
+        return _placeholder(present[0])  # an optional field, present
     hint = typing.get_origin(hint) or hint
     if inspect.isclass(hint) and issubclass(hint, enum.Enum):
         return next(iter(hint))
@@ -215,10 +219,11 @@ def event_classes() -> list[type]:
 
 
 def wire_fields(cls: type) -> frozenset[str]:
-    """The keys an event's own ``to_json()`` writes, ``type`` aside (an instance with placeholder values)."""
+    """The keys an event's own ``to_json()`` writes, ``type`` aside (an instance with placeholder values; a field
+    that is None by default is given one too, for the key written only when it has a value)."""
     hints = typing.get_type_hints(cls)
     required = {f.name: _placeholder(hints[f.name]) for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+                if f.default_factory is dataclasses.MISSING and f.default in (dataclasses.MISSING, None)}
     return frozenset(json.loads(cls(**required).to_json())) - {"type"}
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from ..common.app import build_app
-from .routes import HANDSHAKE_REFUSALS, router
+from .routes import HANDSHAKE_REFUSALS, KEY_SUBPROTOCOLS, router
 from .serving import AsrRuntime
 from .settings import AsrSettings, load
 
@@ -19,4 +19,5 @@ def create_app(settings: AsrSettings | None = None) -> FastAPI:
     settings = settings or load()
     return build_app(title="ASR service", settings=settings, router=router,
                      description="Streaming and file speech-to-text. API reference: docs/api.md.",
-                     load_runtime=lambda: AsrRuntime.load(settings), handshake_refusals=HANDSHAKE_REFUSALS)
+                     load_runtime=lambda: AsrRuntime.load(settings), handshake_refusals=HANDSHAKE_REFUSALS,
+                     key_subprotocols=KEY_SUBPROTOCOLS)

@@ -11,7 +11,10 @@ a result that still looks like a loop, by Whisper's compression-ratio test, is
 decoded again on the full 30 s window.) Requests in one batch are padded to the longest bucket; finals are
 only batched with finals of the same bucket, so their text never depends on
 what else was in the batch. A request may force a text prefix (the words
-LocalAgreement has confirmed) that the decoder continues from.
+LocalAgreement has confirmed) that the decoder continues from, and may carry a
+context (hotwords, a prompt) given as Whisper's previous text. One batch is
+encoded in one call; CTranslate2 decodes together only requests whose context
+has the same length in tokens, so a batch makes one generate call per length.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class DecodeRequest:
     prefix: str = ""  # forced start of the text (confirmed words)
     word_timestamps: bool = False
     language: str | None = None  # None: the engine's default (detect on multilingual models)
+    hotwords: str | None = None  # words likely to be said, given to the decoder before the prompt
     prompt: str | None = None  # previous-context text (OpenAI "prompt")
     temperature: float = 0.0
     final: bool = False  # a final or a file segment: a result that loops is decoded again on the full window
@@ -83,6 +87,7 @@ class DecodeResult:
     words: list[Word] = field(default_factory=list)
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
+    generated_with: int = 1  # requests in the generate call that decoded this one (this one included)
 
 
 def frames_bucket(num_samples: int) -> int:
@@ -231,55 +236,84 @@ class WhisperEngine:
                 results[i] = result
         return results
 
+    def _context(self, tok: Tokenizer, req: DecodeRequest) -> list[int]:
+        """Whisper's previous-text prompt: ``<|startofprev|>``, the hotwords, then the prompt (as faster-whisper
+        orders them), at most half the model's length: the hotwords first, the prompt's end after them."""
+        if not (req.hotwords or req.prompt):
+            return []
+        room = self._model.max_length // 2 - 1
+        tokens = tok.encode(" " + req.hotwords.strip())[:room] if req.hotwords else []
+        if req.prompt and len(tokens) < room:
+            tokens += tok.encode(" " + req.prompt.strip())[-(room - len(tokens)):]
+        return [tok.sot_prev] + tokens
+
     def _decode(self, requests: Sequence[DecodeRequest], frames: int) -> list[DecodeResult]:
-        beam = requests[0].beam_size
         feats = np.stack([self._features(r.audio, frames) for r in requests])
         encoded = self._model.model.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)
         languages = self._detect_languages(encoded, requests)
+        contexts = [self._context(self._tokenizer(lang), req) for req, lang in zip(requests, languages)]
+        # CTranslate2 decodes a batch from one start position: a generate call takes the requests whose context
+        # (hotwords + prompt) has the same length in tokens, so requests without one always decode together and
+        # exactly as they would alone. Padding a context to a common length changes its text (ARCHITECTURE.md).
+        groups: dict[int, list[int]] = {}
+        for i, context in enumerate(contexts):
+            groups.setdefault(len(context), []).append(i)
+        results: list[DecodeResult | None] = [None] * len(requests)
+        token_lists: list[list[int]] = [[] for _ in requests]
+        for idx in groups.values():
+            sub = encoded if len(idx) == len(requests) else _select(encoded, idx)
+            decoded = self._generate(sub, [requests[i] for i in idx], [languages[i] for i in idx],
+                                     [contexts[i] for i in idx])
+            for i, (result, tokens) in zip(idx, decoded):
+                results[i], token_lists[i] = result, tokens
+        if any(r.word_timestamps for r in requests):
+            self._add_words(encoded, requests, languages, token_lists, results)
+        return results
+
+    def _generate(self, encoded: ctranslate2.StorageView, requests: Sequence[DecodeRequest], languages: list[str],
+                  contexts: list[list[int]]) -> list[tuple[DecodeResult, list[int]]]:
+        """One generate call for requests whose contexts have one length: each result and its text tokens."""
+        beam = requests[0].beam_size
         prompts: list[list[int]] = []
         prefix_lens: list[int] = []
-        for req, lang in zip(requests, languages):
+        for req, lang, context in zip(requests, languages, contexts):
             tok = self._tokenizer(lang)
-            prompt: list[int] = []
-            if req.prompt:
-                prompt = [tok.sot_prev] + tok.encode(" " + req.prompt.strip())[-(self._model.max_length // 2 - 1):]
-            prompt += list(tok.sot_sequence) + [tok.no_timestamps]
+            prompt = context + list(tok.sot_sequence) + [tok.no_timestamps]
             prefix_tokens = tok.encode(req.prefix) if req.prefix else []
             prefix_tokens = prefix_tokens[: self._model.max_length // 2 - 1]
             prefix_lens.append(len(prefix_tokens))
             prompts.append(prompt + prefix_tokens)
         temperature = requests[0].temperature
         sampling = {"sampling_temperature": temperature, "sampling_topk": 0} if temperature > 0 else {}
-        # CTranslate2's max_length counts the forced prefix too. Greedy decodes (partials) get a budget of 8 tokens
-        # a second (+16; speech runs at 2-5), which stops a looping partial from running to 448 tokens. Beam
-        # search (finals, files) keeps the model's full length: a budget changes its results (ARCHITECTURE.md).
-        max_new = self._model.max_length - max(len(p) for p in prompts) + max(prefix_lens)
+        # CTranslate2's max_length counts the forced prefix and the context too (one length in a call). Greedy
+        # decodes (partials) get a budget of 8 tokens a second (+16; speech runs at 2-5), which stops a looping
+        # partial from running to 448 tokens. Beam search (finals, files) keeps the model's full length: a budget
+        # changes its results (ARCHITECTURE.md).
+        forced = max(prefix_lens) + len(contexts[0])
+        max_new = self._model.max_length - max(len(p) for p in prompts) + forced
         if beam == 1:
             longest_s = max(r.audio.size for r in requests) / SAMPLE_RATE_HZ
-            max_new = min(max_new, int(TOKENS_PER_SECOND_MAX * longest_s) + 16 + max(prefix_lens))
+            max_new = min(max_new, int(TOKENS_PER_SECOND_MAX * longest_s) + 16 + forced)
         max_new = max(1, max_new)
         outputs = self._model.model.generate(
             encoded, prompts, beam_size=beam, patience=1.0, length_penalty=1.0,
             max_length=max_new, return_scores=True, return_no_speech_prob=True,
             suppress_blank=not any(prefix_lens), suppress_tokens=list(self._suppress), **sampling,
         )
-        results: list[DecodeResult] = []
-        token_lists: list[list[int]] = []
-        for req, lang, prompt, n_prefix, out in zip(requests, languages, prompts, prefix_lens, outputs):
+        decoded: list[tuple[DecodeResult, list[int]]] = []
+        for lang, n_prefix, out in zip(languages, prefix_lens, outputs):
             tok = self._tokenizer(lang)
             # CTranslate2 returns the forced prefix followed by the generated tokens.
             text_tokens = [t for t in out.sequences_ids[0] if t < tok.eot]
-            token_lists.append(text_tokens)
             seq_len = max(0, len(text_tokens) - n_prefix)
             avg_logprob = out.scores[0] * (seq_len ** 1.0) / (seq_len + 1) if out.scores else 0.0
             text = tok.decode(text_tokens)
             if out.no_speech_prob > 0.6 and avg_logprob < -1.0 and not n_prefix:
-                text, token_lists[-1] = "", []
-            results.append(DecodeResult(text=text, language=lang, avg_logprob=float(avg_logprob),
-                                        no_speech_prob=float(out.no_speech_prob)))
-        if any(r.word_timestamps for r in requests):
-            self._add_words(encoded, requests, languages, token_lists, results)
-        return results
+                text, text_tokens = "", []
+            decoded.append((DecodeResult(text=text, language=lang, avg_logprob=float(avg_logprob),
+                                         no_speech_prob=float(out.no_speech_prob), generated_with=len(requests)),
+                            text_tokens))
+        return decoded
 
     def _add_words(self, encoded, requests, languages, token_lists, results) -> None:
         # Alignment runs per language (the start sequence differs); usually one group.

@@ -21,12 +21,18 @@ session, so a finished session is freed by reference counting):
   runs on is not a turn. The processor waits for each decision before reading
   on, so the same audio gives the same utterances at any sending speed (as long
   as the turn model keeps up: while other sessions' checks wait for it, a
-  session sheds its intermediate checks);
+  session sheds its intermediate checks, except in the audio a resumed stream
+  replays, which is cut as it was before the drop);
 * while speaking, every ``partial_interval_ms`` of new audio a greedy partial
   decode with the confirmed words forced as its prefix (replaced in the
   scheduler if still waiting when the next is due);
+* partials and finals alike carry the stream's :class:`~.context.DecodingContext`
+  (hotwords, prompt), which a dialect's session update may replace;
 * when an utterance ends, a :class:`FinalSlot` takes its place in the outbox at
-  once, so utterance K+1's events never overtake K's final.
+  once, so utterance K+1's events never overtake K's final; with ``vad_state``
+  the final carries the VAD's state at its end, which a resumed session starts
+  its detector from (the processor scores the few windows between the last
+  kept state and the end to reach it).
 
 The segmenter trims its buffer behind the open utterance, so memory is bounded
 by ``streaming.max_utterance_s``.
@@ -50,6 +56,8 @@ from ..common.outbox import Outbox, OutboxFull
 from ..common.scheduler import Priority, Superseded
 from ..common.session import report
 from ..common.tasks import TaskSet
+from ..common.vad import VadStream, decode_state, encode_state
+from .context import DecodingContext
 from .endpointing import (Action, CheckTurn, Ended, Endpointer, EndReason, Resumed, Speculate, SpeechState,
                           Started, TurnMode)
 from .engine import DecodeRequest, DecodeResult
@@ -106,13 +114,18 @@ class AudioProcessor:
         self.runtime = runtime
         self.params = params
         self.language = language
+        self.context = DecodingContext(params.hotwords, params.prompt)  # every decode's hotwords and prompt
         self.decoder = ByteDecoder(params.encoding)
         self.resampler = StreamResampler(params.sample_rate, SAMPLE_RATE_HZ)
-        self.segmenter = Segmenter(runtime.endpoint_options(params.turn_detection), runtime.detector_options())
+        resumed = params.resume.vad_state
+        self.segmenter = Segmenter(runtime.endpoint_options(params.turn_detection), runtime.detector_options(),
+                                   vad_stream=decode_state(resumed)[1] if resumed is not None else None,
+                                   keep_states=params.vad_state)
         self.utterances = 0
         self.utterance: _Utterance | None = None
         self.partial_interval = s.streaming.partial_interval_ms * SAMPLE_RATE_HZ // 1000
         self.min_partial = s.streaming.min_partial_audio_ms * SAMPLE_RATE_HZ // 1000
+        self.replay_samples = int(params.resume.replay_s * SAMPLE_RATE_HZ)  # a resumed stream's replayed audio
 
     @property
     def endpointer(self) -> Endpointer:
@@ -218,8 +231,11 @@ class AudioProcessor:
                 return
             rt = self.runtime
             last_check_ms = self.endpointer.options.turn_checkpoints_ms[-1]
-            if rt.turn_backlogged() and action.silence_ms + rt.settings.turn.check_interval_ms < last_check_ms:
-                return  # the model is behind (load): this check is shed, a later one of this pause decides
+            if (rt.turn_backlogged() and action.silence_ms + rt.settings.turn.check_interval_ms < last_check_ms
+                    and action.end_sample >= self.replay_samples):
+                # the model is behind (load): this check is shed, a later one of this pause decides. Not in audio
+                # a resumed stream replays: it is cut as it was before the drop, whatever the load
+                return
             audio = self.segmenter.slice(u.start_sample, self.endpointer.position_sample)
             probability = await rt.turn_probability(audio)
             if probability >= rt.settings.turn.speculate_threshold and u.pause_end == action.end_sample:
@@ -268,6 +284,7 @@ class AudioProcessor:
         request = DecodeRequest(
             audio=self.segmenter.slice(u.start_sample, end_sample), beam_size=rt.settings.streaming.final_beam_size,
             word_timestamps=True, language=self.language, final=True,
+            hotwords=self.context.hotwords or None, prompt=self.context.prompt or None,
         )
         return rt.decode_final(request, priority, replace_key, owner=self.session_id)
 
@@ -284,14 +301,22 @@ class AudioProcessor:
             if u.speculative is not None:
                 u.speculative.cancel()
             decoding = self.tasks.spawn(self._decode_final(u, ended.end_sample), "final")
-        built = self.tasks.spawn(self._build_final(u, ended, decoding), "final-event")
+        vad_state = self.segmenter.state_at(ended.end_sample) if self.params.vad_state else None
+        built = self.tasks.spawn(self._build_final(u, ended, decoding, vad_state), "final-event")
         self.outbox.put(FinalSlot(u.index, built, decided_at), force=True)
 
-    async def _build_final(self, u: _Utterance, ended: Ended, decoding: asyncio.Task) -> Final:
+    async def _build_final(self, u: _Utterance, ended: Ended, decoding: asyncio.Task,
+                           vad_state: tuple[VadStream, np.ndarray] | None = None) -> Final:
         result: DecodeResult = await decoding
         offset = ended.start_sample / SAMPLE_RATE_HZ
+        state = None
+        if vad_state is not None:
+            stream, audio = vad_state
+            if audio.size:
+                await self.runtime.speech_probabilities(stream, audio)  # from the kept state on to the final's end
+            state = encode_state(stream, self.runtime.vad_model.fingerprint)
         return Final(u.index, result.text.strip(), _seconds(ended.start_sample), _seconds(ended.end_sample),
-                     ended.reason, [w.as_dict(offset) for w in result.words])
+                     ended.reason, [w.as_dict(offset) for w in result.words], vad_state=state)
 
     # -- partials --------------------------------------------------------------------------------
     def _maybe_partial(self) -> None:
@@ -309,7 +334,8 @@ class AudioProcessor:
     async def _partial(self, u: _Utterance, audio: np.ndarray, position: int) -> None:
         rt = self.runtime
         request = DecodeRequest(audio=audio, beam_size=rt.settings.model.partial_beam_size,
-                                prefix=u.agreement.stable, language=self.language)
+                                prefix=u.agreement.stable, language=self.language,
+                                hotwords=self.context.hotwords or None, prompt=self.context.prompt or None)
         try:
             result = await rt.decode_partial(request, self.session_id)
         except Superseded:

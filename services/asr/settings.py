@@ -39,6 +39,10 @@ class ModelSettings(Section):
     """Beam width of file transcription (streams: ``streaming.final_beam_size``)."""
     partial_beam_size: int = Field(1, ge=1, le=10)
     """Beam width of partial hypotheses (greedy is enough: LocalAgreement confirms them)."""
+    max_context_chars: int = Field(500, ge=0, le=4000)
+    """Longest ``hotwords`` and ``prompt`` a session or upload may give, both together, in characters (more:
+    ``too_large``). Whisper itself reads at most 223 tokens of them (hotwords first, then the prompt's end);
+    every decode of the session pays for reading them."""
 
 
 class VadSettings(Section):

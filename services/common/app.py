@@ -13,8 +13,9 @@ taking sessions and HTTP work, lets what is open finish within
 (the app that is served and the app a test builds are the same): the balancer
 gate first, then API keys, then the body-size limit, then the routes. A service
 passes in the WebSocket paths its dialects refuse on the handshake
-(``handshake_refusals``, from :func:`services.common.session.handshake_refusals`):
-this package names no dialect.
+(``handshake_refusals``, from :func:`services.common.session.handshake_refusals`) and those that take an API key
+as a subprotocol (``key_subprotocols``, from :func:`services.common.auth.key_subprotocols`): this package
+names no dialect.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 
 def build_app(*, title: str, description: str, settings: Any, load_runtime: Callable[[], Any],
               router: APIRouter, ready_extra: Callable[[Any], dict] = lambda runtime: {},
-              handshake_refusals: Mapping[str, RefusalHeaders] = {}) -> FastAPI:
+              handshake_refusals: Mapping[str, RefusalHeaders] = {},
+              key_subprotocols: Mapping[str, Sequence[str]] = {}) -> FastAPI:
     """``settings.server`` needs the fields of :class:`~services.common.settings.ServerSettings`
     plus ``max_upload_bytes``; the runtime needs ``start()``, ``stop()``, ``admission`` and ``metrics``."""
     server = settings.server
@@ -77,13 +79,14 @@ def build_app(*, title: str, description: str, settings: Any, load_runtime: Call
     install_error_handlers(app)
     app.include_router(ops_router())
     app.include_router(router)
-    install_middleware(app, server, keys, handshake_refusals)
+    install_middleware(app, server, keys, handshake_refusals, key_subprotocols)
     return app
 
 
 def install_middleware(app: FastAPI, server: Any, keys: ApiKeys,
-                       handshake_refusals: Mapping[str, RefusalHeaders] = {}) -> None:
+                       handshake_refusals: Mapping[str, RefusalHeaders] = {},
+                       key_subprotocols: Mapping[str, Sequence[str]] = {}) -> None:
     """The middleware every app runs with, outermost first: BalancerGate, ApiKeyAuth, BodySizeLimit."""
     app.add_middleware(BodySizeLimit, max_bytes=server.max_upload_bytes + 64 * 1024)
-    app.add_middleware(ApiKeyAuth, keys=keys, handshake_refusals=handshake_refusals)
+    app.add_middleware(ApiKeyAuth, keys=keys, handshake_refusals=handshake_refusals, key_subprotocols=key_subprotocols)
     app.add_middleware(BalancerGate)  # added last: runs first

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from ..common.app import build_app
 from .engine import TtsEngine
-from .routes import HANDSHAKE_REFUSALS, router
+from .routes import HANDSHAKE_REFUSALS, KEY_SUBPROTOCOLS, router
 from .serving import TtsRuntime
 from .settings import TtsSettings, load
 
@@ -23,4 +23,5 @@ def create_app(settings: TtsSettings | None = None, engine: TtsEngine | None = N
                      description="Streaming text-to-speech. API reference: docs/api.md.",
                      load_runtime=lambda: TtsRuntime.load(settings, engine),
                      ready_extra=lambda runtime: {"engine": runtime.engine.name},
-                     handshake_refusals=HANDSHAKE_REFUSALS)
+                     handshake_refusals=HANDSHAKE_REFUSALS,
+                     key_subprotocols=KEY_SUBPROTOCOLS)

@@ -20,9 +20,10 @@ class Event:
     type: ClassVar[str]
 
     def as_dict(self) -> dict[str, Any]:
+        """The event as the server sent it (less the opaque state a resume sends back)."""
         body: dict[str, Any] = {"type": self.type}
         body.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)  # type: ignore[arg-type]
-                     if f.name != "data"})
+                     if f.name != "data" and not f.metadata.get("resume")})
         return body
 
 
@@ -120,6 +121,8 @@ class Final(Event):
     reason: str
     words: list[dict] = field(default_factory=list)
     latency_ms: float = 0.0
+    vad_state: str | None = field(default=None, repr=False, metadata={"resume": True})
+    """Opaque: the server's voice-detector state at ``end`` (the stream sends it back when it resumes there)."""
 
 
 # -- TTS ------------------------------------------------------------------------------
