@@ -10,7 +10,8 @@ against concurrent sessions). Several JSON files per service may be given (``--a
 draw runs side by side; ``--label`` names them in the same order. ``--resume FILE`` (bench_resume.py's JSON)
 writes ``resume.png``: the time from a drop to the resume and to the first final after it, and the WER with
 and without the fault. ``--wyoming FILE`` (bench_wyoming.py's JSON) writes ``wyoming.png``: ours beside
-wyoming-faster-whisper and wyoming-piper.
+wyoming-faster-whisper and wyoming-piper. ``--words FILE`` (bench_word_timings.py's JSON) writes ``word-timings.png``: how far each
+word's start and end are from where the ASR puts them, Piper's aligned timings against the fallback's estimate.
 """
 
 from __future__ import annotations
@@ -125,12 +126,29 @@ def wyoming_chart(report: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def word_timings_chart(report: dict, path: Path) -> None:
+    """bench_word_timings.py's figures: the distribution of |our start - the ASR's start| (and of the ends)."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for ax, key, title in ((ax1, "start_errors_ms", "Word start"), (ax2, "end_errors_ms", "Word end")):
+        for name, color in (("aligned", "tab:blue"), ("estimated", "tab:orange")):
+            values = sorted(report[name][key])
+            ax.plot(values, [(i + 1) / len(values) * 100 for i in range(len(values))], color=color,
+                    label=f"{name} (p50 {report[name][key.replace('errors_ms', 'ms_p50')]:.0f} ms)")
+        ax.set_xlabel("|ours - tiny.en's word timestamp| (ms)")
+        ax.set_ylabel("% of words")
+        ax.set_xlim(0, 1000)
+        ax.set_title(f"{title}: {report['aligned']['matched']} words, {report['sentences']} held-out sentences")
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--asr", type=Path, action="append", default=[])
     p.add_argument("--tts", type=Path, action="append", default=[])
     p.add_argument("--resume", type=Path, help="a bench_resume.py JSON: writes resume.png")
     p.add_argument("--wyoming", type=Path, help="a bench_wyoming.py JSON: writes wyoming.png")
+    p.add_argument("--words", type=Path, help="a bench_word_timings.py JSON: writes word-timings.png")
     p.add_argument("--label", action="append", default=[], help="one per run, ASR runs first then TTS runs")
     p.add_argument("--out", type=Path, default=Path("docs/img"))
     args = p.parse_args(argv)
@@ -146,6 +164,8 @@ def main(argv=None) -> int:
         resume_chart(json.loads(args.resume.read_text()), args.out / "resume.png")
     if args.wyoming:
         wyoming_chart(json.loads(args.wyoming.read_text()), args.out / "wyoming.png")
+    if args.words:
+        word_timings_chart(json.loads(args.words.read_text()), args.out / "word-timings.png")
     return 0
 
 

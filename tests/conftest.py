@@ -235,7 +235,8 @@ def jfk() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def examples_tts(tmp_path_factory):
-    """One TTS service (Piper, defaults) shared by the tests of examples/ (tests/test_examples_*.py)."""
+    """One TTS service (Piper, defaults) shared by the tests of examples/ (tests/test_examples_*.py) and of the
+    word timings (tests/test_tts_word_timings.py)."""
     env = {"TTS_VOICES__STORE_DIR": str(tmp_path_factory.mktemp("examples-voices")),
            "TTS_ENGINE__CPU_THREADS": "2"}
     with running("services.tts", env, tmp_path_factory.mktemp("examples-tts")) as service:

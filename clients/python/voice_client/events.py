@@ -154,6 +154,19 @@ class SegmentEnd(Event):
 
 
 @dataclass(frozen=True)
+class Words(Event):
+    """Only with ``word_timings=True``: the words of segment ``segment`` whose audio follows, sent before the
+    audio each one starts in. ``words``: ``{"word", "start", "end", "start_sample", "end_sample"}``, on the
+    stream's audio clock (seconds / samples of audio received since the stream's first audio, across resumes);
+    ``estimated``: the engine reported no alignment and the times are a guess."""
+
+    type: ClassVar[str] = "words"
+    segment: int
+    words: list[dict] = field(default_factory=list)
+    estimated: bool = False
+
+
+@dataclass(frozen=True)
 class Audio(Event):
     """A binary frame of speech, in the session's encoding and rate; ``segment``: the piece it belongs to."""
 
@@ -177,12 +190,12 @@ class Cancelled(Event):
 
 
 AsrEvent = Ready | SpeechStart | Partial | Final | Closed | ErrorEvent | Reconnecting | Resumed | Unknown
-TtsEvent = (TtsReady | Segment | SegmentEnd | Audio | Done | Cancelled | Closed | ErrorEvent | Reconnecting | Resumed
-            | Unknown)
+TtsEvent = (TtsReady | Segment | SegmentEnd | Words | Audio | Done | Cancelled | Closed | ErrorEvent | Reconnecting
+            | Resumed | Unknown)
 
 _ASR: dict[str, type] = {"ready": Ready, "speech_start": SpeechStart, "partial": Partial, "final": Final,
                          "closed": Closed, "error": ErrorEvent}
-_TTS: dict[str, type] = {"ready": TtsReady, "segment": Segment, "segment_end": SegmentEnd, "done": Done,
+_TTS: dict[str, type] = {"ready": TtsReady, "segment": Segment, "segment_end": SegmentEnd, "words": Words, "done": Done,
                          "cancelled": Cancelled, "closed": Closed, "error": ErrorEvent}
 
 
