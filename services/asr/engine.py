@@ -99,6 +99,7 @@ def frames_bucket(num_samples: int) -> int:
 class AsrEngine(Protocol):
     name: str
     sample_rate_hz: int
+    device: str  # cpu or cuda
     multilingual: bool
 
     def decode_batch(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]: ...
@@ -173,6 +174,7 @@ class WhisperEngine:
                 "Run scripts/download_models.py on a host with internet, or point model.name at a local directory."
             ) from exc
         self.sample_rate_hz = SAMPLE_RATE_HZ
+        self.device = str(self._model.model.device)  # "auto" resolved: cpu or cuda
         self.multilingual = bool(self._model.model.is_multilingual)
         self.default_language = default_language if self.multilingual else "en"
         self._tokenizers: dict[str, Tokenizer] = {}
