@@ -122,7 +122,8 @@ def main(argv=None) -> int:
     detector = detector_options(settings)
 
     m = settings.model
-    engine = WhisperEngine(m.name, device=m.device, compute_type=m.compute_type, cpu_threads=m.cpu_threads)
+    engine = WhisperEngine(m.name, device=m.device, compute_type=m.compute_type, cpu_threads=m.cpu_threads,
+                           encoder_bucket_s=m.encoder_bucket_s)
     turn = SmartTurnModel(settings.turn.model_path, threads=settings.turn.threads)
     vad = SileroVad(settings.vad.model_path)
     clips = load_clips(args.data, args.max_clips)

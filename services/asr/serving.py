@@ -25,7 +25,7 @@ from ..common.metrics import Metrics
 from ..common.scheduler import Priority, Scheduler, SchedulerOptions
 from ..common.vad import SileroVad, VadJob, VadStream
 from .endpointing import DetectorOptions, EndpointOptions, TurnMode
-from .engine import AsrEngine, DecodeRequest, DecodeResult, WhisperEngine, frames_bucket
+from .engine import AsrEngine, DecodeRequest, DecodeResult, WhisperEngine
 from .settings import AsrSettings
 from .turn import SmartTurnModel, TurnDecision, TurnPolicy
 
@@ -97,6 +97,7 @@ class AsrRuntime:
         engine = WhisperEngine(
             m.name, device=m.device, compute_type=m.compute_type, cpu_threads=m.cpu_threads,
             download_root=m.download_root, default_language=None if m.language == "auto" else m.language,
+            encoder_bucket_s=m.encoder_bucket_s,
         )
         vad_model = SileroVad(settings.vad.model_path)
         turn_model = SmartTurnModel(settings.turn.model_path, threads=settings.turn.threads)
@@ -167,7 +168,7 @@ class AsrRuntime:
     async def decode_final(self, request: DecodeRequest, priority: Priority = Priority.URGENT,
                            replace_key: Hashable | None = None, owner: str | None = None) -> DecodeResult:
         key: Hashable = ("final", request.beam_size, request.word_timestamps, request.language,
-                         frames_bucket(request.audio.size), request.temperature)
+                         self.engine.encoder_frames(request.audio.size), request.temperature)
         cap = 0 if priority >= Priority.BULK else self.final_max_batch  # file work: the scheduler's max_batch
         return await self.whisper.submit(request, priority=priority, batch_key=key, replace_key=replace_key,
                                          max_batch=cap, owner=owner)
