@@ -7,8 +7,8 @@ In-process, no service. CTranslate2 encodes any log-mel length up to Whisper's 3
 gives it the utterance plus a margin of silence rounded up to a bucket (``model.encoder_bucket_s``). For each
 ``--configs`` entry ``MARGIN_S:BUCKET_S`` every clip's final (the utterance the service's segmenter cuts from it,
 as ``scripts/bench_floor.py``: speech plus ``vad.end_pad_ms``; greedy, word timestamps, the loop check) is decoded
-with that encoder length; the configurations of a clip run alternately, ``--repeat`` times each, so all see the
-same load: total decode time per configuration and its ratio to the first, the corpus WER of its finals, how
+with that encoder length; the configurations of a clip run one after another, ``--repeat`` times each, starting
+with a different one for each clip, so all see the same load: total decode time per configuration and its ratio to the first, the corpus WER of its finals, how
 many finals differ from the first configuration's text and how many were caught looping (and decoded again on
 30 s). ``--curve`` adds the encoder alone on random audio of each length (median of ``--repeat``).
 A measurement tool, not a test.
@@ -85,8 +85,8 @@ def main(argv=None) -> int:
             refs.append(clip.ref)
     rows = {c: {"ms": [], "text": [], "loops": 0, "frames": []} for c in configs}
     looks_like_a_loop = whisper.looks_like_a_loop
-    for name, utt in utterances:
-        for config in configs:
+    for i, (name, utt) in enumerate(utterances):
+        for config in configs[i % len(configs):] + configs[:i % len(configs)]:  # none always runs first
             engine.margin_frames = round(config[0] * frames_per_s)
             engine.bucket_frames = round(config[1] * frames_per_s)
             caught = []

@@ -60,10 +60,11 @@ def timed(fn, repeat: int) -> tuple[float, object]:
 
 
 def timed_pair(fa, fb, repeat: int) -> tuple[float, object, float, object]:
-    """:func:`timed` of two functions whose runs alternate (a, b, a, b, ...), so both see the same load."""
+    """:func:`timed` of two functions whose runs alternate (a, b, b, a, a, b, ...), so both see the same load and
+    neither always runs first."""
     ta, tb, ra, rb = [], [], None, None
-    for _ in range(repeat):
-        for times, fn in ((ta, fa), (tb, fb)):
+    for i in range(repeat):
+        for times, fn in ((ta, fa), (tb, fb))[::-1 if i % 2 else 1]:
             t = time.perf_counter()
             result = fn()
             times.append((time.perf_counter() - t) * 1000)

@@ -5,8 +5,8 @@ batches, run on the model's worker thread. :class:`WhisperEngine` implements it
 with faster-whisper's CTranslate2 model, decoding one utterance (at most 30 s)
 per request. Unlike ``WhisperModel.transcribe``, which always pads audio to a
 30 s window, the encoder here sees the utterance plus five seconds of silence,
-rounded up to a bucket (``encoder_bucket_s``, 5 s unless set): a 3 s utterance
-costs a 10 s encoder pass instead of a 30 s one. (With less trailing silence tiny models start repeating themselves;
+rounded up to a bucket (``encoder_bucket_s``; None: 2.5 s on CPU, 5 s on CUDA):
+a 3 s utterance costs a 10 s encoder pass instead of a 30 s one. (With less trailing silence tiny models start repeating themselves;
 a result that still looks like a loop, by Whisper's compression-ratio test, is
 decoded again on the full 30 s window.) Requests in one batch are padded to the longest bucket; finals are
 only batched with finals of the same bucket, so their text never depends on
@@ -47,6 +47,7 @@ MAX_FRAMES = 3000  # Whisper's 30 s window
 MAX_UTTERANCE_S = 30.0
 MARGIN_FRAMES = 500
 BUCKET_FRAMES = 500
+CPU_BUCKET_S = 2.5  # encoder_bucket_s=None on CPU: 2.5 s buckets, the WER of 5 s ones (docs/benchmarks.md)
 MAX_COMPRESSION_RATIO = 2.4
 TOKENS_PER_SECOND_MAX = 8
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
@@ -161,10 +162,9 @@ class WhisperEngine:
         download_root: str | None = None,
         default_language: str | None = "en",
         local_files_only: bool = True,
-        encoder_bucket_s: float = BUCKET_FRAMES * HOP_SAMPLES / SAMPLE_RATE_HZ,
+        encoder_bucket_s: float | None = BUCKET_FRAMES * HOP_SAMPLES / SAMPLE_RATE_HZ,
     ) -> None:
         self.name = model
-        self.bucket_frames = max(1, round(encoder_bucket_s * SAMPLE_RATE_HZ / HOP_SAMPLES))
         self.margin_frames = MARGIN_FRAMES
         path = resolve_model(model)
         self.compute_type = resolve_compute_type(compute_type, device)
@@ -180,6 +180,9 @@ class WhisperEngine:
             ) from exc
         self.sample_rate_hz = SAMPLE_RATE_HZ
         self.device = str(self._model.model.device)  # "auto" resolved: cpu or cuda
+        if encoder_bucket_s is None:  # CPU: the encoder's cost follows its length; CUDA: finals batch per length
+            encoder_bucket_s = CPU_BUCKET_S if self.device == "cpu" else BUCKET_FRAMES * HOP_SAMPLES / SAMPLE_RATE_HZ
+        self.bucket_frames = max(1, round(encoder_bucket_s * SAMPLE_RATE_HZ / HOP_SAMPLES))
         self.multilingual = bool(self._model.model.is_multilingual)
         self.default_language = default_language if self.multilingual else "en"
         self._tokenizers: dict[str, Tokenizer] = {}

@@ -35,10 +35,10 @@ class ModelSettings(Section):
     """Where hub models are cached (scripts/download_models.py writes there)."""
     language: str = "en"
     """Default language (ISO 639-1) or ``auto``; English-only models always use en."""
-    encoder_bucket_s: float = Field(5.0, ge=0.5, le=30)
+    encoder_bucket_s: float | None = Field(None, ge=0.5, le=30)
     """Whisper's encoder sees each utterance plus 5 s of silence, rounded up to a multiple of this (its cost grows
-    with the length; less than those 5 s makes tiny models loop: docs/benchmarks.md). Finals batch only within
-    one length, so a smaller bucket also batches less."""
+    faster than the length; less than those 5 s makes tiny models loop: docs/benchmarks.md). None: 2.5 on CPU,
+    5 on CUDA, where finals batch (only within one length) and the encoder is cheap. 5 is the old CPU path."""
     beam_size: int = Field(5, ge=1, le=10)
     """Beam width of file transcription (streams: ``streaming.final_beam_size``)."""
     partial_beam_size: int = Field(1, ge=1, le=10)
