@@ -8,8 +8,8 @@ gives it the utterance plus a margin of silence rounded up to a bucket (``model.
 ``--configs`` entry ``MARGIN_S:BUCKET_S`` every clip's final (the utterance the service's segmenter cuts from it,
 as ``scripts/bench_floor.py``: speech plus ``vad.end_pad_ms``; greedy, word timestamps, the loop check) is decoded
 with that encoder length; the configurations of a clip run one after another, ``--repeat`` times each, starting
-with a different one for each clip, so all see the same load: total decode time per configuration and its ratio to the first, the corpus WER of its finals, how
-many finals differ from the first configuration's text and how many were caught looping (and decoded again on
+with a different one for each clip, so all see the same load: total decode time per configuration and its
+ratio to the first, the corpus WER of its finals, how many finals differ from the first configuration's text and how many were caught looping (and decoded again on
 30 s). ``--curve`` adds the encoder alone on random audio of each length (median of ``--repeat``).
 A measurement tool, not a test.
 """
@@ -90,7 +90,10 @@ def main(argv=None) -> int:
             engine.margin_frames = round(config[0] * frames_per_s)
             engine.bucket_frames = round(config[1] * frames_per_s)
             caught = []
-            whisper.looks_like_a_loop = lambda text, *a, **k: caught.append(looks_like_a_loop(text, *a, **k)) or caught[-1]
+            def counted(text, *a, _caught=caught, **k):
+                _caught.append(looks_like_a_loop(text, *a, **k))
+                return _caught[-1]
+            whisper.looks_like_a_loop = counted
             request = whisper.DecodeRequest(utt, beam_size=settings.streaming.final_beam_size, word_timestamps=True,
                                             final=True)
             times = []
@@ -126,10 +129,11 @@ def main(argv=None) -> int:
                                        for c in configs}} for i, (n, _) in enumerate(utterances)]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
-    print("| margin / bucket | encoder audio | decode time (ratio) | WER | differ | loops |\n|---|---:|---:|---:|---:|---:|")
+    print("| margin / bucket | encoder audio | decode time (ratio) | WER | differ | loops |")
+    print("|---|---:|---:|---:|---:|---:|")
     for s in summary:
-        print(f"| {s['margin_s']:g} s / {s['bucket_s']:g} s | {s['encoder_s_total']:.0f} s | {s['decode_ms_total']:.0f} ms "
-              f"({s['ratio']:.2f}) | {s['wer']:.2%} | {s['differ']} | {s['loops']} |")
+        print(f"| {s['margin_s']:g} s / {s['bucket_s']:g} s | {s['encoder_s_total']:.0f} s "
+              f"| {s['decode_ms_total']:.0f} ms ({s['ratio']:.2f}) | {s['wer']:.2%} | {s['differ']} | {s['loops']} |")
     print(f"written {args.out}", file=sys.stderr)
     return 0
 

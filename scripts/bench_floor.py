@@ -158,7 +158,8 @@ def main(argv=None) -> int:
                "audio_ms": round((end - word_end) * 1000 / RATE, 1),
                "early_ms": round((early - word_end) * 1000 / RATE, 1),
                "final_ms": round(final_ms, 1), "final_early_ms": round(final_early_ms, 1),
-               "check_ms": round(check_ms, 1), "text": result[0].text.strip(), "text_early": result_early[0].text.strip()}
+               "check_ms": round(check_ms, 1), "text": result[0].text.strip(),
+               "text_early": result_early[0].text.strip()}
         row["floor_ms"] = round(row["audio_ms"] + max(final_ms, check_ms), 1)
         row["floor_early_ms"] = round(max(row["early_ms"] + final_early_ms, row["audio_ms"] + check_ms), 1)
         row["final_ratio"] = round(final_early_ms / final_ms, 3)
@@ -168,7 +169,8 @@ def main(argv=None) -> int:
             burst_final, _, _, serial = timed_pair(lambda: engine.decode_batch([request] * args.burst),
                                                    lambda: decode_one_at_a_time(engine, [request] * args.burst),
                                                    args.repeat)
-            row.update(burst_serial_median_ms=round(statistics.median(serial), 1), burst_serial_last_ms=round(serial[-1], 1))
+            row.update(burst_serial_median_ms=round(statistics.median(serial), 1),
+                       burst_serial_last_ms=round(serial[-1], 1))
             burst_check, _ = timed(lambda: turn.predict([audio[start:end]] * args.burst), args.repeat)
             row.update(burst_final_ms=round(burst_final, 1), burst_check_ms=round(burst_check, 1),
                        burst_floor_ms=round(row["audio_ms"] + max(burst_final, burst_check), 1))
@@ -188,14 +190,16 @@ def main(argv=None) -> int:
     summary["same_text"] = sum(r["text"] == r["text_early"] for r in rows)
     report = {"config": {"started": started, "data": str(args.data), "silence_s": args.silence, "burst": args.burst,
                          "repeat": args.repeat, "compute_type": engine.compute_type,
-                         "end_pad_ms": settings.vad.end_pad_ms, "speculate_ms": settings.vad.speculate_ms, "final_beam_size": settings.streaming.final_beam_size,
+                         "end_pad_ms": settings.vad.end_pad_ms, "speculate_ms": settings.vad.speculate_ms,
+                         "final_beam_size": settings.streaming.final_beam_size,
                          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpu_count": os.cpu_count()},
               "summary": summary, "clips": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print("| stage | p50 | p95 |\n|---|---:|---:|")
     for k in keys:
-        print(f"| {k} | {summary[k]['p50']:.{3 if 'ratio' in k else 0}f} | {summary[k]['p95']:.{3 if 'ratio' in k else 0}f} |")
+        digits = 3 if "ratio" in k else 0
+        print(f"| {k} | {summary[k]['p50']:.{digits}f} | {summary[k]['p95']:.{digits}f} |")
     print(f"WER pad {summary['wer_pad']['wer']:.2%}, early {summary['wer_early']['wer']:.2%}; "
           f"same text {summary['same_text']} of {len(rows)}")
     print(f"written {args.out}", file=sys.stderr)

@@ -148,7 +148,8 @@ def floor_chart(floor: dict, burst: dict | None, encoder: dict | None, path: Pat
     if burst is not None:
         ax = axes.pop(0)
         b, n = burst["summary"], burst["config"]["burst"]
-        keys = [("one batch (old):\nall done", "burst_final_ms"), ("one at a time:\nmedian done", "burst_serial_median_ms"),
+        keys = [("one batch (old):\nall done", "burst_final_ms"),
+                ("one at a time:\nmedian done", "burst_serial_median_ms"),
                 ("one at a time:\nlast done", "burst_serial_last_ms")]
         for q, offset, hatch in (("p50", -0.2, None), ("p95", 0.2, "//")):
             ax.bar([j + offset for j in range(len(keys))], [b[k][q] for _, k in keys], 0.4, hatch=hatch,

@@ -6,8 +6,8 @@ with faster-whisper's CTranslate2 model, decoding one utterance (at most 30 s)
 per request. Unlike ``WhisperModel.transcribe``, which always pads audio to a
 30 s window, the encoder here sees the utterance plus five seconds of silence,
 rounded up to a bucket (``encoder_bucket_s``; None: 2.5 s on CPU, 5 s on CUDA):
-a 3 s utterance costs a 10 s encoder pass instead of a 30 s one. (With less trailing silence tiny models start repeating themselves;
-a result that still looks like a loop, by Whisper's compression-ratio test, is
+a 3 s utterance costs a 10 s encoder pass instead of a 30 s one. (With less
+trailing silence tiny models start repeating themselves; a result that still looks like a loop, by Whisper's compression-ratio test, is
 decoded again on the full 30 s window.) Requests in one batch are padded to the longest bucket; finals are
 only batched with finals of the same bucket, so their text never depends on
 what else was in the batch. A request may force a text prefix (the words
