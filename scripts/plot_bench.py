@@ -143,7 +143,7 @@ def floor_chart(floor: dict, burst: dict | None, encoder: dict | None, path: Pat
                    label=f"{label} {q}")
     ax.set_xticks(range(len(names)), [n[0] for n in names], fontsize=8)
     ax.set_ylabel("ms after the last word")
-    ax.set_title("One stream, in-process (ratios matter: loaded machine)", fontsize=9)
+    ax.set_title("One stream, in-process: the final after the pad vs early", fontsize=9)
     ax.legend(fontsize=7)
     if burst is not None:
         ax = axes.pop(0)
