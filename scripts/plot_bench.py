@@ -10,8 +10,10 @@ against concurrent sessions). Several JSON files per service may be given (``--a
 draw runs side by side; ``--label`` names them in the same order. ``--resume FILE`` (bench_resume.py's JSON)
 writes ``resume.png``: the time from a drop to the resume and to the first final after it, and the WER with
 and without the fault. ``--wyoming FILE`` (bench_wyoming.py's JSON) writes ``wyoming.png``: ours beside
-wyoming-faster-whisper and wyoming-piper. ``--words FILE`` (bench_word_timings.py's JSON) writes ``word-timings.png``: how far each
-word's start and end are from where the ASR puts them, Piper's aligned timings against the fallback's estimate.
+wyoming-faster-whisper and wyoming-piper. ``--words FILE`` (bench_word_timings.py's JSON) writes
+``word-timings.png``: how far each word's start and end are from where the ASR puts them, Piper's aligned
+timings against the fallback's estimate. ``--floor FILE`` (bench_floor.py's JSON; ``--floor-burst``, one with
+``--burst``; ``--encoder``, bench_encoder.py's) writes ``floor.png``.
 """
 
 from __future__ import annotations
@@ -142,6 +144,55 @@ def word_timings_chart(report: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def floor_chart(floor: dict, burst: dict | None, encoder: dict | None, path: Path) -> None:
+    """bench_floor.py's stages (the final after the whole pad vs from the first silent window; N finals as one
+    batch vs one at a time) and bench_encoder.py's encoder lengths (decode time ratio and WER)."""
+    panels = 1 + (burst is not None) + (encoder is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), dpi=110)
+    axes = list(axes) if panels > 1 else [axes]
+    ax = axes.pop(0)
+    s = floor["summary"]
+    names = [("audio complete", "audio_ms", "early_ms"), ("final decode", "final_ms", "final_early_ms"),
+             ("floor (1 stream)", "floor_ms", "floor_early_ms")]
+    for i, (label, key) in enumerate((("after the whole pad (old)", 1), ("from the first silent window", 2))):
+        for q, hatch in (("p50", None), ("p95", "//")):
+            ax.bar([j + (i - 0.5) * 0.4 + (0.1 if q == "p95" else -0.1) for j in range(len(names))],
+                   [s[n[key]][q] for n in names], 0.2, hatch=hatch, color=f"C{i}", alpha=0.6 if hatch else 1.0,
+                   label=f"{label} {q}")
+    ax.set_xticks(range(len(names)), [n[0] for n in names], fontsize=8)
+    ax.set_ylabel("ms after the last word")
+    ax.set_title("One stream, in-process: the final after the pad vs early", fontsize=9)
+    ax.legend(fontsize=7)
+    if burst is not None:
+        ax = axes.pop(0)
+        b, n = burst["summary"], burst["config"]["burst"]
+        keys = [("one batch (old):\nall done", "burst_final_ms"),
+                ("one at a time:\nmedian done", "burst_serial_median_ms"),
+                ("one at a time:\nlast done", "burst_serial_last_ms")]
+        for q, offset, hatch in (("p50", -0.2, None), ("p95", 0.2, "//")):
+            ax.bar([j + offset for j in range(len(keys))], [b[k][q] for _, k in keys], 0.4, hatch=hatch,
+                   color="C2", alpha=0.6 if hatch else 1.0, label=q)
+        ax.set_xticks(range(len(keys)), [k[0] for k in keys], fontsize=8)
+        ax.set_ylabel("ms after the audio is complete")
+        ax.set_title(f"{n} finals at the same moment", fontsize=9)
+        ax.legend(fontsize=7)
+    if encoder is not None:
+        ax = axes.pop(0)
+        rows = encoder["summary"]
+        labels = [f"{r['margin_s']:g} s +\n{r['bucket_s']:g} s" for r in rows]
+        ax.bar(range(len(rows)), [r["ratio"] for r in rows], 0.6, color="C4", label="decode time (ratio)")
+        ax.set_xticks(range(len(rows)), labels, fontsize=8)
+        ax.set_ylabel("decode time / 5 s + 5 s")
+        ax2 = ax.twinx()
+        ax2.plot(range(len(rows)), [r["wer"] * 100 for r in rows], "ko-", label="WER %")
+        ax2.set_ylabel("WER %")
+        ax2.set_ylim(bottom=0)
+        ax.set_title("Encoder length: margin of silence + bucket", fontsize=9)
+        ax.legend(loc="upper left", fontsize=7)
+        ax2.legend(loc="upper right", fontsize=7)
+    _save(fig, path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--asr", type=Path, action="append", default=[])
@@ -149,6 +200,9 @@ def main(argv=None) -> int:
     p.add_argument("--resume", type=Path, help="a bench_resume.py JSON: writes resume.png")
     p.add_argument("--wyoming", type=Path, help="a bench_wyoming.py JSON: writes wyoming.png")
     p.add_argument("--words", type=Path, help="a bench_word_timings.py JSON: writes word-timings.png")
+    p.add_argument("--floor", type=Path, help="a bench_floor.py JSON: writes floor.png")
+    p.add_argument("--floor-burst", type=Path, help="a bench_floor.py JSON with --burst, for floor.png")
+    p.add_argument("--encoder", type=Path, help="a bench_encoder.py JSON, for floor.png")
     p.add_argument("--label", action="append", default=[], help="one per run, ASR runs first then TTS runs")
     p.add_argument("--out", type=Path, default=Path("docs/img"))
     args = p.parse_args(argv)
@@ -166,6 +220,9 @@ def main(argv=None) -> int:
         wyoming_chart(json.loads(args.wyoming.read_text()), args.out / "wyoming.png")
     if args.words:
         word_timings_chart(json.loads(args.words.read_text()), args.out / "word-timings.png")
+    if args.floor:
+        read = lambda f: json.loads(f.read_text()) if f else None  # noqa: E731
+        floor_chart(read(args.floor), read(args.floor_burst), read(args.encoder), args.out / "floor.png")
     return 0
 
 

@@ -5,9 +5,9 @@ batches, run on the model's worker thread. :class:`WhisperEngine` implements it
 with faster-whisper's CTranslate2 model, decoding one utterance (at most 30 s)
 per request. Unlike ``WhisperModel.transcribe``, which always pads audio to a
 30 s window, the encoder here sees the utterance plus five seconds of silence,
-rounded up to a 5 s bucket: a 3 s utterance costs a 10 s encoder pass instead of
-a 30 s one. (With less trailing silence tiny models start repeating themselves;
-a result that still looks like a loop, by Whisper's compression-ratio test, is
+rounded up to a bucket (``encoder_bucket_s``; None: 2.5 s on CPU, 5 s on CUDA):
+a 3 s utterance costs a 10 s encoder pass instead of a 30 s one. (With less
+trailing silence tiny models start repeating themselves; a result that still looks like a loop, by Whisper's compression-ratio test, is
 decoded again on the full 30 s window.) Requests in one batch are padded to the longest bucket; finals are
 only batched with finals of the same bucket, so their text never depends on
 what else was in the batch. A request may force a text prefix (the words
@@ -47,6 +47,7 @@ MAX_FRAMES = 3000  # Whisper's 30 s window
 MAX_UTTERANCE_S = 30.0
 MARGIN_FRAMES = 500
 BUCKET_FRAMES = 500
+CPU_BUCKET_S = 2.5  # encoder_bucket_s=None on CPU: 2.5 s buckets, the WER of 5 s ones (docs/benchmarks.md)
 MAX_COMPRESSION_RATIO = 2.4
 TOKENS_PER_SECOND_MAX = 8
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
@@ -90,18 +91,21 @@ class DecodeResult:
     generated_with: int = 1  # requests in the generate call that decoded this one (this one included)
 
 
-def frames_bucket(num_samples: int) -> int:
-    """Encoder frames for an utterance: content + 5 s of silence, rounded up to 5 s."""
+def frames_bucket(num_samples: int, bucket_frames: int = BUCKET_FRAMES, margin_frames: int = MARGIN_FRAMES) -> int:
+    """Encoder frames for an utterance: content + 5 s of silence, rounded up to ``bucket_frames`` (5 s)."""
     content = math.ceil(num_samples / HOP_SAMPLES)
-    return min(MAX_FRAMES, math.ceil((content + MARGIN_FRAMES) / BUCKET_FRAMES) * BUCKET_FRAMES)
+    return min(MAX_FRAMES, math.ceil((content + margin_frames) / bucket_frames) * bucket_frames)
 
 
 class AsrEngine(Protocol):
     name: str
     sample_rate_hz: int
+    device: str  # cpu or cuda
     multilingual: bool
 
     def decode_batch(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]: ...
+
+    def encoder_frames(self, num_samples: int) -> int: ...
 
     def supports_language(self, language: str) -> bool: ...
 
@@ -158,8 +162,10 @@ class WhisperEngine:
         download_root: str | None = None,
         default_language: str | None = "en",
         local_files_only: bool = True,
+        encoder_bucket_s: float | None = BUCKET_FRAMES * HOP_SAMPLES / SAMPLE_RATE_HZ,
     ) -> None:
         self.name = model
+        self.margin_frames = MARGIN_FRAMES
         path = resolve_model(model)
         self.compute_type = resolve_compute_type(compute_type, device)
         try:
@@ -173,6 +179,10 @@ class WhisperEngine:
                 "Run scripts/download_models.py on a host with internet, or point model.name at a local directory."
             ) from exc
         self.sample_rate_hz = SAMPLE_RATE_HZ
+        self.device = str(self._model.model.device)  # "auto" resolved: cpu or cuda
+        if encoder_bucket_s is None:  # CPU: the encoder's cost follows its length; CUDA: finals batch per length
+            encoder_bucket_s = CPU_BUCKET_S if self.device == "cpu" else BUCKET_FRAMES * HOP_SAMPLES / SAMPLE_RATE_HZ
+        self.bucket_frames = max(1, round(encoder_bucket_s * SAMPLE_RATE_HZ / HOP_SAMPLES))
         self.multilingual = bool(self._model.model.is_multilingual)
         self.default_language = default_language if self.multilingual else "en"
         self._tokenizers: dict[str, Tokenizer] = {}
@@ -183,6 +193,10 @@ class WhisperEngine:
                                                 padding=0)[:, :MAX_FRAMES]
 
     # -- helpers ----------------------------------------------------------------
+    def encoder_frames(self, num_samples: int) -> int:
+        """The encoder length an utterance of ``num_samples`` is decoded on (finals batch only within one)."""
+        return frames_bucket(num_samples, self.bucket_frames, self.margin_frames)
+
     def supports_language(self, language: str) -> bool:
         if not self.multilingual:
             return language == "en"
@@ -232,7 +246,7 @@ class WhisperEngine:
             for i, result in zip(heard, self.decode_batch([requests[i] for i in heard])):
                 results[i] = result
             return results
-        results = self._decode(requests, max(frames_bucket(r.audio.size) for r in requests))
+        results = self._decode(requests, max(self.encoder_frames(r.audio.size) for r in requests))
         # A final's loop is decoded again on the full window; a partial's is not worth the time
         # (LocalAgreement simply does not confirm it, and the next partial comes soon).
         looping = [i for i, r in enumerate(results) if requests[i].final and looks_like_a_loop(r.text)]

@@ -8,8 +8,10 @@ events to its session's outbox (it holds the outbox and task set, never the
 session, so a finished session is freed by reference counting):
 
 * ``speech_start`` when an utterance begins;
-* at ``end_pad_ms`` of a pause the partial in flight is cancelled and the
-  utterance's final is decoded *speculatively* at ``NORMAL`` priority, ahead of
+* at ``vad.speculate_ms`` of a pause (``smart_turn``; by default one VAD window: as soon as the VAD hears it;
+  ``vad`` mode: at ``end_pad_ms``) the partial in flight is
+  cancelled and the utterance's final - its speech and ``end_pad_ms`` after it, the part of the pad not heard
+  yet taken as the silence the VAD says it is - is decoded *speculatively* at ``NORMAL`` priority, ahead of
   the decision (``smart_turn`` mode, while Whisper has other streams' work: only
   once the first turn check gives P(complete) >= ``turn.speculate_threshold``; the
   stream's own work running, e.g. its last partial, does not count: the final goes
@@ -281,8 +283,12 @@ class AudioProcessor:
         # The final is a fresh decode of the whole utterance, deliberately not forced onto the
         # partials' stable prefix: it is the never-revised transcript, and with the same beam it is
         # the same request an upload of this audio makes (see files.py).
+        audio = self.segmenter.slice(u.start_sample, end_sample)
+        unheard = end_sample - u.start_sample - audio.size
+        if unheard > 0:  # a speculative final ahead of the end pad: the pause's rest is decoded as silence
+            audio = np.concatenate([audio, np.zeros(unheard, dtype=np.float32)])
         request = DecodeRequest(
-            audio=self.segmenter.slice(u.start_sample, end_sample), beam_size=rt.settings.streaming.final_beam_size,
+            audio=audio, beam_size=rt.settings.streaming.final_beam_size,
             word_timestamps=True, language=self.language, final=True,
             hotwords=self.context.hotwords or None, prompt=self.context.prompt or None,
         )
@@ -297,10 +303,13 @@ class AudioProcessor:
         if u.speculative is not None and u.speculative_end == ended.end_sample:
             decoding = u.speculative
             self.runtime.promote_final(self._speculation_key(u))
+            source = "decoded_ahead" if decoding.done() else "started_ahead"
         else:
             if u.speculative is not None:
                 u.speculative.cancel()
             decoding = self.tasks.spawn(self._decode_final(u, ended.end_sample), "final")
+            source = "decoded_after"
+        self.runtime.metrics.final_decodes.labels(source=source).inc()
         vad_state = self.segmenter.state_at(ended.end_sample) if self.params.vad_state else None
         built = self.tasks.spawn(self._build_final(u, ended, decoding, vad_state), "final-event")
         self.outbox.put(FinalSlot(u.index, built, decided_at), force=True)
