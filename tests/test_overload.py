@@ -72,7 +72,9 @@ async def admitted_streams(service, audio: bytes, n: int, burst: bool):
 
 
 def _wait_ready(http: str) -> None:
+    """Ready, with every slot free again (an earlier test's sessions may still be closing)."""
     wait_until(lambda: httpx.get(http + "/ready", timeout=5).status_code == 200, 10, "the service ready again")
+    wait_until(lambda: sessions(http) == 0, 60, "every session of earlier streams gone")
 
 
 def test_burst_is_refused_at_once_and_admitted_streams_keep_their_latency(asr_service, jfk):
