@@ -9,7 +9,9 @@ streams, with the targets) and ``tts-latency.png`` (time to first audio of a who
 against concurrent sessions). Several JSON files per service may be given (``--asr a.json --asr b.json``) to
 draw runs side by side; ``--label`` names them in the same order. ``--resume FILE`` (bench_resume.py's JSON)
 writes ``resume.png``: the time from a drop to the resume and to the first final after it, and the WER with
-and without the fault.
+and without the fault. ``--turns FILE`` (bench_turns.py's JSON of a run with ``--baseline-url``) writes
+``turns.png``: per set, the share of complete utterances ended by ``turn`` (and within 650 ms of the last word)
+and of paused ones ended prematurely, for the baseline and the service under test, with the targets.
 """
 
 from __future__ import annotations
@@ -95,11 +97,42 @@ def resume_chart(report: dict, path: Path) -> None:
     _save(fig, path)
 
 
+TURN_TARGETS = {"turn_within_650ms": 80, "premature_turn": 10}  # % of complete (at least) / of paused (at most)
+
+
+def turns_chart(report: dict, path: Path, labels: tuple[str, str]) -> None:
+    """bench_turns.py --baseline-url: the turn figures of both services, set by set."""
+    runs = [(labels[0], report["baseline"]["summary"]), (labels[1], report["summary"])]
+    sets = [name for name in report["summary"]]
+    metrics = [("complete", "ended_by_turn", "complete ended by turn"),
+               ("complete", "turn_within_650ms", "complete: turn within 650 ms"),
+               ("paused", "premature_turn", "paused: premature turn")]
+    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), dpi=110, squeeze=False)
+    for ax, name in zip(axes[0], sets):
+        width = 0.8 / len(runs)
+        for i, (label, summary) in enumerate(runs):
+            vals = [100 * (summary[name][kind].get(key) or 0) for kind, key, _ in metrics]
+            bars = ax.bar([j + (i - (len(runs) - 1) / 2) * width for j in range(len(metrics))], vals, width,
+                          label=label)
+            ax.bar_label(bars, fmt="%.0f", fontsize=7)
+        for j, (_, key, _) in enumerate(metrics):
+            if key in TURN_TARGETS:
+                ax.hlines(TURN_TARGETS[key], j - 0.45, j + 0.45, colors="red", linestyles="dashed")
+        ax.set_xticks(range(len(metrics)), [m[2] for m in metrics], fontsize=7)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("% of utterances")
+        ax.set_title(name.replace("_", " ") + " (targets dashed)")
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--asr", type=Path, action="append", default=[])
     p.add_argument("--tts", type=Path, action="append", default=[])
     p.add_argument("--resume", type=Path, help="a bench_resume.py JSON: writes resume.png")
+    p.add_argument("--turns", type=Path, help="a bench_turns.py JSON with a baseline run: writes turns.png")
+    p.add_argument("--turn-labels", default="audio only,words", help="the baseline's and the service's names")
     p.add_argument("--label", action="append", default=[], help="one per run, ASR runs first then TTS runs")
     p.add_argument("--out", type=Path, default=Path("docs/img"))
     args = p.parse_args(argv)
@@ -111,6 +144,8 @@ def main(argv=None) -> int:
     if args.tts:
         chart(args.out / "tts-latency.png", "TTS time to first audio (a whole sentence)", "concurrent sessions",
               "ms", [(next(labels, path.stem), tts_points(path)) for path in args.tts], TTS_TARGETS)
+    if args.turns:
+        turns_chart(json.loads(args.turns.read_text()), args.out / "turns.png", tuple(args.turn_labels.split(",", 1)))
     if args.resume:
         resume_chart(json.loads(args.resume.read_text()), args.out / "resume.png")
     return 0
