@@ -357,8 +357,10 @@ CLOSING_LEVELS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
 def sweep_words(sim: dict) -> list[dict]:
     """Every ``closing_min`` x ``closing_sure`` x ``sure_probability`` of the words policy (the settings' curve)
     on the tuning set's simulated inputs: for each number of premature ends, the most complete utterances ended
-    by ``turn``, the parameters that do it (the lowest ``closing_min``, then the highest bar, among ties) and what
-    they do on the held-out set (never swept)."""
+    by ``turn``, the parameters that do it and what they do on the held-out set (never swept). Among parameters
+    that do equally well the lowest ``closing_min`` wins, then the highest ``closing_sure`` and the lowest
+    ``sure_probability``: the veto only as strong as the tuning set needs, and where Whisper is sure of the stop,
+    Smart Turn is asked for as little as the tuning set allows."""
     from dataclasses import replace
 
     from services.asr.serving import turn_policy
@@ -369,8 +371,8 @@ def sweep_words(sim: dict) -> list[dict]:
             for held in (False, True)}
     best: dict[int, tuple[int, tuple]] = {}
     for closing_min in CLOSING_LEVELS:
-        for closing_sure in (x for x in CLOSING_LEVELS if x >= closing_min):
-            for sure in reversed(SWEEP_LEVELS):
+        for closing_sure in (x for x in reversed(CLOSING_LEVELS) if x >= closing_min):
+            for sure in SWEEP_LEVELS:
                 params = (closing_min, closing_sure, sure)
                 policy = replace(base, words=True, closing_min=closing_min, closing_sure=closing_sure,
                                  sure_probability=sure)
