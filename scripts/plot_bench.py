@@ -104,9 +104,9 @@ def turns_chart(report: dict, path: Path, labels: tuple[str, str]) -> None:
     """bench_turns.py --baseline-url: the turn figures of both services, set by set."""
     runs = [(labels[0], report["baseline"]["summary"]), (labels[1], report["summary"])]
     sets = [name for name in report["summary"]]
-    metrics = [("complete", "ended_by_turn", "complete ended by turn"),
-               ("complete", "turn_within_650ms", "complete: turn within 650 ms"),
-               ("paused", "premature_turn", "paused: premature turn")]
+    metrics = [("complete", "ended_by_turn", "complete:\nended by turn"),
+               ("complete", "turn_within_650ms", "complete: turn\nwithin 650 ms"),
+               ("paused", "premature_turn", "paused:\npremature turn")]
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), dpi=110, squeeze=False)
     for ax, name in zip(axes[0], sets):
         width = 0.8 / len(runs)
@@ -121,7 +121,7 @@ def turns_chart(report: dict, path: Path, labels: tuple[str, str]) -> None:
         ax.set_xticks(range(len(metrics)), [m[2] for m in metrics], fontsize=7)
         ax.set_ylim(0, 105)
         ax.set_ylabel("% of utterances")
-        ax.set_title(name.replace("_", " ") + " (targets dashed)")
+        ax.set_title({"heldout": "held out"}.get(name, name.replace("_", " ")) + " (targets dashed)")
         ax.legend(fontsize=7)
     _save(fig, path)
 
