@@ -22,19 +22,25 @@ and turn finals inside complete clips (natural pauses the service took for an en
 ``--heldout`` adds other real speech as a check of a tuned policy: the 32 sentences of the LJSpeech
 concatenation in ``eval/long`` (a sentence whose text ends without . ! ? is a pause: LJSpeech splits some
 sentences mid-clause) and the 13 utterances of the two-person call in ``eval/turns`` (turn ends).
-``--streams N`` runs N sessions at once (default 1). Only loopback URLs unless ``--allow-remote``.
+``--streams N`` runs N sessions at once (default 1). ``--baseline-url`` names a second service (e.g. one started
+with ``ASR_TURN__WORDS=false``): each case is streamed there right before ``--url``, and the JSON holds both runs'
+figures and the TTF ratios, so a policy change is measured in one run. Also reported: the share of complete
+utterances ended by ``turn`` within 650 ms of the last word. Only loopback URLs unless ``--allow-remote``.
 
 ``--simulate FILE`` does not stream: it computes, in-process, what the service's turn policy sees for every
 case - Smart Turn's P(complete) at every ``--check-ms`` of the pause after the last word (``p``, the room tone
 included, as the service passes it), at each checkpoint the default service would ask it (``service_p``: its
 endpointer's silence, counted from where the VAD ends the speech, every ``turn.check_interval_ms`` up to the
-silence fallback: 7 checkpoints, of which the default curve asks the first 6) and the beam-5 final's text - and
-writes them to FILE, so a policy can be tuned offline (``services.asr.turn.TurnPolicy``) before it is measured
-through the socket. ``--sweep FILE`` reads such a file and tries every curve of thresholds at those checkpoints
+silence fallback: 7 checkpoints, of which the default curve asks the first 6), the final's text (decoded as the
+service decodes its finals, ``streaming.final_beam_size``) and Whisper's probability for its last token
+(``end_probability``, what ``turn.words`` reads) - and writes them to FILE, so a policy can be tuned offline (``services.asr.turn.TurnPolicy``) before it is measured
+through the socket. ``--sweep-words FILE`` tries every ``turn.closing_min`` x ``turn.closing_sure`` x
+``turn.sure_probability`` on the tuning set (the settings' curve) and prints the frontier, with the held-out set
+scored, never swept. ``--sweep FILE`` reads such a file and tries every curve of thresholds at those checkpoints
 on the tuning set (a grid of 13 levels each, text cue applied): for each number of premature ends, the most
 complete utterances any curve ends by ``turn``, and what that curve does on the held-out set. The simulation is
 optimistic: pauses inside an utterance are not in it (through the service an utterance ended at one leaves the
-model a shorter one at the next) and the service's finals are greedy; measure a chosen curve through the socket
+model a shorter one at the next); measure a chosen curve through the socket
 (``turns_inside``, and the service's debug log's ``turn check`` lines for the text of each end).
 """
 
