@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""A Pipecat voice agent on our services through Pipecat's own Deepgram services: only the URLs change.
+"""A Pipecat voice agent on our services: Pipecat's own Deepgram STT, and our TTS with word timestamps.
 
     python -m services.asr & python -m services.tts &          # the services, embedded models
     export LLM_BASE_URL=http://127.0.0.1:8080/v1 LLM_MODEL=any  # optional: any OpenAI-compatible LLM
     python examples/pipecat_agent.py --input question.wav --output answer.wav
 
-The pipeline is ``DeepgramSTTService -> Replier -> DeepgramTTSService -> recorder``, with
-``base_url="ws://127.0.0.1:8001"`` and ``"ws://127.0.0.1:8002"``: the same services an agent
-written for Deepgram's cloud uses, pointed at ``/v1/listen`` and ``/v1/speak`` here. No audio
+The pipeline is ``DeepgramSTTService -> Replier -> VoiceTTSService -> recorder``, with
+``base_url="ws://127.0.0.1:8001"`` and ``"ws://127.0.0.1:8002"``: the STT is the service an agent
+written for Deepgram's cloud uses, pointed at ``/v1/listen`` here; the TTS (``pipecat_tts.py``)
+speaks on the native ``/v1/stream/tts`` with word timings, so Pipecat pushes each word as a
+``TTSTextFrame`` when it is played and, at a barge-in, the assistant's context keeps only the words
+the user heard (``--deepgram-tts`` uses Pipecat's own ``DeepgramTTSService`` on ``/v1/speak``
+instead, which has no word timings: the context then keeps the whole reply). No audio
 hardware is needed: the input WAV is played into the pipeline at real time as 20 ms frames,
 bracketed by the VAD start and stop frames a Pipecat transport's local VAD would send (the stop
 makes Deepgram's service send ``Finalize``), and the reply's audio is written to ``--output``.
@@ -28,13 +32,15 @@ from agent import History, make_replier  # examples/agent.py (the script's own f
 from audio_io import read_wav
 from pipecat.frames.frames import (EndFrame, Frame, InputAudioRawFrame, LLMFullResponseEndFrame,
                                    LLMFullResponseStartFrame, LLMTextFrame, TranscriptionFrame, TTSAudioRawFrame,
-                                   TTSStoppedFrame, VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame)
+                                   TTSStoppedFrame, TTSTextFrame, VADUserStartedSpeakingFrame,
+                                   VADUserStoppedSpeakingFrame)
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.deepgram.stt import DeepgramSTTService
 from pipecat.services.deepgram.tts import DeepgramTTSService
 from pipecat.workers.runner import WorkerRunner
+from pipecat_tts import VoiceTTSService  # examples/pipecat_tts.py
 
 FRAME_MS = 20
 OUT_RATE_HZ = 24000
@@ -67,11 +73,13 @@ class Replier(FrameProcessor):
 
 
 class Recorder(FrameProcessor):
-    """Keeps the reply's audio; notes when the first audio and the end of each reply arrived."""
+    """Keeps the reply's audio and the words the TTS timed; notes when the first audio and the end of each reply
+    arrived."""
 
     def __init__(self) -> None:
         super().__init__()
         self.audio = bytearray()
+        self.words: list[str] = []
         self.first_audio_at: float | None = None
         self.replies_spoken = 0
 
@@ -81,6 +89,8 @@ class Recorder(FrameProcessor):
             if self.first_audio_at is None:
                 self.first_audio_at = time.monotonic()
             self.audio += frame.audio
+        elif isinstance(frame, TTSTextFrame):
+            self.words.append(frame.text)  # a word, pushed with the time it is played at (its pts)
         elif isinstance(frame, TTSStoppedFrame):
             self.replies_spoken += 1
         await self.push_frame(frame, direction)
@@ -89,7 +99,11 @@ class Recorder(FrameProcessor):
 async def run(args: argparse.Namespace) -> int:
     pcm, rate = read_wav(args.input)
     stt = DeepgramSTTService(api_key=args.api_key, base_url=args.asr_url, sample_rate=rate)
-    tts = DeepgramTTSService(api_key=args.api_key, base_url=args.tts_url, sample_rate=OUT_RATE_HZ)
+    if args.deepgram_tts:
+        tts = DeepgramTTSService(api_key=args.api_key, base_url=args.tts_url, sample_rate=OUT_RATE_HZ)
+    else:
+        api_key = None if args.api_key == "none" else args.api_key
+        tts = VoiceTTSService(base_url=args.tts_url, api_key=api_key, sample_rate=OUT_RATE_HZ)
     replier, recorder = Replier(), Recorder()
     worker = PipelineWorker(Pipeline([stt, replier, tts, recorder]), cancel_on_idle_timeout=False,
                             params=PipelineParams(audio_in_sample_rate=rate, audio_out_sample_rate=OUT_RATE_HZ))
@@ -118,6 +132,8 @@ async def run(args: argparse.Namespace) -> int:
     first_ms = (recorder.first_audio_at - stopped_at) * 1000 if recorder.first_audio_at else float("nan")
     print(f"first reply audio {first_ms:.0f} ms after the end of the input; "
           f"{len(recorder.audio) / 2 / OUT_RATE_HZ:.1f} s of speech", flush=True)
+    if recorder.words:
+        print(f"timed words: {' '.join(recorder.words)}", flush=True)
     if args.output:
         with wave.open(str(args.output), "wb") as w:
             w.setnchannels(1)
@@ -133,7 +149,9 @@ def main() -> int:
     parser.add_argument("--input", required=True, help="a 16-bit PCM WAV file with the user's speech")
     parser.add_argument("--output", help="where to write the reply (WAV, 24 kHz)")
     parser.add_argument("--asr-url", default="ws://127.0.0.1:8001", help="the ASR service (Deepgram base_url)")
-    parser.add_argument("--tts-url", default="ws://127.0.0.1:8002", help="the TTS service (Deepgram base_url)")
+    parser.add_argument("--tts-url", default="ws://127.0.0.1:8002", help="the TTS service (base URL)")
+    parser.add_argument("--deepgram-tts", action="store_true",
+                        help="speak through Pipecat's DeepgramTTSService on /v1/speak (no word timestamps)")
     parser.add_argument("--api-key", default="none", help="the services' API key, if they require one")
     parser.add_argument("--speed", type=float, default=1.0, help="input pace, x real time (0: as fast as possible)")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="how long to wait for the spoken reply")

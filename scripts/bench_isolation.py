@@ -35,13 +35,12 @@ import random
 import sys
 import threading
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 
 from bench_asr import Clip, corpus_wer, load_clips, run_streaming
-from benchlib import RATE, is_loopback_url, rss_mb, ws_url
+from benchlib import RATE, is_loopback_url, rss_mb, wav_bytes, ws_url
 UPLOAD_DRAIN_S = 300.0  # after the live phase, how long admitted uploads may take to finish
 
 
@@ -86,16 +85,6 @@ def speech_track(clips: list[Clip], seconds: float, gap_s: float = 1.0) -> tuple
         total += pcm.size + gap.size
         i += 1
     return np.concatenate(parts)[: int(seconds * RATE)], " ".join(refs)
-
-
-def wav_bytes(samples: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes(samples.astype("<i2").tobytes())
-    return buf.getvalue()
 
 
 def opus_bytes(samples: np.ndarray, bit_rate: int = 32000) -> bytes:

@@ -6,13 +6,15 @@ installed environment, so no script edits ``sys.path``. What is here is plain
 and dependency-free (numpy and the standard library): reading the corpora's
 16 kHz mono WAV files, tiling room tone into a pause, summarising latencies
 (p50/p95 as numpy's default percentile), checking that a target URL is the
-loopback, and reading a process's resident memory from ``/proc``.
+loopback, reading a process's resident memory from ``/proc``, and stopping a server process.
 """
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import math
+import subprocess
 import urllib.parse
 import wave
 from pathlib import Path
@@ -28,6 +30,19 @@ def read_wav(path: Path) -> np.ndarray:
         if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (1, 2, RATE):
             raise ValueError(f"{path}: expected mono 16-bit {RATE} Hz")
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    """A 16-bit mono 16 kHz WAV file of int16 samples, or of floats in [-1, 1]."""
+    if samples.dtype.kind == "f":
+        samples = np.clip(samples, -1, 1) * 32767
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(samples.astype("<i2").tobytes())
+    return buf.getvalue()
 
 
 def mirror_tile(x: np.ndarray, n: int) -> np.ndarray:
@@ -84,3 +99,16 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 30.0) -> int:
+    """SIGTERM (a service drains), SIGKILL after ``grace_s``; the exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
+

@@ -2,6 +2,8 @@
 # Start the ASR service (port 8001) and the TTS service (port 8002) on the embedded default models,
 # in the foreground; Ctrl-C (or SIGTERM) stops both. Logs go to the terminal as JSON lines.
 #   [ASR_PORT=8001] [TTS_PORT=8002] scripts/serve.sh [--host 0.0.0.0]
+# Other ASR_* / TTS_* variables are settings and reach the services: ASR_WYOMING__PORT=10300 TTS_WYOMING__PORT=10200
+# also serve Home Assistant's Wyoming protocol (docs/wyoming.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 [ -x "$ROOT/.venv/bin/python" ] || "$ROOT/scripts/install.sh"

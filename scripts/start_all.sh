@@ -11,7 +11,9 @@
 # rolling restart: it drains, exits 0 and comes back. An exit during start-up stops everything (exit 1).
 # Ctrl-C or SIGTERM stops everything it started: the instances drain their open streams first, and nginx keeps the
 # drained streams' connections until the instances close them.
-# Extra ASR_* / TTS_* environment variables reach every instance (see README "Configuration").
+# Extra ASR_* / TTS_* environment variables reach every instance (see README "Configuration"), except the Wyoming
+# ports (ASR_WYOMING__PORT, TTS_WYOMING__PORT; docs/wyoming.md): only the first instance of each service listens
+# there (Home Assistant connects to one address; nginx does not balance Wyoming's TCP).
 set -euo pipefail
 set -m  # every job in its own process group: Ctrl-C reaches this script only, and each instance gets one SIGTERM
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -73,11 +75,15 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
+wyoming=()  # the first instance of a service keeps its Wyoming port; the others turn theirs off
 for p in ${CLUSTER_ASR_PORTS//,/ }; do
-  supervise "asr :$p" TERM .venv/bin/python -m services.asr --host 127.0.0.1 --port "$p" & sups+=($!)
+  supervise "asr :$p" TERM "${wyoming[@]}" .venv/bin/python -m services.asr --host 127.0.0.1 --port "$p" & sups+=($!)
+  wyoming=(env ASR_WYOMING__PORT=0)
 done
+wyoming=()
 for p in ${CLUSTER_TTS_PORTS//,/ }; do
-  supervise "tts :$p" TERM .venv/bin/python -m services.tts --host 127.0.0.1 --port "$p" & sups+=($!)
+  supervise "tts :$p" TERM "${wyoming[@]}" .venv/bin/python -m services.tts --host 127.0.0.1 --port "$p" & sups+=($!)
+  wyoming=(env TTS_WYOMING__PORT=0)
 done
 
 # up URL: wait until URL answers (bounded); fail at once when a supervisor gave up (its process exited in start-up).

@@ -19,6 +19,9 @@ something the reference lacks:
   for a native socket also which field of its ``StreamParams`` each one fills
   (the name itself, else the names that flow into that field's argument where
   ``parse_stream_params`` builds it: ``first_segment`` is ``resume_segment``);
+* the Wyoming events the services' Wyoming servers handle or send: every event
+  class the ``services`` package imports from the ``wyoming`` library, by its
+  wire ``type``;
 * error codes with their HTTP status, close code and fatality from
   :class:`~services.common.errors.ServiceError`; close codes also from every
   constant passed to ``CloseRequest(...)`` or ``.close(...)``.
@@ -34,6 +37,7 @@ import importlib
 import inspect
 import json
 import sys
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,6 +201,9 @@ def native_query(service: str) -> dict[str, tuple[str, ...]]:
 # -- native events and messages (the classes) ---------------------------------------------------------------
 
 def _placeholder(hint: Any) -> Any:
+    present = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and present:
+        return _placeholder(present[0])  # an optional field, present
     hint = typing.get_origin(hint) or hint
     if inspect.isclass(hint) and issubclass(hint, enum.Enum):
         return next(iter(hint))
@@ -215,10 +222,11 @@ def event_classes() -> list[type]:
 
 
 def wire_fields(cls: type) -> frozenset[str]:
-    """The keys an event's own ``to_json()`` writes, ``type`` aside (an instance with placeholder values)."""
+    """The keys an event's own ``to_json()`` writes, ``type`` aside (an instance with placeholder values; a field
+    that is None by default is given one too, for the key written only when it has a value)."""
     hints = typing.get_type_hints(cls)
     required = {f.name: _placeholder(hints[f.name]) for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+                if f.default_factory is dataclasses.MISSING and f.default in (dataclasses.MISSING, None)}
     return frozenset(json.loads(cls(**required).to_json())) - {"type"}
 
 
@@ -326,6 +334,35 @@ def query_parameters() -> dict[str, str]:
         for node in ast.walk(tree):
             for name in _query_names(node):
                 found.setdefault(name, f"{where}:{node.lineno}")
+    return found
+
+
+# -- Wyoming -----------------------------------------------------------------------------------------------
+
+_PLACEHOLDERS = {"int": 0, "bytes": b"", "str": ""}
+
+
+def _wyoming_type(cls: type) -> str:
+    """An event class's wire ``type``: what an instance with placeholder values writes."""
+    required = {f.name: _PLACEHOLDERS.get(getattr(f.type, "__name__", str(f.type)), [])
+                for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    return cls(**required).event().type
+
+
+def wyoming_events() -> dict[str, str]:
+    """type -> where: every Wyoming event class (``wyoming.event.Eventable``) the code imports from the library."""
+    from wyoming.event import Eventable
+
+    found: dict[str, str] = {}
+    for where, tree in _sources():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("wyoming."):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    cls = getattr(module, alias.name)
+                    if inspect.isclass(cls) and issubclass(cls, Eventable) and not inspect.isabstract(cls):
+                        found.setdefault(_wyoming_type(cls), f"{where}:{node.lineno}")
     return found
 
 

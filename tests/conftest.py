@@ -54,8 +54,9 @@ def script_modules(*names: str):
             del sys.modules[name]
 
 
-with script_modules("asr_client") as (_asr_client,):
+with script_modules("asr_client", "benchlib") as (_asr_client, _benchlib):
     stream_asr = _asr_client.stream  # scripts/asr_client.py: the minimal client of WS /v1/stream/asr
+    stop_process = _benchlib.stop_process  # SIGTERM, then SIGKILL after a grace
 
 
 def metric(service: Loopback, name: str) -> float:
@@ -188,16 +189,7 @@ class ServiceProcess(Loopback):
             return False
 
     def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return None if self.proc is None else stop_process(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
@@ -243,7 +235,8 @@ def jfk() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def examples_tts(tmp_path_factory):
-    """One TTS service (Piper, defaults) shared by the tests of examples/ (tests/test_examples_*.py)."""
+    """One TTS service (Piper, defaults) shared by the tests of examples/ (tests/test_examples_*.py) and of the
+    word timings (tests/test_tts_word_timings.py)."""
     env = {"TTS_VOICES__STORE_DIR": str(tmp_path_factory.mktemp("examples-voices")),
            "TTS_ENGINE__CPU_THREADS": "2"}
     with running("services.tts", env, tmp_path_factory.mktemp("examples-tts")) as service:

@@ -149,7 +149,10 @@ def _shape(doc: dict, schema: dict, defs_key: str) -> tuple[set[str], set | None
     return types, set(schema["enum"]) if "enum" in schema else None
 
 
-def _compare(code: dict, described: dict, doc: dict, names, with_default: bool) -> list[str]:
+def _compare(code: dict, described: dict, doc: dict, names, with_default: bool,
+             omitted: frozenset[str] = frozenset()) -> list[str]:
+    """Types (and defaults) of ``names``; a field in ``omitted`` (an event's key left out when it has no value)
+    may be described without its ``null``."""
     problems = []
     for name in names:
         ours, theirs = code["properties"][name], described.get(name)
@@ -157,6 +160,8 @@ def _compare(code: dict, described: dict, doc: dict, names, with_default: bool) 
             problems.append(f"{name} is missing")
             continue
         (types, enum), (d_types, d_enum) = _shape(code, ours, "$defs"), _shape(doc, theirs, "$defs")
+        if name in omitted and types:
+            types = types - {"null"}
         if types and types != d_types:
             problems.append(f"{name} is {sorted(d_types)}, the code says {sorted(types)}")
         if enum is not None and enum != d_enum:
@@ -189,8 +194,9 @@ def check_native_types(ref: Reference) -> list[str]:
         code = TypeAdapter(cls).json_schema()
         shapes = [s for s in schemas if kind in _type_of(s) and set(s["properties"]) == names | {"type"}]
         for found in shapes[:1]:
+            omitted = frozenset(names) - frozenset(found.get("required", names))
             problems += [f"event {kind!r} ({cls.__module__}): {p}"
-                         for p in _compare(code, found["properties"], doc, sorted(names), False)]
+                         for p in _compare(code, found["properties"], doc, sorted(names), False, omitted)]
     queries = [c["bindings"]["ws"]["query"].get("properties", {}) for c in doc.get("channels", {}).values()
                if "query" in (c.get("bindings") or {}).get("ws", {})]
     for service in facts.SERVICES:
@@ -225,7 +231,20 @@ def check_codes(ref: Reference) -> list[str]:
     return problems
 
 
-CHECKS = [check_routes, check_events, check_native_types, check_codes]
+def wyoming_section(md: str) -> str:
+    """docs/api.md's section on the Wyoming servers: from its ``## ... Wyoming`` heading to the next ``## ``."""
+    found = re.search(r"^## [^\n]*Wyoming[^\n]*\n(.*?)(?=^## |\Z)", md, re.M | re.S)
+    return found.group(1) if found else ""
+
+
+def check_wyoming(ref: Reference) -> list[str]:
+    """Every Wyoming event the servers handle or send is named (`` `type` ``) in docs/api.md's Wyoming section."""
+    section = wyoming_section(ref.api_md)
+    return [f"Wyoming event {kind!r} ({where}) is not in docs/api.md's Wyoming section"
+            for kind, where in facts.wyoming_events().items() if f"`{kind}`" not in section]
+
+
+CHECKS = [check_routes, check_events, check_native_types, check_codes, check_wyoming]
 
 
 # -- the tests ---------------------------------------------------------------------------------------------
@@ -342,3 +361,9 @@ def test_an_error_code_removed_or_wrong_in_the_reference_is_reported(reference):
     assert "error code 'unauthorized': docs/api.md says ['401', '1003', 'yes']" in found
     assert "close code 1001" in found
     assert "query parameter 'utterance_end_ms'" in found
+
+
+def test_a_wyoming_event_removed_from_the_reference_is_reported(reference):
+    md = reference.api_md.replace("`synthesize-stopped`", "`synthesize-ended`")
+    assert "Wyoming event 'synthesize-stopped' (services/tts/wyoming.py" in "\n".join(check_wyoming(
+        _without(reference, md)))

@@ -13,7 +13,7 @@ import pytest
 import soxr
 import websockets
 
-from conftest import DATA, await_until, normalise, paced, read_wav, wait_until, stream_asr as stream
+from conftest import DATA, await_until, metric, normalise, paced, read_wav, wait_until, stream_asr as stream
 
 JFK_WORDS = normalise("And so my fellow Americans, ask not what your country can do for you, "
                       "ask what you can do for your country.")
@@ -70,6 +70,32 @@ def test_burst_stream_equals_upload(asr_service, jfk):
     assert result.final_text == upload["text"]
     assert [(f["start"], f["end"]) for f in result.of("final")] == [(s["start"], s["end"]) for s in upload["segments"]]
     assert normalise(upload["text"]) == JFK_WORDS
+
+
+def test_turn_finals_decoded_ahead_of_the_decision(asr_service, jfk):
+    """At real time (smart_turn) a pause's final starts at the first silent VAD window, the end pad not heard yet
+    decoded as silence; where the pause ends the turn, that decode is the final and none runs after the decision
+    (asr_final_decodes_total by source), and its words are a fresh decode's of the heard audio."""
+    from services.asr.engine import DecodeRequest, WhisperEngine
+
+    def decodes(source: str) -> float:
+        return metric(asr_service, f'asr_final_decodes_total{{source="{source}"}}')
+
+    before = {s: decodes(s) for s in ("decoded_ahead", "started_ahead", "decoded_after")}
+    result = run(stream(asr_service.ws + "/v1/stream/asr", jfk.tobytes() + SILENCE_2S, speed=1.0,
+                        params={"partials": "false"}))
+    finals = result.of("final")
+    assert finals and not result.of("error") and normalise(result.final_text) == JFK_WORDS
+    after = {s: decodes(s) for s in before}
+    assert after["decoded_after"] == before["decoded_after"]
+    ahead = sum(after[s] - before[s] for s in ("decoded_ahead", "started_ahead"))
+    assert ahead == len(finals)
+    engine = WhisperEngine(cpu_threads=1)  # what the final would be, decoded after the decision (test env: beam 5)
+    audio = jfk.astype(np.float32) / 32768
+    for f in finals:
+        request = DecodeRequest(audio[round(f["start"] * 16000):round(f["end"] * 16000)], beam_size=5,
+                                word_timestamps=True, final=True)
+        assert normalise(engine.decode_batch([request])[0].text) == normalise(f["text"])
 
 
 def test_mulaw_8khz_telephony(asr_service, jfk):

@@ -9,7 +9,7 @@ import wave
 import numpy as np
 import pytest
 
-from services.common.audio import (ByteDecoder, Encoding, StreamResampler, decode_file, mulaw_to_pcm16,
+from services.common.audio import (ByteDecoder, Encoding, MonoPcm16, StreamResampler, decode_file, mulaw_to_pcm16,
                                    parse_sample_rate, pcm16_to_mulaw, wav_header)
 from services.common.errors import ErrorCode, ServiceError
 
@@ -75,3 +75,26 @@ def test_wav_header_is_readable():
     data = wav_header(22050, samples.size) + samples.tobytes()
     with wave.open(io.BytesIO(data)) as w:
         assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (22050, 1, 100)
+
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_mono_pcm16_matches_the_reference_codec_in_any_split(width):
+    """Any width and channel count -> mono 16-bit as audioop converts it (8-bit is unsigned, as in WAV), with frames
+    split anywhere between chunks."""
+    rng = np.random.default_rng(width)
+    stereo = rng.integers(-20000, 20000, size=(500, 2)).astype("<i2").tobytes()
+    wide = audioop.lin2lin(stereo, 2, width)
+    if width == 1:
+        wide = audioop.bias(wide, 1, 128)
+    expected = np.frombuffer(audioop.tomono(stereo, 2, 0.5, 0.5), dtype="<i2").astype(int)
+    converter = MonoPcm16(width, 2)
+    got = b"".join(converter.convert(wide[i:i + 333]) for i in range(0, len(wide), 333))
+    assert np.abs(np.frombuffer(got, dtype="<i2") - expected).max() <= (256 if width == 1 else 1)
+
+
+@pytest.mark.parametrize("width, channels", [(3, 1), (2, 0), (2, 9)])
+def test_mono_pcm16_refuses_what_it_does_not_take(width, channels):
+    with pytest.raises(ServiceError) as err:
+        MonoPcm16(width, channels)
+    assert err.value.code is ErrorCode.BAD_AUDIO
+

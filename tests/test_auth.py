@@ -101,6 +101,31 @@ def test_a_key_in_the_query_counts_only_on_a_websocket_and_only_by_its_plain_nam
     assert event["code"] == "unauthorized" and code == 1008
 
 
+def test_deepgram_socket_takes_a_browsers_key_as_a_subprotocol_and_accepts_the_scheme_back(secured_asr):
+    """Deepgram's browser clients cannot set headers: ``new WebSocket(url, ["token", KEY])``. The scheme is accepted
+    back (a browser drops a socket that does not), never the key; a wrong key is refused on the handshake."""
+    async def go():
+        out = {}
+        for scheme in ("token", "bearer"):
+            async with websockets.connect(f"{secured_asr.ws}/v1/listen", subprotocols=[scheme, BOB]) as ws:
+                await ws.send(json.dumps({"type": "CloseStream"}))
+                out[scheme] = (ws.subprotocol, json.loads(await ws.recv()))
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(f"{secured_asr.ws}/v1/listen", subprotocols=["token", "wrong-key-0123456789"]):
+                pass
+        out["wrong"] = refused.value.response.status_code
+        # the native socket names no key subprotocol: a key offered there is no key
+        async with websockets.connect(f"{secured_asr.ws}/v1/stream/asr", subprotocols=["token", BOB]) as ws:
+            out["native"] = (json.loads(await ws.recv()), await _closed(ws))
+        return out
+    out = asyncio.run(go())
+    for scheme in ("token", "bearer"):
+        assert out[scheme] == (scheme, out[scheme][1]) and out[scheme][1]["type"] == "Metadata"
+    assert out["wrong"] == 401
+    assert out["native"][0]["code"] == "unauthorized" and out["native"][1] == 1008
+    assert '"client": "bob"' in secured_asr.log() and BOB not in secured_asr.log()
+
+
 async def _closed(ws) -> int | None:
     try:
         await asyncio.wait_for(ws.recv(), 5)
@@ -129,3 +154,9 @@ def test_tts_checks_keys_too(tmp_path):
                 return json.loads(await s.recv()), await _closed(s)
         event, code = asyncio.run(ws())
         assert event["code"] == "unauthorized" and code == 1008
+
+        async def browser():  # Deepgram's streaming TTS from a browser: the key as a subprotocol
+            async with websockets.connect(f"{tts.ws}/v1/speak", subprotocols=["token", ALICE]) as s:
+                return s.subprotocol, json.loads(await s.recv())
+        subprotocol, metadata = asyncio.run(browser())
+        assert subprotocol == "token" and metadata["type"] == "Metadata"

@@ -16,11 +16,12 @@ import wave
 
 import pytest
 
-from voice_client import (NO_RESUME, AsrStream, Audio, ConnectionLost, Done, Final, Partial, Reconnecting,
+from voice_client import (NO_RESUME, AsrStream, Audio, ConnectionLost, Done, ErrorEvent, Final, Partial, Reconnecting,
                           ResumePolicy, Resumed, Segment, SegmentEnd, ServiceError, SpeechStart, TtsStream)
 from voice_client.tts import spoken_through
 
-from conftest import DATA, ROOT, normalise, read_wav, running, script_modules
+from conftest import DATA, ROOT, metric, normalise, read_wav, running, script_modules
+from inprocess import InProcessServer
 
 with script_modules("cut_proxy") as (cut_proxy,):
     CutProxy = cut_proxy.CutProxy
@@ -39,9 +40,7 @@ def jfk_pcm() -> bytes:
 
 @pytest.fixture(scope="module")
 def two_pcm() -> bytes:
-    """Two sentences (two utterances) with half a second between them. The cut tests use clear speech: voice
-    detection restarts at the resume point, and a faint word right after it may fall either side of the threshold
-    (docs/resume.md)."""
+    """Two sentences (two utterances) with a second between them."""
     first, second = read_wav(DATA / "asr" / "quilter.wav")[0], read_wav(DATA / "asr" / "wizard.wav")[0]
     return first.tobytes() + bytes(16000) + second.tobytes()
 
@@ -207,6 +206,8 @@ async def test_an_utterance_longer_than_the_replay_bound_cannot_resume(asr_servi
     ({"resume_at_s": "3.5", "resume_utterance": "x"}, "invalid_parameter"),
     ({"resume_at_s": "3.5", "resume_utterance": "2", "resume_replay_s": "100000"}, "too_large"),
     ({"resume_segment": "1"}, "not_supported"),  # a TTS parameter on the ASR socket
+    ({"resume_vad_state": "AQ"}, "invalid_parameter"),  # a detector state, but no resume point
+    ({"resume_at_s": "3.5", "resume_utterance": "2", "resume_vad_state": "AQID"}, "invalid_parameter"),  # not one
 ])
 @pytest.mark.asyncio
 async def test_asr_bad_resume_is_refused(asr_service, params, code):
@@ -234,6 +235,74 @@ async def test_asr_resumed_stream_carries_time_and_numbering_on(asr_service, jfk
     assert [f.utterance for f in finals] == list(range(7, 7 + len(finals)))
     assert finals[0].start >= 100 and finals[-1].end <= 100 + len(jfk_pcm) / 32000
     assert all(w["start"] >= 100 for f in finals for w in f.words)
+
+
+@pytest.mark.asyncio
+async def test_asr_resume_right_after_a_final_keeps_the_faint_word_that_follows(asr_service, jfk_pcm):
+    """Cut as the final of "And so my fellow Americans." arrives: the resumed session's voice detector goes on
+    from the state that final carried, so the faint "Ask" 0.8 s after it is heard (a fresh detector misses it)."""
+    async with CutProxy(asr_service.port) as proxy:
+        stream = AsrStream(proxy.ws + "/v1/stream/asr", resume=FAST)
+        events = []
+        async with stream:
+            sender = asyncio.create_task(feed(stream, jfk_pcm, paced=False))
+            async for event in stream:
+                events.append(event)
+                if isinstance(event, Final) and event.utterance == 0:
+                    assert event.vad_state  # the library asks for it (vad_state=true) when it resumes
+                    proxy.cut()
+            await sender
+    assert stream.reconnects == 1
+    finals = [e for e in events if isinstance(e, Final)]
+    assert next(e for e in events if isinstance(e, Resumed)).at_s == pytest.approx(finals[0].end, abs=0.001)
+    assert check_finals(finals) == normalise(JFK)
+
+
+@pytest.mark.asyncio
+async def test_asr_vad_state_from_another_model_is_a_warning(asr_service, jfk_pcm):
+    """A state another VAD model wrote (an upgrade between drop and resume) is not refused: the detector starts
+    afresh, with a non-fatal warning, and the stream goes on."""
+    import base64
+    import struct
+    foreign = base64.urlsafe_b64encode(struct.pack("<B8s", 1, b"othermdl") + bytes(4 * 320)).rstrip(b"=").decode()
+    params = {"resume_at_s": "0", "resume_utterance": "0", "resume_vad_state": foreign}
+    async with AsrStream(asr_service.ws + "/v1/stream/asr", params=params, resume=NO_RESUME) as stream:
+        sender = asyncio.create_task(feed(stream, jfk_pcm, paced=False))
+        events = [event async for event in stream]
+        await sender
+    warnings = [e for e in events if isinstance(e, ErrorEvent)]
+    assert len(warnings) == 1 and "another VAD model" in warnings[0].message
+    assert check_finals([e for e in events if isinstance(e, Final)]) == normalise(JFK)
+
+
+@pytest.fixture(scope="module")
+def backlogged_asr():
+    """An ASR service whose turn model always has work waiting: the state in which live streams shed
+    intermediate turn checks."""
+    from services.asr.app import create_app
+    from services.asr.settings import load
+
+    with InProcessServer(create_app(load(server={"log_level": "warning"}, model={"cpu_threads": 2}))) as server:
+        server.runtime.turn_backlogged = lambda: True
+        yield server
+
+
+@pytest.mark.asyncio
+async def test_replayed_audio_is_cut_as_before_the_drop_whatever_the_load(backlogged_asr, two_pcm):
+    """Turn checks are shed under load only in live audio: in the audio a resumed stream replays, every check
+    runs, as it did before the drop (so a burst of replays cannot merge utterances that had ended)."""
+    async def checks(replay_s: float) -> float:
+        before = metric(backlogged_asr, "asr_turn_checks_total")
+        params = {"resume_at_s": "0", "resume_utterance": "0", "resume_replay_s": f"{replay_s:.3f}"}
+        async with AsrStream(backlogged_asr.ws + "/v1/stream/asr", params=params, resume=NO_RESUME) as stream:
+            sender = asyncio.create_task(feed(stream, two_pcm, paced=False))
+            finals = [e for e in [event async for event in stream] if isinstance(e, Final)]
+            await sender
+        assert check_finals(finals) == normalise(TWO)
+        return metric(backlogged_asr, "asr_turn_checks_total") - before
+
+    live, replayed = await checks(0.0), await checks(len(two_pcm) / 32000)
+    assert replayed > live, (live, replayed)
 
 
 # -- TTS ------------------------------------------------------------------------------------------

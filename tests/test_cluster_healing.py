@@ -1,7 +1,7 @@
 """Zero data loss on the local cluster: ``scripts/start_all.sh`` (2 ASR + 1 TTS instances behind nginx, its ports
 set through its environment variables) restarts a SIGKILLed ASR instance while nginx sends new sessions to the
 other; live streams through the client library ride through that kill and through every connection cut once
-by scripts/cut_proxy.py without losing or repeating a word (one known seam limitation is a strict xfail); a
+by scripts/cut_proxy.py without losing or repeating a word (nor the faint word right after a seam); a
 long TTS reply cut half-way is spoken whole, once; and Ctrl-C drains and stops everything.
 
 The tests run in file order on one cluster; the last one stops it. Everything waits on events (a final, a
@@ -156,9 +156,6 @@ def test_every_client_connection_cut_once_by_a_proxy_loses_and_repeats_nothing(c
     _assert_nothing_lost_or_repeated(runs, recordings, undisturbed)
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation (docs/resume.md, 'Voice detection restarts at the seam'): "
-                   "a stream resumed at the end of 'And so my fellow Americans.' starts a fresh VAD state there, "
-                   "and the faint 'Ask' 0.8 s later stays under the speech threshold")
 def test_a_resume_right_after_a_final_keeps_the_faint_word_that_follows(cluster):
     jfk = bench.recordings(DATA / "asr", 1, min_s=1.0, names=["jfk"])[0]
 

@@ -13,14 +13,16 @@ import httpx
 import numpy as np
 import pytest
 import soxr
+import websockets
 from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 from deepgram.core.api_error import ApiError
 from deepgram.core.events import EventType
-from deepgram.listen.v1.types import ListenV1Metadata, ListenV1Results, ListenV1SpeechStarted, ListenV1UtteranceEnd
+from deepgram.listen.v1.types import (ListenV1Configure, ListenV1ConfigureFailure, ListenV1ConfigureSuccess,
+                                      ListenV1Metadata, ListenV1Results, ListenV1SpeechStarted, ListenV1UtteranceEnd)
 from deepgram.speak.v1.types import SpeakV1Metadata, SpeakV1Text
 from openai import AsyncOpenAI
 
-from conftest import normalise, paced, running, stream_asr as stream
+from conftest import ROOT, normalise, paced, running, stream_asr as stream
 from tts_support import Transcriber, mostly_heard
 
 pytestmark = pytest.mark.asyncio
@@ -118,6 +120,18 @@ async def test_deepgram_sdk_live_transcription_matches_the_native_stream(asr_ser
     assert isinstance(got[-1], ListenV1Metadata) and got[-1].duration == pytest.approx(len(audio) / 32000, abs=0.01)
 
 
+async def send_then_finalize(conn, got: Inbox, listening: asyncio.Task, audio: bytes) -> None:
+    """``audio`` at once, ``Finalize``, the final that answers it (the socket kept alive meanwhile), then
+    ``CloseStream`` and the end of the SDK's listener."""
+    for i in range(0, len(audio), 3200):
+        await conn.send_media(audio[i:i + 3200])
+    await conn.send_finalize()
+    async with kept_alive(conn):
+        await got.until(lambda got: any(isinstance(m, ListenV1Results) and m.from_finalize for m in got))
+    await conn.send_close_stream()
+    await asyncio.wait_for(listening, 30)
+
+
 async def test_deepgram_finalize_ends_the_open_utterance_at_once(asr_service, jfk):
     """Finalize mid-speech (as Pipecat sends it when its own VAD stops): the open utterance's final comes back
     at once, with from_finalize and without speech_final."""
@@ -127,19 +141,61 @@ async def test_deepgram_finalize_ends_the_open_utterance_at_once(asr_service, jf
         conn.on(EventType.MESSAGE, got.append)
         listening = asyncio.create_task(conn.start_listening())
         audio = jfk[: int(16000 * 6.4)].tobytes()  # "... ask not ... what your country" cut mid-sentence
-        for i in range(0, len(audio), 3200):
-            await conn.send_media(audio[i:i + 3200])
-        await conn.send_finalize()
-        async with kept_alive(conn):
-            await got.until(lambda got: any(isinstance(m, ListenV1Results) and m.from_finalize for m in got))
-        await conn.send_close_stream()
-        await asyncio.wait_for(listening, 30)
+        await send_then_finalize(conn, got, listening, audio)
     finalized = [m for m in got if isinstance(m, ListenV1Results) and m.from_finalize]
     assert finalized and finalized[0].is_final and not finalized[0].speech_final
     assert "country" in normalise(finalized[0].channel.alternatives[0].transcript)
     # speech went on at the cut: a new utterance opened there, and CloseStream ended it (no audio: no words)
     assert not [m for m in got if getattr(m, "type", None) == "Error"]
     assert not [m for m in got if isinstance(m, ListenV1Results) and not m.is_final]  # interim_results defaults off
+
+
+async def test_deepgram_configure_is_answered_once_each_in_order_with_the_audio(asr_service, jfk):
+    """Configure mid-stream: what the transcripts already are succeeds, and so do keyterms (they replace the
+    stream's hotwords; the success names them); other features fail with Deepgram's shape (a code and a
+    description) and change nothing: the stream goes on transcribing."""
+    got = Inbox()
+    async with deepgram(asr_service).listen.v1.connect(model="nova-3", encoding="linear16",
+                                                       sample_rate="16000") as conn:
+        conn.on(EventType.MESSAGE, got.append)
+        listening = asyncio.create_task(conn.start_listening())
+        await conn.send_configure(ListenV1Configure(features={"punctuate": True}))
+        await conn.send_configure(ListenV1Configure(keyterms=["Kennedy", "Americans"]))
+        await conn.send_configure(ListenV1Configure(features={"numerals": True, "punctuate": True}))
+        audio = jfk[: int(16000 * 3.0)].tobytes()  # "And so my fellow Americans"
+        await send_then_finalize(conn, got, listening, audio)
+    answers = [m for m in got if isinstance(m, (ListenV1ConfigureSuccess, ListenV1ConfigureFailure))]
+    assert [type(m) for m in answers] == [ListenV1ConfigureSuccess, ListenV1ConfigureSuccess, ListenV1ConfigureFailure]
+    assert answers[0].keyterms is None and answers[0].request_id == answers[1].request_id
+    assert answers[1].keyterms == ["Kennedy", "Americans"]
+    assert answers[2].code == "CONFIGURE_FEATURES_NOT_SUPPORTED" and "numerals" in answers[2].description
+    assert got.index(answers[-1]) < next(i for i, m in enumerate(got) if isinstance(m, ListenV1Results))
+    finals = [m for m in got if isinstance(m, ListenV1Results) and m.is_final]
+    assert "americans" in normalise(" ".join(r.channel.alternatives[0].transcript for r in finals))
+
+
+async def test_deepgram_malformed_configure_is_a_non_fatal_error(asr_service):
+    async with websockets.connect(f"{asr_service.ws}/v1/listen") as ws:
+        await ws.send(json.dumps({"type": "Configure", "keyterms": "Kennedy"}))
+        error = json.loads(await asyncio.wait_for(ws.recv(), 20))
+        await ws.send(json.dumps({"type": "Configure"}))  # still open: an empty Configure changes nothing
+        success = json.loads(await asyncio.wait_for(ws.recv(), 20))
+    assert error["type"] == "Error" and error["variant"] == "bad_message" and "keyterms" in error["description"]
+    assert success["type"] == "ConfigureSuccess"
+
+
+async def test_deepgram_sdk_prerecorded_transcription_of_a_file_body(asr_service):
+    """POST /v1/listen: the file as the body, Deepgram's pre-recorded response (parsed by the SDK's own types);
+    a remote url is refused, nothing is fetched."""
+    audio = (ROOT / "samples" / "timit.wav").read_bytes()
+    response = await deepgram(asr_service).listen.v1.media.transcribe_file(request=audio, model="nova-3",
+                                                                          language="en", punctuate=True)
+    alternative = response.results.channels[0].alternatives[0]
+    assert mostly_heard("She had your dark suit in greasy wash water all year.", alternative.transcript, 0.7)
+    assert alternative.words and alternative.words[-1].end <= response.metadata.duration + 0.1
+    assert response.metadata.duration == pytest.approx(2.925, abs=0.01)
+    refused = httpx.post(f"{asr_service.http}/v1/listen", json={"url": "https://example.com/a.wav"})
+    assert refused.status_code == 501 and refused.json()["error"]["code"] == "not_supported"
 
 
 def kind(message) -> str:

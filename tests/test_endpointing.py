@@ -1,5 +1,7 @@
 """Event sequences of the VAD state machine and the endpointer, fed synthetic probabilities (no model)."""
 
+import pytest
+
 from services.asr.endpointing import CheckTurn, Ended, EndpointOptions, Endpointer, EndReason, Resumed, Speculate, Started, TurnMode
 from services.asr.endpointing import DetectorOptions, SpeechDetector, SpeechState
 from services.common.vad import VAD_WINDOW_SAMPLES as WINDOW_SAMPLES
@@ -49,6 +51,27 @@ def test_vad_mode_utterance_with_preroll_and_silence_end():
     assert spec.end_sample == ended.end_sample == speech_end + 96 * 16
     assert ended.reason is EndReason.SILENCE
     assert (i2 - 60 + 1) * 32 >= 600 > (i2 - 60) * 32
+
+
+def test_speculate_at_the_first_silent_window_names_the_whole_pad():
+    """With ``speculate_ms`` below ``end_pad_ms`` the final is announced as soon as the VAD hears the pause: its end
+    is where the pad will end (past the audio seen so far), the same sample the turn's end then names."""
+    options = EndpointOptions(mode=TurnMode.SMART_TURN, end_pad_ms=96, speculate_ms=32, turn_checkpoints_ms=(96,),
+                              max_silence_ms=800)
+    ep = Endpointer(options, DET)
+    actions = feed(ep, [0.9] * 20 + [0.0] * 10)
+    (i1, spec), (i2, check) = [(i, a) for i, a in actions if isinstance(a, (Speculate, CheckTurn))]
+    speech_end = 20 * WINDOW_SAMPLES
+    assert i1 == 20  # the first silent window
+    assert spec.end_sample == check.end_sample == speech_end + 96 * 16 > (i1 + 1) * WINDOW_SAMPLES
+    assert i2 == 22
+    ended = ep.end(EndReason.TURN, check.end_sample)
+    assert ended.end_sample == spec.end_sample
+
+
+def test_speculate_ms_is_bounded_by_the_pad():
+    with pytest.raises(ValueError):
+        EndpointOptions(end_pad_ms=96, speculate_ms=128)
 
 
 def test_smart_turn_mode_checkpoints_and_resume():

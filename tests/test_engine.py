@@ -107,3 +107,14 @@ def test_auto_compute_type_avoids_saturating_int8():
     assert resolve_compute_type("auto", "cpu", "x86_64", {"avx2", "avx512f", "avx512_vnni"}) == "int8"
     assert resolve_compute_type("auto", "cpu", "x86_64", {"avx2", "avx_vnni"}) == "int8"
     assert resolve_compute_type("auto", "cpu", "aarch64", set()) == "int8"
+
+
+def test_the_encoder_length_follows_encoder_bucket_s(jfk):
+    """The utterance plus 5 s, rounded up to the bucket: a 7 s utterance gets 12.5 s of encoder with 2.5 s buckets
+    (15 s with the default 5 s), and decodes the same words."""
+    fine = WhisperEngine(cpu_threads=1, encoder_bucket_s=2.5)
+    seven_s = 7 * 16000
+    assert (fine.encoder_frames(seven_s), frames_bucket(seven_s)) == (1250, 1500)
+    audio = jfk.astype(np.float32) / 32768
+    [r] = fine.decode_batch([DecodeRequest(audio[:seven_s], final=True)])
+    assert normalise(r.text)[:5] == ["and", "so", "my", "fellow", "americans"]

@@ -1,4 +1,5 @@
-"""examples/pipecat_agent.py end to end: Pipecat's own Deepgram services pointed at the real ASR and TTS services,
+"""examples/pipecat_agent.py end to end: Pipecat's own Deepgram STT and our word-timestamp TTS service (or Pipecat's
+Deepgram TTS) pointed at the real ASR and TTS services,
 a question from tests/data in, the spoken answer out; with a local server speaking the OpenAI streaming protocol
 as the LLM, and with none (echo)."""
 
@@ -13,10 +14,10 @@ from fake_openai import FakeOpenAI
 from tts_support import Transcriber, mostly_heard
 
 
-def run_agent(asr_service, tts_service, out, env) -> subprocess.CompletedProcess:
+def run_agent(asr_service, tts_service, out, env, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "examples/pipecat_agent.py", "--input", str(DATA / "asr" / "wizard.wav"), "--output",
-         str(out), "--speed", "4", "--asr-url", asr_service.ws, "--tts-url", tts_service.ws],
+         str(out), "--speed", "4", "--asr-url", asr_service.ws, "--tts-url", tts_service.ws, *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
 
 
@@ -34,11 +35,12 @@ def test_pipecat_agent_answers_with_an_llm(asr_service, examples_tts, tmp_path):
     assert f"LLM: fake-model at {llm.base_url}" in done.stdout and "first reply audio" in done.stdout
     assert llm.requests and "wizard" in llm.requests[0].body["messages"][-1]["content"].lower()
     assert mostly_heard(reply, heard(tmp_path / "answer.wav"))
+    assert f"timed words: {reply}" in done.stdout  # every word of the reply came with its time
 
 
 def test_pipecat_agent_echoes_without_an_llm(asr_service, examples_tts, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_")}
-    done = run_agent(asr_service, examples_tts, tmp_path / "echo.wav", env)
+    done = run_agent(asr_service, examples_tts, tmp_path / "echo.wav", env, "--deepgram-tts")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "No LLM configured" in done.stdout and "heard: " in done.stdout
     assert "you said" in heard(tmp_path / "echo.wav").lower()

@@ -24,18 +24,16 @@ works; the process is still up.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 
 import httpx
 import numpy as np
 import pytest
-import websockets
 
 from conftest import normalise, wait_until, stream_asr as stream
 from inprocess import InProcessServer
-from tts_support import Received, Transcriber, mostly_heard, pcm_to_float, recv_until
+from tts_support import Transcriber, mostly_heard, pcm_to_float, speak
 
 JFK_WORDS = normalise("And so my fellow Americans, ask not what your country can do for you, "
                       "ask what you can do for your country.")
@@ -149,7 +147,8 @@ def _faulty_asr_server(**scheduler):
 
 @pytest.fixture(scope="module")
 def faulty_asr():
-    server = _faulty_asr_server()
+    server = _faulty_asr_server(final_max_batch=8)  # finals batched (CPU decodes them one at a time by default):
+    # one batch can then mix good and poisoned requests, the case the scheduler's retry path is for
     yield server
     server.__exit__(None, None, None)
 
@@ -288,15 +287,6 @@ def faulty_tts(tmp_path_factory):
         lanes[lane] = FaultyVoice(voice)
     with InProcessServer(create_app(settings, engine=engine)) as server:
         yield server
-
-
-async def speak(url: str, text: str) -> Received:
-    async with websockets.connect(f"{url}/v1/stream/tts") as ws:
-        got = Received()
-        await recv_until(ws, got, "ready")
-        await ws.send(json.dumps({"type": "text", "text": text}))
-        await ws.send(json.dumps({"type": "end"}))
-        return await recv_until(ws, got, None, timeout_s=60)
 
 
 def test_tts_engine_failure_fails_only_its_session(faulty_tts):

@@ -11,7 +11,7 @@ import pytest
 from services.asr.endpointing import (CheckTurn, DetectorOptions, Ended, EndpointOptions, EndReason, Speculate,
                                       Started, TurnMode)
 from services.asr.segmenter import Segmenter
-from services.common.vad import VAD_WINDOW_SAMPLES, SileroVad
+from services.common.vad import VAD_WINDOW_SAMPLES, SileroVad, VadStream, decode_state, encode_state
 
 from conftest import DATA, read_wav
 
@@ -114,3 +114,50 @@ def test_close_commits_mid_speech_and_ends_at_the_newest_sample():
     assert committed[0].end_sample == committed[1].start_sample == 30 * VAD_WINDOW_SAMPLES + 100
     (ended,) = seg.close(EndReason.END)
     assert ended.reason is EndReason.END and seg.close(EndReason.END) == []
+
+
+@pytest.mark.parametrize("frame", [320, 4096])
+def test_state_at_an_utterances_end_is_the_state_a_whole_run_has_there(vad, speech, frame):
+    """What a final hands a resume: the VAD's state at the utterance's end, reached from a kept state, equals the
+    state of one run over the audio up to there; the kept states stay few (no growth over a long stream)."""
+    seg = Segmenter(VAD_MODE, DET, keep_states=True)
+    ends, kept = [], []
+    for offset in range(0, speech.size, frame):
+        seg.append(speech[offset:offset + frame])
+        for action in seg.detect(vad.probabilities):
+            if isinstance(action, Ended):
+                found = seg.state_at(action.end_sample)
+                assert found is not None
+                state, audio = found
+                vad.probabilities(state, audio)
+                ends.append((action.end_sample, state))
+        seg.trim()
+        kept.append(len(seg._states))
+    assert len(ends) >= 2
+    for end, state in ends:
+        fresh = VadStream()
+        vad.probabilities(fresh, speech[:end])  # one run from the start
+        assert np.allclose(state.h, fresh.h, atol=1e-5) and np.allclose(state.c, fresh.c, atol=1e-5)
+        assert np.array_equal(state.context, fresh.context)
+    assert max(kept) <= 2 + 1000 // 32  # a pause's worth of windows at most (VAD_MODE ends at 300 ms of silence)
+    assert seg.state_at(ends[-1][0] + 1) is None  # off the window grid: no state
+
+
+def test_a_resumed_segmenter_goes_on_from_the_state_it_is_given(vad, speech):
+    """Starting from the state at sample N gives the same probabilities as one run from 0, from N on."""
+    n = 47616  # a window boundary inside the pause after the first phrase
+    whole = vad.probabilities(VadStream(), speech[:speech.size // VAD_WINDOW_SAMPLES * VAD_WINDOW_SAMPLES])
+    head = VadStream()
+    vad.probabilities(head, speech[:n])
+    fingerprint, carried = decode_state(encode_state(head, vad.fingerprint))
+    assert fingerprint == vad.fingerprint
+    tail = speech[n:n + (speech.size - n) // VAD_WINDOW_SAMPLES * VAD_WINDOW_SAMPLES]
+    assert np.allclose(vad.probabilities(carried, tail), whole[n // VAD_WINDOW_SAMPLES:], atol=1e-5)
+    fresh = vad.probabilities(VadStream(), tail)
+    assert not np.allclose(fresh, whole[n // VAD_WINDOW_SAMPLES:], atol=1e-2)  # the state is what makes it
+
+
+@pytest.mark.parametrize("text", ["", "AQID", "!" * 40, "A" * 5000])
+def test_decode_state_refuses_what_encode_state_did_not_write(text):
+    with pytest.raises(ValueError):
+        decode_state(text)

@@ -48,6 +48,16 @@ async def recv_until(ws, received: Received, stop: str | None = None, timeout_s:
                 return received
 
 
+async def speak(url: str, text: str, query: str = "") -> Received:
+    """One session on ``url``'s ``/v1/stream/tts`` (``query`` appended): ``text``, ``end``, everything received."""
+    async with websockets.connect(f"{url}/v1/stream/tts{query}") as ws:
+        got = Received()
+        await recv_until(ws, got, "ready")
+        await ws.send(json.dumps({"type": "text", "text": text}))
+        await ws.send(json.dumps({"type": "end"}))
+        return await recv_until(ws, got, None, timeout_s=60)
+
+
 def pcm_to_float(data: bytes, encoding: str = "pcm_s16le") -> np.ndarray:
     samples = mulaw_to_pcm16(bytes(data)) if encoding == "mulaw" else np.frombuffer(bytes(data), dtype="<i2")
     return samples.astype(np.float32) / 32768.0

@@ -33,9 +33,10 @@ done
 UNIT_DIR=/etc/systemd/system
 CONF_DIR=/etc/voice-services
 
-# 1. the user
+# 1. the user (Debian and Ubuntu already have a group `voice`, gid 22, from base-passwd: it is reused)
+getent group voice >/dev/null || groupadd --system voice
 if ! id voice >/dev/null 2>&1; then
-  useradd --system --user-group --home-dir /var/lib/voice-services --no-create-home --shell /usr/sbin/nologin voice
+  useradd --system --gid voice --home-dir /var/lib/voice-services --no-create-home --shell /usr/sbin/nologin voice
   echo "install: created user voice"
 fi
 

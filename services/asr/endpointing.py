@@ -11,9 +11,12 @@ which is why a stream and an upload of the same audio give the same text.
 The endpointer asks its caller to act through small action objects:
 
 * :class:`Started` - an utterance begins (pre-roll included);
-* :class:`Speculate` - the pause has reached ``end_pad_ms``: the utterance's
-  audio is complete if the speaker does not go on, so its final can be decoded
-  now, ahead of the decision;
+* :class:`Speculate` - the pause has reached ``end_pad_ms`` (``smart_turn``
+  mode: ``speculate_ms``): the utterance (its speech and ``end_pad_ms`` after
+  it) is known if the speaker does not go on, so its final can be decoded now,
+  ahead of the decision; where ``speculate_ms`` is shorter than ``end_pad_ms``
+  the end of the pad has not arrived yet (the final decodes it as the silence
+  the VAD says it is);
 * :class:`CheckTurn` - ``smart_turn`` mode, a checkpoint of the pause: run the
   turn model and call :meth:`Endpointer.end` if the turn is complete;
 * :class:`Resumed` - speech came back during the pause; speculation is void;
@@ -168,6 +171,11 @@ class EndpointOptions:
     turn_checkpoints_ms: Sequence[int] = (192, 480)  # smart_turn mode: when the model is asked
     max_silence_ms: int = 700  # smart_turn mode: the utterance ends anyway after this pause
     max_utterance_ms: int = 30000
+    speculate_ms: int | None = None  # smart_turn: pause after which Speculate comes (<= end_pad_ms); None: end_pad_ms
+
+    def __post_init__(self) -> None:
+        if self.speculate_ms is not None and not 0 < self.speculate_ms <= self.end_pad_ms:
+            raise ValueError("speculate_ms must be in (0, end_pad_ms]")
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,7 @@ class Started:
 
 @dataclass(frozen=True)
 class Speculate:
-    end_sample: int
+    end_sample: int  # the utterance's end if this pause ends it; may lie past the audio seen so far
 
 
 @dataclass(frozen=True)
@@ -256,9 +264,12 @@ class Endpointer:
         o = self.options
         out: list[Action] = []
         end_sample = min(event.speech_end_sample + self._pad_samples, self.position_sample)
-        if not self._speculated and event.silence_ms >= o.end_pad_ms and o.mode is not TurnMode.NONE:
+        # A vad-mode decision comes long after the pad: its final waits for the whole pad, and is the upload's.
+        early = o.mode is TurnMode.SMART_TURN and o.speculate_ms is not None
+        speculate_ms = o.speculate_ms if early else o.end_pad_ms
+        if not self._speculated and event.silence_ms >= speculate_ms and o.mode is not TurnMode.NONE:
             self._speculated = True
-            out.append(Speculate(end_sample))
+            out.append(Speculate(event.speech_end_sample + self._pad_samples))
         if o.mode is TurnMode.VAD and event.silence_ms >= o.vad_silence_ms:
             out.append(self.end(EndReason.SILENCE, end_sample))
         elif o.mode is TurnMode.SMART_TURN:

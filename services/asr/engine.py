@@ -5,13 +5,16 @@ batches, run on the model's worker thread. :class:`WhisperEngine` implements it
 with faster-whisper's CTranslate2 model, decoding one utterance (at most 30 s)
 per request. Unlike ``WhisperModel.transcribe``, which always pads audio to a
 30 s window, the encoder here sees the utterance plus five seconds of silence,
-rounded up to a 5 s bucket: a 3 s utterance costs a 10 s encoder pass instead of
-a 30 s one. (With less trailing silence tiny models start repeating themselves;
-a result that still looks like a loop, by Whisper's compression-ratio test, is
+rounded up to a bucket (``encoder_bucket_s``; None: 2.5 s on CPU, 5 s on CUDA):
+a 3 s utterance costs a 10 s encoder pass instead of a 30 s one. (With less
+trailing silence tiny models start repeating themselves; a result that still looks like a loop, by Whisper's compression-ratio test, is
 decoded again on the full 30 s window.) Requests in one batch are padded to the longest bucket; finals are
 only batched with finals of the same bucket, so their text never depends on
 what else was in the batch. A request may force a text prefix (the words
-LocalAgreement has confirmed) that the decoder continues from.
+LocalAgreement has confirmed) that the decoder continues from, and may carry a
+context (hotwords, a prompt) given as Whisper's previous text. One batch is
+encoded in one call; CTranslate2 decodes together only requests whose context
+has the same length in tokens, so a batch makes one generate call per length.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ MAX_FRAMES = 3000  # Whisper's 30 s window
 MAX_UTTERANCE_S = 30.0
 MARGIN_FRAMES = 500
 BUCKET_FRAMES = 500
+CPU_BUCKET_S = 2.5  # encoder_bucket_s=None on CPU: 2.5 s buckets, the WER of 5 s ones (docs/benchmarks.md)
 MAX_COMPRESSION_RATIO = 2.4
 TOKENS_PER_SECOND_MAX = 8
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
@@ -72,6 +76,7 @@ class DecodeRequest:
     prefix: str = ""  # forced start of the text (confirmed words)
     word_timestamps: bool = False
     language: str | None = None  # None: the engine's default (detect on multilingual models)
+    hotwords: str | None = None  # words likely to be said, given to the decoder before the prompt
     prompt: str | None = None  # previous-context text (OpenAI "prompt")
     temperature: float = 0.0
     final: bool = False  # a final or a file segment: a result that loops is decoded again on the full window
@@ -84,6 +89,7 @@ class DecodeResult:
     words: list[Word] = field(default_factory=list)
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
+    generated_with: int = 1  # requests in the generate call that decoded this one (this one included)
     end_probability: float | None = None
     """With word timestamps: the model's probability of the text's last token (a final's closing ``.``, ``?``
     or ``!``) given the audio and the words before it. Whisper's decoder is a language model of the transcript,
@@ -91,20 +97,25 @@ class DecodeResult:
     from the alignment pass that times the words: it costs no extra decode."""
 
 
-def frames_bucket(num_samples: int) -> int:
-    """Encoder frames for an utterance: content + 5 s of silence, rounded up to 5 s."""
+def frames_bucket(num_samples: int, bucket_frames: int = BUCKET_FRAMES, margin_frames: int = MARGIN_FRAMES) -> int:
+    """Encoder frames for an utterance: content + 5 s of silence, rounded up to ``bucket_frames`` (5 s)."""
     content = math.ceil(num_samples / HOP_SAMPLES)
-    return min(MAX_FRAMES, math.ceil((content + MARGIN_FRAMES) / BUCKET_FRAMES) * BUCKET_FRAMES)
+    return min(MAX_FRAMES, math.ceil((content + margin_frames) / bucket_frames) * bucket_frames)
 
 
 class AsrEngine(Protocol):
     name: str
     sample_rate_hz: int
+    device: str  # cpu or cuda
     multilingual: bool
 
     def decode_batch(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]: ...
 
+    def encoder_frames(self, num_samples: int) -> int: ...
+
     def supports_language(self, language: str) -> bool: ...
+
+    def languages(self) -> list[str]: ...
 
 
 EXACT_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -157,8 +168,10 @@ class WhisperEngine:
         download_root: str | None = None,
         default_language: str | None = "en",
         local_files_only: bool = True,
+        encoder_bucket_s: float | None = BUCKET_FRAMES * HOP_SAMPLES / SAMPLE_RATE_HZ,
     ) -> None:
         self.name = model
+        self.margin_frames = MARGIN_FRAMES
         path = resolve_model(model)
         self.compute_type = resolve_compute_type(compute_type, device)
         try:
@@ -172,6 +185,10 @@ class WhisperEngine:
                 "Run scripts/download_models.py on a host with internet, or point model.name at a local directory."
             ) from exc
         self.sample_rate_hz = SAMPLE_RATE_HZ
+        self.device = str(self._model.model.device)  # "auto" resolved: cpu or cuda
+        if encoder_bucket_s is None:  # CPU: the encoder's cost follows its length; CUDA: finals batch per length
+            encoder_bucket_s = CPU_BUCKET_S if self.device == "cpu" else BUCKET_FRAMES * HOP_SAMPLES / SAMPLE_RATE_HZ
+        self.bucket_frames = max(1, round(encoder_bucket_s * SAMPLE_RATE_HZ / HOP_SAMPLES))
         self.multilingual = bool(self._model.model.is_multilingual)
         self.default_language = default_language if self.multilingual else "en"
         self._tokenizers: dict[str, Tokenizer] = {}
@@ -182,10 +199,18 @@ class WhisperEngine:
                                                 padding=0)[:, :MAX_FRAMES]
 
     # -- helpers ----------------------------------------------------------------
+    def encoder_frames(self, num_samples: int) -> int:
+        """The encoder length an utterance of ``num_samples`` is decoded on (finals batch only within one)."""
+        return frames_bucket(num_samples, self.bucket_frames, self.margin_frames)
+
     def supports_language(self, language: str) -> bool:
         if not self.multilingual:
             return language == "en"
         return language in self._model.supported_languages
+
+    def languages(self) -> list[str]:
+        """The languages it transcribes (ISO 639-1 codes, as Whisper names them)."""
+        return list(self._model.supported_languages) if self.multilingual else ["en"]
 
     def _tokenizer(self, language: str) -> Tokenizer:
         tok = self._tokenizers.get(language)
@@ -227,7 +252,7 @@ class WhisperEngine:
             for i, result in zip(heard, self.decode_batch([requests[i] for i in heard])):
                 results[i] = result
             return results
-        results = self._decode(requests, max(frames_bucket(r.audio.size) for r in requests))
+        results = self._decode(requests, max(self.encoder_frames(r.audio.size) for r in requests))
         # A final's loop is decoded again on the full window; a partial's is not worth the time
         # (LocalAgreement simply does not confirm it, and the next partial comes soon).
         looping = [i for i, r in enumerate(results) if requests[i].final and looks_like_a_loop(r.text)]
@@ -237,55 +262,84 @@ class WhisperEngine:
                 results[i] = result
         return results
 
+    def _context(self, tok: Tokenizer, req: DecodeRequest) -> list[int]:
+        """Whisper's previous-text prompt: ``<|startofprev|>``, the hotwords, then the prompt (as faster-whisper
+        orders them), at most half the model's length: the hotwords first, the prompt's end after them."""
+        if not (req.hotwords or req.prompt):
+            return []
+        room = self._model.max_length // 2 - 1
+        tokens = tok.encode(" " + req.hotwords.strip())[:room] if req.hotwords else []
+        if req.prompt and len(tokens) < room:
+            tokens += tok.encode(" " + req.prompt.strip())[-(room - len(tokens)):]
+        return [tok.sot_prev] + tokens
+
     def _decode(self, requests: Sequence[DecodeRequest], frames: int) -> list[DecodeResult]:
-        beam = requests[0].beam_size
         feats = np.stack([self._features(r.audio, frames) for r in requests])
         encoded = self._model.model.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)
         languages = self._detect_languages(encoded, requests)
+        contexts = [self._context(self._tokenizer(lang), req) for req, lang in zip(requests, languages)]
+        # CTranslate2 decodes a batch from one start position: a generate call takes the requests whose context
+        # (hotwords + prompt) has the same length in tokens, so requests without one always decode together and
+        # exactly as they would alone. Padding a context to a common length changes its text (ARCHITECTURE.md).
+        groups: dict[int, list[int]] = {}
+        for i, context in enumerate(contexts):
+            groups.setdefault(len(context), []).append(i)
+        results: list[DecodeResult | None] = [None] * len(requests)
+        token_lists: list[list[int]] = [[] for _ in requests]
+        for idx in groups.values():
+            sub = encoded if len(idx) == len(requests) else _select(encoded, idx)
+            decoded = self._generate(sub, [requests[i] for i in idx], [languages[i] for i in idx],
+                                     [contexts[i] for i in idx])
+            for i, (result, tokens) in zip(idx, decoded):
+                results[i], token_lists[i] = result, tokens
+        if any(r.word_timestamps for r in requests):
+            self._add_words(encoded, requests, languages, token_lists, results)
+        return results
+
+    def _generate(self, encoded: ctranslate2.StorageView, requests: Sequence[DecodeRequest], languages: list[str],
+                  contexts: list[list[int]]) -> list[tuple[DecodeResult, list[int]]]:
+        """One generate call for requests whose contexts have one length: each result and its text tokens."""
+        beam = requests[0].beam_size
         prompts: list[list[int]] = []
         prefix_lens: list[int] = []
-        for req, lang in zip(requests, languages):
+        for req, lang, context in zip(requests, languages, contexts):
             tok = self._tokenizer(lang)
-            prompt: list[int] = []
-            if req.prompt:
-                prompt = [tok.sot_prev] + tok.encode(" " + req.prompt.strip())[-(self._model.max_length // 2 - 1):]
-            prompt += list(tok.sot_sequence) + [tok.no_timestamps]
+            prompt = context + list(tok.sot_sequence) + [tok.no_timestamps]
             prefix_tokens = tok.encode(req.prefix) if req.prefix else []
             prefix_tokens = prefix_tokens[: self._model.max_length // 2 - 1]
             prefix_lens.append(len(prefix_tokens))
             prompts.append(prompt + prefix_tokens)
         temperature = requests[0].temperature
         sampling = {"sampling_temperature": temperature, "sampling_topk": 0} if temperature > 0 else {}
-        # CTranslate2's max_length counts the forced prefix too. Greedy decodes (partials) get a budget of 8 tokens
-        # a second (+16; speech runs at 2-5), which stops a looping partial from running to 448 tokens. Beam
-        # search (finals, files) keeps the model's full length: a budget changes its results (ARCHITECTURE.md).
-        max_new = self._model.max_length - max(len(p) for p in prompts) + max(prefix_lens)
+        # CTranslate2's max_length counts the forced prefix and the context too (one length in a call). Greedy
+        # decodes (partials) get a budget of 8 tokens a second (+16; speech runs at 2-5), which stops a looping
+        # partial from running to 448 tokens. Beam search (finals, files) keeps the model's full length: a budget
+        # changes its results (ARCHITECTURE.md).
+        forced = max(prefix_lens) + len(contexts[0])
+        max_new = self._model.max_length - max(len(p) for p in prompts) + forced
         if beam == 1:
             longest_s = max(r.audio.size for r in requests) / SAMPLE_RATE_HZ
-            max_new = min(max_new, int(TOKENS_PER_SECOND_MAX * longest_s) + 16 + max(prefix_lens))
+            max_new = min(max_new, int(TOKENS_PER_SECOND_MAX * longest_s) + 16 + forced)
         max_new = max(1, max_new)
         outputs = self._model.model.generate(
             encoded, prompts, beam_size=beam, patience=1.0, length_penalty=1.0,
             max_length=max_new, return_scores=True, return_no_speech_prob=True,
             suppress_blank=not any(prefix_lens), suppress_tokens=list(self._suppress), **sampling,
         )
-        results: list[DecodeResult] = []
-        token_lists: list[list[int]] = []
-        for req, lang, prompt, n_prefix, out in zip(requests, languages, prompts, prefix_lens, outputs):
+        decoded: list[tuple[DecodeResult, list[int]]] = []
+        for lang, n_prefix, out in zip(languages, prefix_lens, outputs):
             tok = self._tokenizer(lang)
             # CTranslate2 returns the forced prefix followed by the generated tokens.
             text_tokens = [t for t in out.sequences_ids[0] if t < tok.eot]
-            token_lists.append(text_tokens)
             seq_len = max(0, len(text_tokens) - n_prefix)
             avg_logprob = out.scores[0] * (seq_len ** 1.0) / (seq_len + 1) if out.scores else 0.0
             text = tok.decode(text_tokens)
             if out.no_speech_prob > 0.6 and avg_logprob < -1.0 and not n_prefix:
-                text, token_lists[-1] = "", []
-            results.append(DecodeResult(text=text, language=lang, avg_logprob=float(avg_logprob),
-                                        no_speech_prob=float(out.no_speech_prob)))
-        if any(r.word_timestamps for r in requests):
-            self._add_words(encoded, requests, languages, token_lists, results)
-        return results
+                text, text_tokens = "", []
+            decoded.append((DecodeResult(text=text, language=lang, avg_logprob=float(avg_logprob),
+                                         no_speech_prob=float(out.no_speech_prob), generated_with=len(requests)),
+                            text_tokens))
+        return decoded
 
     def _add_words(self, encoded, requests, languages, token_lists, results) -> None:
         # Alignment runs per language (the start sequence differs); usually one group.

@@ -5,7 +5,8 @@ loop) and cut into utterances by the same :class:`~.segmenter.Segmenter` the
 live streams use, in ``vad`` mode; every utterance is decoded through the
 shared Whisper scheduler exactly like a stream's final (same request, same
 batching rule), so streaming a file with ``turn_detection=vad`` and uploading it
-give the same text. One upload holds at most a window, its open utterance and
+give the same text; hotwords and prompt go with every utterance, as on a
+stream. One upload holds at most a window, its open utterance and
 ``scheduler.max_batch`` utterances waiting for Whisper, whatever the file's
 length; its model requests run in the schedulers' bulk lane, after live work.
 Cancelling the transcription (the client left) withdraws everything it queued.
@@ -38,7 +39,8 @@ VAD_CHUNK_SAMPLES = VAD_WINDOW_SAMPLES * 320  # ~10 s per VAD request keeps the 
 class FileOptions:
     language: str | None = None
     word_timestamps: bool = False
-    prompt: str | None = None
+    hotwords: str | None = None  # checked by the caller (context.checked_context)
+    prompt: str | None = None  # given to every segment, as hotwords are (segments are decoded independently)
     temperature: float = 0.0
 
 
@@ -74,10 +76,11 @@ async def transcribe_file(runtime: AsrRuntime, reader: AudioFileReader, options:
     in_flight = asyncio.Semaphore(max(2, s.scheduler.max_batch))
     decodes: list[tuple[Ended, asyncio.Task]] = []
 
-    async def decode(ended: Ended, audio: np.ndarray, prompt: str | None) -> DecodeResult:
+    async def decode(ended: Ended, audio: np.ndarray) -> DecodeResult:
         try:
             request = DecodeRequest(audio=audio, beam_size=s.model.beam_size, word_timestamps=options.word_timestamps,
-                                    language=language, prompt=prompt, temperature=options.temperature, final=True)
+                                    language=language, hotwords=options.hotwords or None,
+                                    prompt=options.prompt or None, temperature=options.temperature, final=True)
             return await runtime.decode_final(request, priority=Priority.BULK)
         finally:
             in_flight.release()
@@ -85,9 +88,8 @@ async def transcribe_file(runtime: AsrRuntime, reader: AudioFileReader, options:
     async def submit(action: Action) -> None:
         if isinstance(action, Ended) and action.end_sample > action.start_sample:
             await in_flight.acquire()  # at most max_batch utterances of this upload wait for Whisper
-            prompt = options.prompt if not decodes else None
             audio = segmenter.slice(action.start_sample, action.end_sample)
-            decodes.append((action, asyncio.ensure_future(decode(action, audio, prompt))))
+            decodes.append((action, asyncio.ensure_future(decode(action, audio))))
 
     try:
         window = int(s.server.file_window_s * SAMPLE_RATE_HZ)

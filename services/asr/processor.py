@@ -8,8 +8,10 @@ events to its session's outbox (it holds the outbox and task set, never the
 session, so a finished session is freed by reference counting):
 
 * ``speech_start`` when an utterance begins;
-* at ``end_pad_ms`` of a pause the partial in flight is cancelled and the
-  utterance's final is decoded *speculatively* at ``NORMAL`` priority, ahead of
+* at ``vad.speculate_ms`` of a pause (``smart_turn``; by default one VAD window: as soon as the VAD hears it;
+  ``vad`` mode: at ``end_pad_ms``) the partial in flight is
+  cancelled and the utterance's final - its speech and ``end_pad_ms`` after it, the part of the pad not heard
+  yet taken as the silence the VAD says it is - is decoded *speculatively* at ``NORMAL`` priority, ahead of
   the decision (``smart_turn`` mode, while Whisper has other streams' work: only
   once the first turn check gives P(complete) >= ``turn.speculate_threshold``; the
   stream's own work running, e.g. its last partial, does not count: the final goes
@@ -22,12 +24,18 @@ session, so a finished session is freed by reference counting):
   the bar. The processor waits for each decision before reading
   on, so the same audio gives the same utterances at any sending speed (as long
   as the turn model keeps up: while other sessions' checks wait for it, a
-  session sheds its intermediate checks);
+  session sheds its intermediate checks, except in the audio a resumed stream
+  replays, which is cut as it was before the drop);
 * while speaking, every ``partial_interval_ms`` of new audio a greedy partial
   decode with the confirmed words forced as its prefix (replaced in the
   scheduler if still waiting when the next is due);
+* partials and finals alike carry the stream's :class:`~.context.DecodingContext`
+  (hotwords, prompt), which a dialect's session update may replace;
 * when an utterance ends, a :class:`FinalSlot` takes its place in the outbox at
-  once, so utterance K+1's events never overtake K's final.
+  once, so utterance K+1's events never overtake K's final; with ``vad_state``
+  the final carries the VAD's state at its end, which a resumed session starts
+  its detector from (the processor scores the few windows between the last
+  kept state and the end to reach it).
 
 The segmenter trims its buffer behind the open utterance, so memory is bounded
 by ``streaming.max_utterance_s``.
@@ -51,6 +59,8 @@ from ..common.outbox import Outbox, OutboxFull
 from ..common.scheduler import Priority, Superseded
 from ..common.session import report
 from ..common.tasks import TaskSet
+from ..common.vad import VadStream, decode_state, encode_state
+from .context import DecodingContext
 from .endpointing import (Action, CheckTurn, Ended, Endpointer, EndReason, Resumed, Speculate, SpeechState,
                           Started, TurnMode)
 from .engine import DecodeRequest, DecodeResult
@@ -107,13 +117,18 @@ class AudioProcessor:
         self.runtime = runtime
         self.params = params
         self.language = language
+        self.context = DecodingContext(params.hotwords, params.prompt)  # every decode's hotwords and prompt
         self.decoder = ByteDecoder(params.encoding)
         self.resampler = StreamResampler(params.sample_rate, SAMPLE_RATE_HZ)
-        self.segmenter = Segmenter(runtime.endpoint_options(params.turn_detection), runtime.detector_options())
+        resumed = params.resume.vad_state
+        self.segmenter = Segmenter(runtime.endpoint_options(params.turn_detection), runtime.detector_options(),
+                                   vad_stream=decode_state(resumed)[1] if resumed is not None else None,
+                                   keep_states=params.vad_state)
         self.utterances = 0
         self.utterance: _Utterance | None = None
         self.partial_interval = s.streaming.partial_interval_ms * SAMPLE_RATE_HZ // 1000
         self.min_partial = s.streaming.min_partial_audio_ms * SAMPLE_RATE_HZ // 1000
+        self.replay_samples = int(params.resume.replay_s * SAMPLE_RATE_HZ)  # a resumed stream's replayed audio
 
     @property
     def endpointer(self) -> Endpointer:
@@ -219,8 +234,11 @@ class AudioProcessor:
                 return
             rt = self.runtime
             last_check_ms = self.endpointer.options.turn_checkpoints_ms[-1]
-            if rt.turn_backlogged() and action.silence_ms + rt.settings.turn.check_interval_ms < last_check_ms:
-                return  # the model is behind (load): this check is shed, a later one of this pause decides
+            if (rt.turn_backlogged() and action.silence_ms + rt.settings.turn.check_interval_ms < last_check_ms
+                    and action.end_sample >= self.replay_samples):
+                # the model is behind (load): this check is shed, a later one of this pause decides. Not in audio
+                # a resumed stream replays: it is cut as it was before the drop, whatever the load
+                return
             audio = self.segmenter.slice(u.start_sample, self.endpointer.position_sample)
             probability = await rt.turn_probability(audio)
             if probability >= rt.settings.turn.speculate_threshold and u.pause_end == action.end_sample:
@@ -267,9 +285,14 @@ class AudioProcessor:
         # The final is a fresh decode of the whole utterance, deliberately not forced onto the
         # partials' stable prefix: it is the never-revised transcript, and with the same beam it is
         # the same request an upload of this audio makes (see files.py).
+        audio = self.segmenter.slice(u.start_sample, end_sample)
+        unheard = end_sample - u.start_sample - audio.size
+        if unheard > 0:  # a speculative final ahead of the end pad: the pause's rest is decoded as silence
+            audio = np.concatenate([audio, np.zeros(unheard, dtype=np.float32)])
         request = DecodeRequest(
-            audio=self.segmenter.slice(u.start_sample, end_sample), beam_size=rt.settings.streaming.final_beam_size,
+            audio=audio, beam_size=rt.settings.streaming.final_beam_size,
             word_timestamps=True, language=self.language, final=True,
+            hotwords=self.context.hotwords or None, prompt=self.context.prompt or None,
         )
         return rt.decode_final(request, priority, replace_key, owner=self.session_id)
 
@@ -282,18 +305,29 @@ class AudioProcessor:
         if u.speculative is not None and u.speculative_end == ended.end_sample:
             decoding = u.speculative
             self.runtime.promote_final(self._speculation_key(u))
+            source = "decoded_ahead" if decoding.done() else "started_ahead"
         else:
             if u.speculative is not None:
                 u.speculative.cancel()
             decoding = self.tasks.spawn(self._decode_final(u, ended.end_sample), "final")
-        built = self.tasks.spawn(self._build_final(u, ended, decoding), "final-event")
+            source = "decoded_after"
+        self.runtime.metrics.final_decodes.labels(source=source).inc()
+        vad_state = self.segmenter.state_at(ended.end_sample) if self.params.vad_state else None
+        built = self.tasks.spawn(self._build_final(u, ended, decoding, vad_state), "final-event")
         self.outbox.put(FinalSlot(u.index, built, decided_at), force=True)
 
-    async def _build_final(self, u: _Utterance, ended: Ended, decoding: asyncio.Task) -> Final:
+    async def _build_final(self, u: _Utterance, ended: Ended, decoding: asyncio.Task,
+                           vad_state: tuple[VadStream, np.ndarray] | None = None) -> Final:
         result: DecodeResult = await decoding
         offset = ended.start_sample / SAMPLE_RATE_HZ
+        state = None
+        if vad_state is not None:
+            stream, audio = vad_state
+            if audio.size:
+                await self.runtime.speech_probabilities(stream, audio)  # from the kept state on to the final's end
+            state = encode_state(stream, self.runtime.vad_model.fingerprint)
         return Final(u.index, result.text.strip(), _seconds(ended.start_sample), _seconds(ended.end_sample),
-                     ended.reason, [w.as_dict(offset) for w in result.words])
+                     ended.reason, [w.as_dict(offset) for w in result.words], vad_state=state)
 
     # -- partials --------------------------------------------------------------------------------
     def _maybe_partial(self) -> None:
@@ -311,7 +345,8 @@ class AudioProcessor:
     async def _partial(self, u: _Utterance, audio: np.ndarray, position: int) -> None:
         rt = self.runtime
         request = DecodeRequest(audio=audio, beam_size=rt.settings.model.partial_beam_size,
-                                prefix=u.agreement.stable, language=self.language)
+                                prefix=u.agreement.stable, language=self.language,
+                                hotwords=self.context.hotwords or None, prompt=self.context.prompt or None)
         try:
             result = await rt.decode_partial(request, self.session_id)
         except Superseded:

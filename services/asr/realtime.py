@@ -9,7 +9,9 @@ limits. ``session.created`` comes first; appends are taken before any
 the format (``audio/pcm`` at any rate we take, ``audio/pcmu``; only before the
 first audio), the language, and ``turn_detection``: ``null`` is our ``none``
 (the client commits), ``server_vad`` our ``vad`` with its
-``silence_duration_ms``, ``semantic_vad`` our ``smart_turn``. Each utterance is
+``silence_duration_ms``, ``semantic_vad`` our ``smart_turn``; the transcription's
+``prompt`` is the stream's prompt from then on (over ``model.max_context_chars``:
+``too_large``, which ends the session). Each utterance is
 an item: ``speech_started`` / ``speech_stopped`` (not with ``null``),
 ``committed``, ``delta`` events carrying the newly confirmed words (the
 LocalAgreement stable prefix: a delta is never revised; the final's remaining
@@ -38,6 +40,7 @@ from ..common.audio import Encoding, parse_sample_rate
 from ..common.errors import ErrorCode, ServiceError
 from ..common.protocol import Closed, parse_object, shown
 from ..common.resume import refuse_resume
+from .context import checked_context
 from .endpointing import EndReason, TurnMode
 from .protocol import Final, Partial, SpeechStart, StreamParams
 from .serving import AsrRuntime
@@ -190,6 +193,8 @@ class RealtimeSession(AsrSession):
             if "turn_detection" in audio_in:
                 self._set_turn_detection(audio_in["turn_detection"])
         except ServiceError as err:
+            if err.fatal:
+                raise  # a prompt over the limit: reported, and the session ends
             self.outbox.put(err)
         if beta:
             self._event({"type": "transcription_session.updated", "session": self._beta_body()})
@@ -216,6 +221,10 @@ class RealtimeSession(AsrSession):
     def _set_transcription(self, transcription: Any) -> None:
         if transcription is not None and not isinstance(transcription, dict):
             raise ServiceError(ErrorCode.BAD_MESSAGE, "audio.input.transcription must be an object or null")
+        prompt = (transcription or {}).get("prompt")
+        if prompt is not None and not isinstance(prompt, str):
+            raise ServiceError(ErrorCode.BAD_MESSAGE, "audio.input.transcription.prompt must be a string")
+        self.processor.context = checked_context(None, prompt, self.runtime.settings.model.max_context_chars)
         self.transcription = transcription
         language = (transcription or {}).get("language") or None
         try:
@@ -250,7 +259,7 @@ class RealtimeSession(AsrSession):
 
     def _transcription_body(self) -> dict:
         return {"model": (self.transcription or {}).get("model") or self.runtime.model_name,
-                "language": self.language or "", "prompt": (self.transcription or {}).get("prompt") or ""}
+                "language": self.language or "", "prompt": self.processor.context.prompt}
 
     def _session_body(self) -> dict:
         return {"type": "transcription", "id": self.session_key, "object": "realtime.transcription_session",

@@ -14,7 +14,9 @@ utterances. Actions are produced lazily, one window at a time, so a caller that
 ends an utterance while acting on one (a turn check) is seen by the next
 window. :meth:`Segmenter.trim` keeps the buffer bounded: it drops everything
 before the open utterance and before the audio the VAD may still turn into
-pre-roll.
+pre-roll. A live stream that hands its detector's state to the client for a
+resume keeps the VAD's state after each scoring call (``keep_states``), so
+:meth:`Segmenter.state_at` can tell the state at an utterance's end.
 """
 
 from __future__ import annotations
@@ -39,11 +41,14 @@ class Segmenter:
     is scored in fair slices); by default all the whole windows buffered.
     """
 
-    def __init__(self, endpoint: EndpointOptions, detector: DetectorOptions, chunk_samples: int | None = None) -> None:
+    def __init__(self, endpoint: EndpointOptions, detector: DetectorOptions, chunk_samples: int | None = None,
+                 vad_stream: VadStream | None = None, keep_states: bool = False) -> None:
         self.endpointer = Endpointer(endpoint, detector)
         self.buffer = SampleBuffer()
-        self.vad_stream = VadStream()
+        self.vad_stream = vad_stream or VadStream()  # a resumed stream's detector goes on from the state it had
         self.vad_position = 0  # samples the VAD has scored
+        # (position, state) after scoring calls, oldest first, none before the buffer's start: see state_at
+        self._states: list[tuple[int, VadStream]] | None = [(0, self.vad_stream.copy())] if keep_states else None
         self._chunk_windows = None if chunk_samples is None else max(1, chunk_samples // VAD_WINDOW_SAMPLES)
         # Audio the detector may still reach back into: its pre-roll, the voiced run before speech starts, a margin.
         self._keep_back = ((detector.speech_pad_ms + detector.min_speech_ms) * SAMPLE_RATE_HZ // 1000
@@ -66,14 +71,30 @@ class Segmenter:
         """Score every whole window not yet scored with ``score(stream, samples)`` (the VAD model's
         ``probabilities``) and yield the endpointer's actions, window by window."""
         while (chunk := self._next_chunk()) is not None:
-            yield from self._actions(score(self.vad_stream, chunk))
+            probabilities = score(self.vad_stream, chunk)
+            self._keep_state()
+            yield from self._actions(probabilities)
 
     async def detect_async(self, score: AsyncScore) -> AsyncIterator[Action]:
         """As :meth:`detect`, with ``score`` awaited (the service's VAD scheduler)."""
         while (chunk := self._next_chunk()) is not None:
-            for action in self._actions(await score(self.vad_stream, chunk)):
+            probabilities = await score(self.vad_stream, chunk)
+            self._keep_state()
+            for action in self._actions(probabilities):
                 yield action
 
+    def state_at(self, sample: int) -> tuple[VadStream, np.ndarray] | None:
+        """The VAD's state at ``sample`` as a kept state before it and the audio from there to ``sample`` (score
+        that audio on a copy of the state to reach it); None when ``sample`` is off the window grid or the audio
+        is gone (or states are not kept)."""
+        if self._states is None or sample % VAD_WINDOW_SAMPLES or sample > self.vad_position:
+            return None
+        for position, state in reversed(self._states):
+            if position <= sample:
+                if position < self.buffer.start:
+                    return None
+                return state.copy(), self.buffer.slice(position, sample)
+        return None
     def close(self, reason: EndReason) -> list[Action]:
         """Commit or end of input: the open utterance ends now (at the newest sample if speech is going on);
         after a commit, speech that goes on opens the next utterance at the cut."""
@@ -85,7 +106,16 @@ class Segmenter:
         if self.endpointer.start_sample is not None:
             keep = min(keep, self.endpointer.start_sample)
         self.buffer.discard_before(keep)
+        if self._states is not None:
+            # No utterance can end before the detector's last speech (an end is a pause after it) or where the
+            # audio is gone: the newest state at or before that stays, the ones after it are reached from it.
+            cut = max(self.endpointer.detector.speech_end_sample, self.buffer.start)
+            first = max((i for i, (position, _) in enumerate(self._states) if position <= cut), default=0)
+            del self._states[:first]
 
+    def _keep_state(self) -> None:
+        if self._states is not None:
+            self._states.append((self.vad_position, self.vad_stream.copy()))
     def _next_chunk(self) -> np.ndarray | None:
         windows = (self.buffer.end - self.vad_position) // VAD_WINDOW_SAMPLES
         if self._chunk_windows is not None:

@@ -25,7 +25,7 @@ from ..common.metrics import Metrics
 from ..common.scheduler import Priority, Scheduler, SchedulerOptions
 from ..common.vad import SileroVad, VadJob, VadStream
 from .endpointing import DetectorOptions, EndpointOptions, TurnMode
-from .engine import AsrEngine, DecodeRequest, DecodeResult, WhisperEngine, frames_bucket
+from .engine import AsrEngine, DecodeRequest, DecodeResult, WhisperEngine
 from .settings import AsrSettings
 from .turn import SmartTurnModel, TurnDecision, TurnPolicy
 
@@ -44,6 +44,10 @@ class AsrMetrics(Metrics):
         self.audio_seconds = self.counter("audio_seconds", "Seconds of audio received on streams")
         self.file_seconds = self.counter("file_audio_seconds", "Seconds of audio transcribed from uploads")
         self.turn_checks = self.counter("turn_checks", "Smart Turn decisions", ["decision"])
+        self.final_decodes = self.counter(
+            "final_decodes", "Finals by when their decode ran: decoded_ahead (done before the end of the utterance "
+            "was decided: no decode after it), started_ahead (still running or waiting then), decoded_after",
+            ["source"])
 
 
 def turn_policy(settings: AsrSettings) -> TurnPolicy:
@@ -68,7 +72,7 @@ def endpoint_options(settings: AsrSettings, policy: TurnPolicy, mode: TurnMode) 
     return EndpointOptions(
         mode=mode, end_pad_ms=v.end_pad_ms, vad_silence_ms=v.min_silence_ms,
         turn_checkpoints_ms=checks, max_silence_ms=t.max_silence_ms,
-        max_utterance_ms=int(settings.streaming.max_utterance_s * 1000),
+        max_utterance_ms=int(settings.streaming.max_utterance_s * 1000), speculate_ms=v.speculate_ms,
     )
 
 
@@ -86,6 +90,7 @@ class AsrRuntime:
     http_admission: Admission
     metrics: AsrMetrics
     started_at: float
+    final_max_batch: int = 1
 
     @classmethod
     def load(cls, settings: AsrSettings) -> "AsrRuntime":
@@ -95,6 +100,7 @@ class AsrRuntime:
         engine = WhisperEngine(
             m.name, device=m.device, compute_type=m.compute_type, cpu_threads=m.cpu_threads,
             download_root=m.download_root, default_language=None if m.language == "auto" else m.language,
+            encoder_bucket_s=m.encoder_bucket_s,
         )
         vad_model = SileroVad(settings.vad.model_path)
         turn_model = SmartTurnModel(settings.turn.model_path, threads=settings.turn.threads)
@@ -121,6 +127,7 @@ class AsrRuntime:
             http_admission=Admission(settings.server.max_file_jobs, "file transcription"),
             metrics=metrics,
             started_at=time.time(),
+            final_max_batch=s.final_max_batch or (1 if engine.device == "cpu" else s.max_batch),
         )
         log.info("models loaded", extra={"model": m.name, "compute_type": engine.compute_type,
                                          "load_s": round(time.perf_counter() - t0, 2)})
@@ -168,9 +175,10 @@ class AsrRuntime:
     async def decode_final(self, request: DecodeRequest, priority: Priority = Priority.URGENT,
                            replace_key: Hashable | None = None, owner: str | None = None) -> DecodeResult:
         key: Hashable = ("final", request.beam_size, request.word_timestamps, request.language,
-                         frames_bucket(request.audio.size), request.temperature)
+                         self.engine.encoder_frames(request.audio.size), request.temperature)
+        cap = 0 if priority >= Priority.BULK else self.final_max_batch  # file work: the scheduler's max_batch
         return await self.whisper.submit(request, priority=priority, batch_key=key, replace_key=replace_key,
-                                         owner=owner)
+                                         max_batch=cap, owner=owner)
 
     async def decode_partial(self, request: DecodeRequest, session_id: str) -> DecodeResult:
         key = ("partial", request.beam_size, request.language)

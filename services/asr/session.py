@@ -86,7 +86,8 @@ class AsrSession(Session):
     # -- chassis hooks: setup ------------------------------------------------------------------
     @classmethod
     def prepare(cls, ws: WebSocket, runtime: AsrRuntime) -> AsrSetup:
-        params, warnings = parse_stream_params(dict(ws.query_params), runtime.settings.server.max_replay_s)
+        params, warnings = parse_stream_params(dict(ws.query_params), runtime.settings.server.max_replay_s,
+                                               runtime.settings.model.max_context_chars, runtime.vad_model.fingerprint)
         try:
             language = runtime.resolve_language(params.language)
         except ValueError as exc:
@@ -97,7 +98,8 @@ class AsrSession(Session):
     def begin(self) -> None:
         p = self.params
         log.info("session started", extra={"sample_rate": p.sample_rate, "encoding": p.encoding.value,
-                                           "turn_detection": p.turn_detection.value, **p.resume.log_fields()})
+                                           "turn_detection": p.turn_detection.value, **p.resume.log_fields(),
+                                           **self.processor.context.log_fields()})
         self.greet()
         for warning in self.warnings:
             self.report(warning)

@@ -35,10 +35,18 @@ class ModelSettings(Section):
     """Where hub models are cached (scripts/download_models.py writes there)."""
     language: str = "en"
     """Default language (ISO 639-1) or ``auto``; English-only models always use en."""
+    encoder_bucket_s: float | None = Field(None, ge=0.5, le=30)
+    """Whisper's encoder sees each utterance plus 5 s of silence, rounded up to a multiple of this (its cost grows
+    faster than the length; less than those 5 s makes tiny models loop: docs/benchmarks.md). None: 2.5 on CPU,
+    5 on CUDA, where finals batch (only within one length) and the encoder is cheap. 5 is the old CPU path."""
     beam_size: int = Field(5, ge=1, le=10)
     """Beam width of file transcription (streams: ``streaming.final_beam_size``)."""
     partial_beam_size: int = Field(1, ge=1, le=10)
     """Beam width of partial hypotheses (greedy is enough: LocalAgreement confirms them)."""
+    max_context_chars: int = Field(500, ge=0, le=4000)
+    """Longest ``hotwords`` and ``prompt`` a session or upload may give, both together, in characters (more:
+    ``too_large``). Whisper itself reads at most 223 tokens of them (hotwords first, then the prompt's end);
+    every decode of the session pays for reading them."""
 
 
 class VadSettings(Section):
@@ -53,7 +61,15 @@ class VadSettings(Section):
     speech_pad_ms: int = Field(192, ge=0, le=1000)
     """Audio kept before the detected onset."""
     end_pad_ms: int = Field(96, ge=32, le=1000)
-    """Audio kept after the last speech window; the final is decoded once this much silence has passed."""
+    """Audio kept after the last speech window: a final decodes the speech and this much of the pause."""
+    speculate_ms: int = Field(32, ge=32, le=1000)
+    """``smart_turn`` streams: pause after which the final starts decoding, ahead of the end-of-turn decision. Below
+    ``end_pad_ms`` the part of the pad that has not arrived yet is decoded as digital silence (the VAD has
+    just called it a pause), so the final is ready up to ``end_pad_ms - speculate_ms`` sooner; if the pause
+    goes on, that decode is the final and nothing is decoded after the turn ends (WER unchanged on the
+    evaluation set, though punctuation may differ: docs/benchmarks.md). Equal to ``end_pad_ms``: the final
+    waits for the whole pad (always so in ``vad`` mode, whose decision comes much later: a stream's final there is
+    what an upload gives)."""
     min_silence_ms: int = Field(600, ge=64)
     """turn_detection=vad, and file transcription: silence that ends an utterance."""
 
@@ -61,6 +77,8 @@ class VadSettings(Section):
     def _thresholds(self) -> "VadSettings":
         if self.neg_threshold > self.threshold:
             raise ValueError("vad.neg_threshold must not exceed vad.threshold")
+        if self.speculate_ms > self.end_pad_ms:
+            raise ValueError("vad.speculate_ms must not exceed vad.end_pad_ms")
         return self
 
 
@@ -123,6 +141,11 @@ class StreamingSettings(Section):
 class SchedulerSettings(common_settings.SchedulerSettings):
     max_batch: int = Field(8, ge=1, le=64)
     """Requests decoded together (across sessions)."""
+    final_max_batch: int | None = Field(None, ge=1, le=64)
+    """Live finals decoded together. None: 1 on CPU, ``max_batch`` on CUDA. On CPU a batch of N finals costs
+    about N finals (one already keeps the cores busy), so decoding them one at a time, the longest-waiting
+    first, lets each out as soon as it is done instead of all at the end of the batch (docs/benchmarks.md);
+    ``max_batch`` here is the old path. File work is batched up to ``max_batch`` either way."""
     max_pending: int = Field(128, ge=1)
     """Live requests (finals, partials, turn checks) waiting for a model before new ones are refused
     (overloaded). File work has a bound of its own, so it never takes this room."""
@@ -170,6 +193,7 @@ class AsrSettings(Section):
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    wyoming: common_settings.WyomingSettings = Field(default_factory=common_settings.WyomingSettings)
 
 
 def load(path: str | os.PathLike | None = None, **overrides) -> AsrSettings:

@@ -119,6 +119,44 @@ class ByteDecoder:
         return len(self._carry)
 
 
+PCM_WIDTHS = (1, 2, 4)
+"""Sample widths :class:`MonoPcm16` takes, in bytes: 1 is unsigned (WAV's 8-bit), 2 and 4 signed little-endian."""
+MAX_CHANNELS = 8
+
+
+class MonoPcm16:
+    """Interleaved PCM of ``width`` bytes a sample and ``channels`` channels -> mono ``pcm_s16le`` bytes (the
+    channels averaged), carrying a frame split across chunks over to the next one. Raises ``bad_audio`` for a
+    width or channel count it does not take."""
+
+    def __init__(self, width: int, channels: int) -> None:
+        if width not in PCM_WIDTHS:
+            raise ServiceError(ErrorCode.BAD_AUDIO, f"sample width {shown(width)} is not supported: use "
+                                                    f"{', '.join(map(str, PCM_WIDTHS))} bytes")
+        if not isinstance(channels, int) or not 1 <= channels <= MAX_CHANNELS:
+            raise ServiceError(ErrorCode.BAD_AUDIO, f"channels must be 1-{MAX_CHANNELS}, got {shown(channels)}")
+        self.width = width
+        self.channels = channels
+        self._carry = b""
+
+    def convert(self, data: bytes) -> bytes:
+        if self.width == 2 and self.channels == 1:
+            return data  # already ours (ByteDecoder carries a split sample)
+        data = self._carry + data if self._carry else data
+        frame = self.width * self.channels
+        usable = len(data) - len(data) % frame
+        self._carry = bytes(data[usable:])
+        if self.width == 1:
+            samples = (np.frombuffer(data[:usable], dtype=np.uint8).astype(np.int32) - 128) << 8
+        elif self.width == 2:
+            samples = np.frombuffer(data[:usable], dtype="<i2").astype(np.int32)
+        else:
+            samples = np.frombuffer(data[:usable], dtype="<i4").astype(np.int64) >> 16
+        if self.channels > 1:
+            samples = samples.reshape(-1, self.channels).mean(axis=1)
+        return np.clip(np.round(samples), -32768, 32767).astype("<i2").tobytes()
+
+
 class StreamResampler:
     """Stateful soxr resampler; a no-op when the rates match."""
 

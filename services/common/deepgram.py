@@ -5,7 +5,9 @@ rate by encoding; :func:`parse_audio_query` is the one place those query
 parameters become our :class:`~.audio.Encoding` and rate (anything else is a
 fatal ``bad_audio``, which the dialects answer on the handshake). A refused
 handshake carries the reason in Deepgram's ``dg-error`` header too
-(:func:`refusal_headers`, which both dialect sessions register). This is the
+(:func:`refusal_headers`, which both dialect sessions register). Browsers cannot
+set headers, so Deepgram's browser clients send the key as a WebSocket
+subprotocol after ``token`` (or ``bearer``): :data:`KEY_SUBPROTOCOLS`. This is the
 one dialect module in ``common``; the generic modules never import it.
 """
 
@@ -16,6 +18,8 @@ from .errors import ErrorCode, ServiceError
 from .protocol import shown
 
 ENCODINGS = {"linear16": Encoding.PCM_S16LE, "mulaw": Encoding.MULAW}
+KEY_SUBPROTOCOLS = ("token", "bearer")
+"""``Sec-WebSocket-Protocol: token, KEY``: the API key as the subprotocol after one of these (accepted back)."""
 
 
 def refusal_headers(err: ServiceError) -> dict[str, str]:

@@ -8,13 +8,16 @@ with 413 before it is read, whether or not it declares a Content-Length.
 ``ops_router`` serves the operations paths (:data:`OPS_PATHS`: ``/health``,
 ``/ready`` and ``/metrics``, which no key, drain or gate ever refuses) from the
 runtime on ``app.state.runtime`` (anything with ``admission`` and ``metrics``).
-:func:`runtime_of` is how a route fetches that runtime.
+:func:`runtime_of` is how a route fetches that runtime; :func:`request_id_header` is
+the ``x-request-id`` some compatible APIs' clients read from a response (and warn
+when it is missing).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -98,6 +101,11 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
         task.cancel()
         await asyncio.gather(task, watcher, return_exceptions=True)
+
+
+def request_id_header() -> dict[str, str]:
+    """A fresh ``x-request-id`` for a response: ``req_`` and 32 hex digits, the form those clients know."""
+    return {"x-request-id": f"req_{uuid.uuid4().hex}"}
 
 
 def runtime_of(app) -> Any:

@@ -29,6 +29,7 @@ class Metrics:
         self.sessions_total = self.counter("sessions", "Streaming sessions accepted")
         self.refusals = self.counter("refusals", "Requests or sessions refused for load", ["reason"])
         self.errors = self.counter("errors", "Errors reported to clients, by code", ["code"])
+        self.wyoming_connections = self.counter("wyoming_connections", "Wyoming TCP connections accepted")
         self.client_requests = self.counter(
             "client_requests", "Authenticated requests and sessions, by API-key name", ["client", "kind"])
         self.queue_depth = self.gauge("queue_depth", "Requests waiting in a model scheduler", ["model"])

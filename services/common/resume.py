@@ -2,8 +2,9 @@
 
 A client that lost its socket reconnects to the same URL and says where its
 stream carries on: ASR ``resume_at_s`` (stream seconds of the first sample it
-sends), ``resume_utterance`` (the next utterance number) and ``resume_replay_s``
-(how much already-sent audio it replays); TTS ``resume_segment`` (the next
+sends), ``resume_utterance`` (the next utterance number), ``resume_replay_s``
+(how much already-sent audio it replays) and ``resume_vad_state`` (the voice
+detector's state the last final carried); TTS ``resume_segment`` (the next
 segment number) and ``segment_end`` (ask for an event when a piece's audio is
 complete). Nothing about the stream is kept on the server: these numbers are
 the whole of its state. A value that is not a number, is negative or is out of
@@ -21,7 +22,8 @@ from collections.abc import Iterable, Mapping
 from .errors import ErrorCode, ServiceError
 from .protocol import shown
 
-RESUME_PARAMS = ("resume_at_s", "resume_utterance", "resume_replay_s", "resume_segment", "segment_end")
+RESUME_PARAMS = ("resume_at_s", "resume_utterance", "resume_replay_s", "resume_vad_state", "resume_segment",
+                 "segment_end")
 """Every query parameter of the resume protocol, on either service."""
 
 MAX_STREAM_S = 7 * 24 * 3600.0
@@ -36,7 +38,7 @@ def refuse_resume(query: Mapping[str, str], route: str, supported: Iterable[str]
     if named:
         raise ServiceError(ErrorCode.NOT_SUPPORTED, f"{route} does not take {', '.join(named)}: ASR streams resume "
                                                     f"on /v1/stream/asr (resume_at_s, resume_utterance, "
-                                                    f"resume_replay_s), TTS streams on /v1/stream/tts "
+                                                    f"resume_replay_s, resume_vad_state), TTS streams on /v1/stream/tts "
                                                     f"(resume_segment, segment_end)")
 
 

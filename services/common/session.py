@@ -16,13 +16,12 @@ and its work (ASR: the audio processor; TTS: the speaker). The chassis owns:
   client that does not read them gets :data:`FAIL_GRACE_S`, then close 1011;
 * **limits**: text frames over ``server.max_message_bytes`` are ``too_large``;
   a client that takes no frame for ``server.send_timeout_s`` is dropped;
-* **draining**: on SIGTERM the watcher waits :data:`DRAIN_GRACE_S` (what was
-  sent just before is read first) and calls :meth:`Session.on_drain`;
+* **draining**: on SIGTERM, after :data:`DRAIN_GRACE_S` (what was just sent is read first), :meth:`Session.on_drain`;
 * **dialects**: a compatible API is a subclass that renders the same items in
   its own shape (:meth:`Session.send`, :meth:`Session.error_frame`) and, with
   ``handshake_refusal``, refuses a session with an HTTP status on the handshake
   (with its :meth:`Session.refusal_headers`), as those APIs' clients expect;
-  :func:`handshake_refusals` lists such sockets for the API-key check.
+  :func:`handshake_refusals` lists such sockets for the API-key check (``key_subprotocols``: a browser's key).
 
 Any exception in the reader or writer ends this session, never another one.
 """
@@ -40,6 +39,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import logs
 from .admission import refuse, session_slot
+from .auth import subprotocol_key
 from .errors import ErrorCode, RefusalHeaders, ServiceError
 from .outbox import CloseRequest, Outbox, QueueFull
 from .protocol import Event
@@ -73,6 +73,9 @@ class Session:
     handshake_refusal = False
     """Refuse (bad query, no slot) with an HTTP response on the handshake rather than an error event and a close
     (where the server supports the WebSocket denial extension)."""
+
+    key_subprotocols: tuple[str, ...] = ()
+    """Subprotocols (lower case) a browser offers its API key after (``token, KEY``); that one is accepted back."""
 
     def __init__(self, ws: WebSocket, runtime: Any, session_id: str, outbox: Outbox) -> None:
         self.ws = ws
@@ -157,8 +160,9 @@ class Session:
     @classmethod
     async def serve(cls, ws: WebSocket, runtime: Any) -> None:
         deny = cls.handshake_refusal and "websocket.http.response" in ws.scope.get("extensions", {})
+        subprotocol = (subprotocol_key(ws.scope, cls.key_subprotocols) or (None,))[0]  # ApiKeyAuth checked the key
         if not deny:
-            await ws.accept()
+            await ws.accept(subprotocol)
         with logs.session_scope() as session_id:
             try:
                 setup = cls.prepare(ws, runtime)
@@ -173,7 +177,7 @@ class Session:
                     await refuse(ws, runtime.metrics, err, cls.error_frame(err), deny, cls.refusal_headers(err))
                     return
                 if deny:
-                    await ws.accept()
+                    await ws.accept(subprotocol)
                 await session.run()
 
     async def run(self) -> None:
@@ -222,7 +226,7 @@ class Session:
                     self._gone.set()
                     return
                 try:
-                    stop = await self._handle(message)
+                    stop = await self.on_message(message)
                 except ServiceError as err:
                     if err.fatal:
                         await self.end_with(err)
@@ -239,7 +243,8 @@ class Session:
             log.exception("reader failed")
             self.fail(ServiceError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}"))
 
-    async def _handle(self, message: dict | None) -> bool:
+    async def on_message(self, message: dict | None) -> bool:
+        """A received message (None: timed out) to the hooks above; a non-WebSocket transport overrides it."""
         if message is None:
             return await self.on_timeout()
         self.last_input = time.perf_counter()

@@ -7,6 +7,7 @@ everything once at start-up and raises :class:`SettingsError` with one line per
 problem, naming the key, so a typo in a unit file fails loudly.
 :class:`SchedulerSettings` and :class:`ServerSettings` hold the fields both
 services' ``scheduler`` and ``server`` sections share; each service subclasses them.
+:class:`WyomingSettings` is both services' ``wyoming`` section as it is.
 """
 
 from __future__ import annotations
@@ -103,6 +104,17 @@ class SchedulerSettings(Section):
     call_timeout_s: float = Field(120.0, gt=0)
     """A model call (one batch) that has not returned after this long is treated as hung: its requests fail
     with ``internal``, the instance refuses new work and ``/ready`` says 503 ``stalled`` until it returns."""
+
+
+class WyomingSettings(Section):
+    """The ``wyoming`` section both services have: a Wyoming server (Home Assistant's voice protocol) in the same
+    process, over the same sessions (docs/wyoming.md)."""
+
+    host: str | None = None
+    """Bind address of the Wyoming server (default: ``server.host``)."""
+    port: int = Field(0, ge=0, le=65535)
+    """Its TCP port; 0 leaves it off. Home Assistant's conventions: 10300 for speech-to-text, 10200 for
+    text-to-speech."""
 
 
 class ServerSettings(Section):

@@ -8,12 +8,17 @@ The model scores windows of :data:`VAD_WINDOW_SAMPLES` samples (32 ms at
 16 kHz). What the probabilities mean for a conversation (when an utterance
 starts and ends) is the ASR service's policy, not this module's;
 :func:`speech_seconds` is the one plain reading both services need: how much
-of a recording is speech.
+of a recording is speech. :func:`encode_state` / :func:`decode_state` carry a
+stream's state to a client and back, so a resumed stream's detector carries on
+where the dropped one was.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +48,43 @@ class VadStream:
     c: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 128), dtype=np.float32))
     context: np.ndarray = field(default_factory=lambda: np.zeros(CONTEXT_SAMPLES, dtype=np.float32))
 
+    def copy(self) -> VadStream:
+        return VadStream(self.h.copy(), self.c.copy(), self.context.copy())
+
+
+_STATE_VERSION = 1
+_STATE_HEADER = struct.Struct("<B8s")  # version, model fingerprint
+_STATE_FLOATS = 2 * 128 + CONTEXT_SAMPLES
+_STATE_BYTES = _STATE_HEADER.size + 4 * _STATE_FLOATS
+_STATE_BOUND = 1e4  # the LSTM's cell state stays far below this; larger is not a state this model made
+
+
+def encode_state(stream: VadStream, fingerprint: bytes) -> str:
+    """``stream`` as URL-safe base64 text (1.7 kB), tagged with the model it belongs to."""
+    values = np.concatenate([stream.h.reshape(-1), stream.c.reshape(-1), stream.context]).astype("<f4")
+    raw = _STATE_HEADER.pack(_STATE_VERSION, fingerprint) + values.tobytes()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_state(text: str) -> tuple[bytes, VadStream]:
+    """The model fingerprint and the state :func:`encode_state` wrote; ``ValueError`` for anything else."""
+    if len(text) > 2 * _STATE_BYTES:
+        raise ValueError("too long")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError as exc:
+        raise ValueError("not base64url") from exc
+    if len(raw) != _STATE_BYTES:
+        raise ValueError(f"{len(raw)} bytes, not {_STATE_BYTES}")
+    version, fingerprint = _STATE_HEADER.unpack_from(raw)
+    if version != _STATE_VERSION:
+        raise ValueError(f"version {version}, not {_STATE_VERSION}")
+    values = np.frombuffer(raw, dtype="<f4", offset=_STATE_HEADER.size).astype(np.float32)
+    if not np.all(np.isfinite(values)) or np.abs(values).max(initial=0.0) > _STATE_BOUND:
+        raise ValueError("values out of range")
+    h, c, context = np.split(values, [128, 256])
+    return fingerprint, VadStream(h.reshape(1, 1, 128).copy(), c.reshape(1, 1, 128).copy(), context.copy())
+
 
 @dataclass
 class VadJob:
@@ -62,6 +104,8 @@ class SileroVad:
         opts.intra_op_num_threads = threads
         opts.log_severity_level = 4
         opts.enable_cpu_mem_arena = False  # the arena keeps the largest batch's buffers for good (RELIABILITY.md)
+        self.fingerprint = hashlib.sha256(self.path.read_bytes()).digest()[:8]
+        """Names these weights in an encoded state: a state is only carried on by the model that made it."""
         self._session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"],
                                                      sess_options=opts)
 

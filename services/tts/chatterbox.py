@@ -49,6 +49,7 @@ BUILTIN_VOICE = "chatterbox-default"
 class ChatterboxEngine:
     name = "chatterbox"
     can_clone = True
+    aligns_words = False  # word timings are estimated (words.WordRate)
     lanes = 1  # one GPU stream: pieces run one at a time
     first_lanes = 0
 

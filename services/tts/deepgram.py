@@ -26,7 +26,7 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from ..common.audio import Encoding
-from ..common.deepgram import parse_audio_query, refusal_headers as deepgram_refusal_headers
+from ..common.deepgram import KEY_SUBPROTOCOLS, parse_audio_query, refusal_headers as deepgram_refusal_headers
 from ..common.errors import ServiceError
 from ..common.protocol import Closed, End, parse_message
 from ..common.resume import refuse_resume
@@ -57,6 +57,7 @@ def parse_speak_query(query: dict[str, str]) -> StreamParams:
 class DeepgramSpeakSession(TtsSession):
     handshake_refusal = True
     refusal_headers = staticmethod(deepgram_refusal_headers)  # dg-error: why the handshake was refused
+    key_subprotocols = KEY_SUBPROTOCOLS  # a browser's key: Sec-WebSocket-Protocol: token, KEY
 
     def __init__(self, ws: WebSocket, runtime: TtsRuntime, setup: TtsSetup, session_id: str) -> None:
         super().__init__(ws, runtime, setup, session_id)

@@ -6,7 +6,9 @@ never touch the event loop. One :class:`SynthesisJob` is one piece of text: the
 engine hands each audio chunk to ``job.sink`` as soon as it exists (that is how
 audio streams within a piece) and stops between chunks once ``job.cancelled``
 is set (barge-in); :func:`run_jobs` then calls ``job.on_done`` on the same
-thread. Everything about the request - its voice, its speed, where its audio
+thread. An engine that ``aligns_words`` hands a chunk's word timings to
+``job.word_sink`` (when the job has one) just before the chunk itself; the
+others never call it and the runtime estimates them (:mod:`.words`). Everything about the request - its voice, its speed, where its audio
 goes - travels in the job; the engine keeps no per-request state. The engines:
 :mod:`.piper` (CPU, the default) and :mod:`.chatterbox` (GPU, cloning).
 """
@@ -21,8 +23,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .words import WordSpan
+
 AudioSink = Callable[[np.ndarray, int], None]
 """Called from the worker thread with each chunk: (mono float32 samples, sample rate in Hz)."""
+WordSink = Callable[[list[WordSpan], int, bool], None]
+"""Called from the worker thread just before a chunk goes to the audio sink: (the chunk's words in samples from
+the chunk's first sample, the chunk's rate in Hz, True where they are estimated rather than aligned)."""
 
 
 @dataclass(eq=False)
@@ -36,6 +43,8 @@ class SynthesisJob:
     cancelled: threading.Event = field(default_factory=threading.Event)
     on_done: Callable[[], None] | None = None
     """Called on the worker thread after the last chunk (after a barge-in or a failure too)."""
+    word_sink: WordSink | None = None
+    """Set when the session asked for word timings; called by engines that ``aligns_words``."""
 
 
 @dataclass
@@ -62,6 +71,8 @@ class TtsEngine(Protocol):
     first_lanes: int
     """Threads beside ``lanes`` for a reply's first piece only (the scheduler's ``urgent_workers``);
     ``synthesize`` is called from up to ``lanes + first_lanes`` threads at a time."""
+    aligns_words: bool
+    """True: ``synthesize`` reports each chunk's words to ``job.word_sink`` (when set) before the chunk."""
 
     def builtin_voices(self) -> dict[str, int]:
         """Built-in voice ids and their native sample rates, the default first."""

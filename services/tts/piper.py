@@ -10,7 +10,8 @@ thread speaks on its own copy (a piece that starts with no other piece running
 takes the all-threads voice), which gets more pieces per second out of a few
 cores than one piece at a time on all of them, and lets a reply's first piece
 start as soon as a lane is free. Piper yields one chunk per sentence; it cannot
-clone voices.
+clone voices. Each voice is loaded with its phoneme durations exposed (:mod:`.alignment`), so a job that asks
+for word timings gets each sentence's words, aligned, just before the sentence's audio.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common.errors import ErrorCode, ServiceError
+from .alignment import WordPlan, alignment_model
 from .engine import CloneJob, SynthesisJob, SynthesisResult
 
 EMBEDDED_VOICE = "en_US-joe-medium"
@@ -39,6 +41,7 @@ class PiperEngine:
 
     name = "piper"
     can_clone = False
+    aligns_words = True
 
     def __init__(self, voice_files: dict[str, tuple[Path, Path]], *, cpu_threads: int = 0, use_cuda: bool = False,
                  noise_scale: float | None = None, noise_w_scale: float | None = None, volume: float = 0.9,
@@ -54,7 +57,7 @@ class PiperEngine:
         self._threads = threads = self.lanes + self.first_lanes  # the scheduler's worker threads, a voice copy each
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
 
-        def load(model_path: Path, config: Any, threads: int) -> Any:
+        def load(model: bytes | str, config: Any, threads: int) -> Any:
             opts = onnxruntime.SessionOptions()
             if threads:
                 opts.intra_op_num_threads = threads
@@ -62,16 +65,17 @@ class PiperEngine:
             opts.log_severity_level = 3
             # Idle worker threads must not spin: the event loop and the sockets share these cores.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            session = onnxruntime.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+            session = onnxruntime.InferenceSession(model, sess_options=opts, providers=providers)
             return PiperVoice(session=session, config=config)
 
         self._voices: dict[str, Any] = {}
         self._lane_voices: dict[str, dict[int, Any]] = {}  # lane -> a one-thread copy (threads > 1)
         for voice_id, (model_path, config_path) in voice_files.items():
             config = PiperConfig.from_dict(json.loads(Path(config_path).read_text(encoding="utf-8")))
-            self._voices[voice_id] = load(model_path, config, cpu_threads)
+            model = alignment_model(Path(model_path))  # patched once, shared by every copy
+            self._voices[voice_id] = load(model, config, cpu_threads)
             if threads > 1:
-                self._lane_voices[voice_id] = {lane: load(model_path, config, 1) for lane in range(threads)}
+                self._lane_voices[voice_id] = {lane: load(model, config, 1) for lane in range(threads)}
         self._thread_lane = threading.local()  # each scheduler worker thread keeps one lane
         self._next_lane = itertools.count()
         self._running = 0  # pieces being synthesized now, on any thread
@@ -139,12 +143,16 @@ class PiperEngine:
         started = time.perf_counter()
         audio_s = 0.0
         chunks = 0
+        plan = WordPlan(voice, job.text) if job.word_sink is not None else None
         # Piper yields one chunk per sentence; a piece is usually one sentence or clause.
-        for chunk in voice.synthesize(job.text, syn_config=config):
+        for chunk in voice.synthesize(job.text, syn_config=config, include_alignments=plan is not None):
             if job.cancelled.is_set():
                 break
             samples = chunk.audio_float_array.reshape(-1)
             audio_s += samples.size / chunk.sample_rate
+            if plan is not None and job.word_sink is not None:
+                spans, estimated = plan.spans(chunks, chunk.phonemes, chunk.phoneme_alignments, samples.size)
+                job.word_sink(spans, chunk.sample_rate, estimated)
             chunks += 1
             if job.sink is not None:
                 job.sink(samples, chunk.sample_rate)

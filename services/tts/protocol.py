@@ -6,7 +6,8 @@ is parsed and :func:`parse_stream_params` the one place query parameters are.
 Field names follow the API reference (``docs/api.md``) exactly. Two
 optional parameters serve a client that resumes after a dropped socket:
 ``segment_end=true`` adds a ``segment_end`` event after each piece's last audio,
-and ``resume_segment=N`` numbers the segments from N.
+and ``resume_segment=N`` numbers the segments from N. ``word_timings=true`` adds a
+``words`` event ahead of the audio each word starts in (:class:`Words`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..common.protocol import Closed, End, Event, parse_message, shown
 from ..common.resume import index_param, refuse_resume
 
 __all__ = ["Cancel", "Cancelled", "Closed", "DeepgramSpeakRequest", "Done", "End", "Flush", "Ready", "Segment",
-           "SegmentEnd", "SpeechFormat",
+           "SegmentEnd", "SpeechFormat", "Words",
            "SpeechRequest", "StreamParams", "SynthesizeFormat", "SynthesizeRequest", "Text", "parse_client_message",
            "parse_stream_params"]
 
@@ -80,6 +81,15 @@ class StreamParams:
     sample_rate: int | None = None  # None: the voice's native rate
     first_segment: int = 0  # a resumed stream's next segment number
     segment_end: bool = False  # send segment_end after each piece's audio
+    word_timings: bool = False  # send words events
+
+
+def flag_param(query: dict[str, str], name: str) -> bool:
+    """A ``true``/``false`` (``1``/``0``) query parameter, false when absent; anything else is ``invalid_parameter``."""
+    value = (query.get(name) or "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ServiceError(ErrorCode.INVALID_PARAMETER, f"{name} must be true or false, got {shown(value)}")
+    return value in ("true", "1")
 
 
 def parse_stream_params(query: dict[str, str]) -> StreamParams:
@@ -89,11 +99,8 @@ def parse_stream_params(query: dict[str, str]) -> StreamParams:
     rate = parse_sample_rate(raw_rate) if raw_rate not in (None, "") else None
     encoding = parse_encoding(query.get("encoding") or "pcm_s16le")
     refuse_resume(query, "/v1/stream/tts", supported=("resume_segment", "segment_end"))
-    segment_end = (query.get("segment_end") or "false").lower()
-    if segment_end not in ("true", "false", "1", "0"):
-        raise ServiceError(ErrorCode.INVALID_PARAMETER, f"segment_end must be true or false, got {shown(segment_end)}")
     return StreamParams(query.get("voice") or None, encoding, rate, index_param(query, "resume_segment") or 0,
-                        segment_end in ("true", "1"))
+                        flag_param(query, "segment_end"), flag_param(query, "word_timings"))
 
 
 # -- server -> client ---------------------------------------------------------------
@@ -132,7 +139,20 @@ class SegmentEnd(Event):
     index: int
 
 
-ServerEvent = Ready | Segment | SegmentEnd | Done | Cancelled | Closed
+@dataclass
+class Words(Event):
+    """Only with ``word_timings=true``: the words of segment ``segment`` whose audio comes next, sent before the
+    audio each one starts in. ``words``: ``{"word", "start", "end", "start_sample", "end_sample"}`` in the
+    session's audio time (seconds / samples of audio sent since the session's first audio, across segments and
+    barge-ins); ``estimated``: the engine reported no alignment and the times are a guess."""
+
+    type: ClassVar[str] = "words"
+    segment: int
+    words: list[dict]
+    estimated: bool = False
+
+
+ServerEvent = Ready | Segment | SegmentEnd | Words | Done | Cancelled | Closed
 
 
 # -- HTTP bodies ---------------------------------------------------------------------

@@ -27,7 +27,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..common.audio import parse_sample_rate
 from ..common.errors import ErrorCode, ServiceError
-from ..common.http import runtime_of
+from ..common.http import request_id_header, runtime_of
+from ..common.auth import key_subprotocols
 from ..common.session import handshake_refusals
 from .formats import AudioEncoder
 from .deepgram import DeepgramSpeakSession, voice_of_model
@@ -107,7 +108,8 @@ async def _chained(first: bytes, chunks) -> AsyncIterator[bytes]:
 
 
 async def _streaming(runtime: TtsRuntime, text: str, voice: str | None, fmt: str, rate_hz: int | None,
-                     speed: float, route: str, sse: bool = False) -> StreamingResponse:
+                     speed: float, route: str, sse: bool = False,
+                     headers: dict[str, str] | None = None) -> StreamingResponse:
     runtime.http_admission.acquire()  # 503 at once when every HTTP slot is taken; sessions keep their budget
     chunks = None
     released = False
@@ -135,7 +137,7 @@ async def _streaming(runtime: TtsRuntime, text: str, voice: str | None, fmt: str
             first = b""
         runtime.metrics.http_synthesis.labels(route=route).inc()
 
-        headers = {"X-Sample-Rate": str(encoder.rate_hz)}
+        headers = {"X-Sample-Rate": str(encoder.rate_hz), **(headers or {})}
         if sse:
             body, media_type = _as_sse(text, first, chunks), "text/event-stream"
             headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -173,7 +175,7 @@ async def openai_speech(request: Request) -> StreamingResponse:
     body = await _body(request, SpeechRequest)
     rate = OPENAI_PCM_RATE_HZ if body.response_format is SpeechFormat.pcm else None
     return await _streaming(runtime, body.input, body.voice, body.response_format.value, rate, body.speed,
-                            "speech", sse=body.stream_format == "sse")
+                            "speech", sse=body.stream_format == "sse", headers=request_id_header())
 
 
 @router.websocket("/v1/speak")
@@ -183,6 +185,8 @@ async def deepgram_speak_stream(ws: WebSocket) -> None:
 
 HANDSHAKE_REFUSALS = handshake_refusals({"/v1/speak": DeepgramSpeakSession})
 """The dialect's socket: a refusal there, a missing API key too, is an HTTP status on the handshake."""
+KEY_SUBPROTOCOLS = key_subprotocols({"/v1/speak": DeepgramSpeakSession})
+"""It also takes a browser's key as a subprotocol (``token, KEY``)."""
 
 
 _DEEPGRAM_FORMATS = {("linear16", "none"): "pcm", ("linear16", "wav"): "wav", ("mulaw", "none"): "mulaw",

@@ -11,7 +11,9 @@ runtime.stream(voice, text, encoder)`` reads a bounded
 :class:`~.pipe.AudioPipe` that the worker thread fills as the engine makes
 chunks, already resampled and encoded there (the loop only moves bytes);
 leaving the loop early withdraws or stops the piece. The WebSocket session and
-both HTTP routes consume it the same way. The first piece of a session's reply
+both HTTP routes consume it the same way; a session that asked for word timings
+passes its :class:`~.words.WordRate` and gets :class:`~.words.PieceWords` among
+the bytes, ahead of the audio they describe. The first piece of a session's reply
 is ``URGENT``: a session waiting for its first audio goes before the later
 pieces of sessions already speaking. HTTP synthesis and cloning take a slot of
 their own admission (``http_admission``, refused at once with ``overloaded``),
@@ -39,6 +41,7 @@ from .pipe import piece_pipe
 from .settings import TtsSettings
 from .text import ChunkerOptions
 from .voices import ResolvedVoice, VoiceCatalog, VoiceInfo, VoiceStore
+from .words import PieceWords, WordRate
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +137,17 @@ class TtsRuntime:
         return self.engine.sample_rate_hz(None if voice.cloned else voice.id)
 
     async def stream(self, voice: ResolvedVoice, text: str, encoder: AudioEncoder, *, speed: float = 1.0,
-                     priority: Priority = Priority.NORMAL) -> AsyncIterator[bytes]:
-        """One piece's audio in ``encoder``'s format, as the engine makes it (see the module docstring).
+                     priority: Priority = Priority.NORMAL,
+                     words: WordRate | None = None) -> AsyncIterator[bytes | PieceWords]:
+        """One piece's audio in ``encoder``'s format, as the engine makes it (see the module docstring); with
+        ``words``, its word timings too (the engine's where it aligns, else estimated by ``words``).
 
         The resampler's tail comes last (the encoder then starts the next piece afresh); a failure is raised
         after the audio made before it. Leaving the loop early (a barge-in, a client that left) withdraws the
         piece if it is still waiting and stops it between chunks if it is running."""
         job = SynthesisJob(text, voice.id, voice.conditionals, speed=speed)
-        pipe = piece_pipe(job, encoder, self.settings.server.max_piece_audio_s)
+        pipe = piece_pipe(job, encoder, self.settings.server.max_piece_audio_s, words=words,
+                          aligned=words is not None and self.engine.aligns_words)
         synthesis = asyncio.ensure_future(self._synthesize(job, priority))
         synthesis.add_done_callback(lambda task: pipe.end(None if task.cancelled() else task.exception()))
         try:

@@ -7,7 +7,10 @@ reports and drains; this module adds the TTS messages and the speaker:
   queues the complete pieces for the :class:`~.speaker.Speaker`; it speaks a
   pending fragment once it has waited ``flush_after_ms``, and it handles
   ``cancel`` itself, at once;
-* the writer sends the outbox's events and audio in order.
+* the writer sends the outbox's events and audio in order, and keeps the
+  session's audio clock (samples written): with ``word_timings=true`` each
+  piece's word timings are put on it as they are sent, so they count only the
+  audio that went out.
 
 Admission comes first, before any other work (the voice lookup too).
 Everything queued is bounded: audio by seconds (``max_buffered_audio_s``, which
@@ -37,9 +40,10 @@ from ..common.errors import ErrorCode, ServiceError
 from ..common.outbox import Outbox, OutboxFull
 from ..common.session import Session
 from .formats import WIRE_FORMATS, AudioEncoder
-from .protocol import Cancel, Cancelled, End, Flush, Ready, StreamParams, Text, parse_client_message, parse_stream_params
+from .protocol import (Cancel, Cancelled, End, Flush, Ready, Segment, StreamParams, Text, Words, parse_client_message,
+                       parse_stream_params)
 from .serving import TtsRuntime
-from .speaker import Audio, Mark, Piece, Speaker, WorkQueue, audio_bytes, droppable
+from .speaker import Audio, Mark, Piece, PieceTimings, Speaker, WorkQueue, audio_bytes, droppable
 from .text import TextChunker
 from .voices import ResolvedVoice
 
@@ -70,8 +74,14 @@ class TtsSession(Session):
         self.chunker = TextChunker(runtime.chunker_options)
         self.work = self._new_work()
         self.speaker = Speaker(runtime, voice, AudioEncoder(WIRE_FORMATS[params.encoding], self.out_rate_hz),
-                               self.outbox, self.chunker, params.first_segment, params.segment_end)
+                               self.outbox, self.chunker, params.first_segment, params.segment_end,
+                               params.word_timings)
         self.speaker_task: asyncio.Task | None = None
+        self.piece_voice: ResolvedVoice | None = None
+        """A dialect's voice for the pieces queued from now on, where a request names its own (None: the
+        session's); the session's encoder resamples it to the session's rate."""
+        self.samples_sent = 0  # the session's audio clock: samples written since its first audio
+        self._piece_start = 0  # the clock where the piece being sent began
         self._cancel_started = 0.0
 
     # -- chassis hooks: setup ------------------------------------------------------------------
@@ -147,7 +157,8 @@ class TtsSession(Session):
     def _queue(self, pieces: list[str]) -> None:
         now = time.perf_counter()
         for text in pieces:
-            self.work.put(Piece(text, now, first=not self.speaker.speaking and self.work.empty()))
+            self.work.put(Piece(text, now, first=not self.speaker.speaking and self.work.empty(),
+                                voice=self.piece_voice))
 
     def _idle(self) -> bool:
         return not self.speaker.speaking and self.work.empty() and not self.chunker.pending and not len(self.outbox)
@@ -195,13 +206,27 @@ class TtsSession(Session):
         metrics = self.runtime.metrics
         if isinstance(item, Audio):
             await self.write_audio(item.data)
+            self.samples_sent += len(item.data) // self.params.encoding.bytes_per_sample
             if item.first_of is not None:
                 metrics.time_to_first_audio.observe(time.perf_counter() - item.first_of.ready_at)
             return False
+        if isinstance(item, Segment):
+            self._piece_start = self.samples_sent  # the piece's audio follows, after all the audio sent before it
+        elif isinstance(item, PieceTimings):
+            item = self.on_clock(item)
         await self.send_event(item)
         if isinstance(item, Cancelled):
             metrics.cancel_ack_seconds.observe(time.perf_counter() - self._cancel_started)
         return False
+
+    def on_clock(self, timings: PieceTimings) -> Words:
+        """A piece's word timings on the session's audio clock (what was sent, so audio a barge-in dropped is not
+        counted)."""
+        rate, base = self.out_rate_hz, self._piece_start
+        return Words(timings.segment, [
+            {"word": s.word, "start": round((base + s.start) / rate, 3), "end": round((base + s.end) / rate, 3),
+             "start_sample": base + s.start, "end_sample": base + s.end} for s in timings.words.spans],
+            timings.words.estimated)
 
     async def write_audio(self, data: bytes) -> None:
         await self.write(data)

@@ -182,6 +182,7 @@ class TtsSettings(Section):
     text: TextSettings = Field(default_factory=TextSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    wyoming: common_settings.WyomingSettings = Field(default_factory=common_settings.WyomingSettings)
 
     @model_validator(mode="after")
     def _budget(self) -> "TtsSettings":

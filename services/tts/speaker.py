@@ -4,7 +4,8 @@ A :class:`Speaker` belongs to one session and speaks what the session's reader
 queued on its :class:`WorkQueue` - :class:`Piece` s of text and flush
 :class:`Mark` s - one at a time, in order, into the session's outbox: a ``segment`` event, then the piece's
 audio pulled from ``runtime.stream`` (resampled and encoded on the model's
-worker thread), then ``segment_end`` where the client asked for it (a
+worker thread; with word timings, the piece's :class:`PieceTimings` among it, ahead of the audio they
+describe), then ``segment_end`` where the client asked for it (a
 resuming client learns the piece is complete), then ``done`` for a flush mark,
 ``closed`` and the close for an ``end``. Before each piece it waits for room in the outbox's audio budget, so a
 slow reader holds synthesis back instead of filling memory. Everything it
@@ -31,6 +32,7 @@ from .protocol import Closed, Done, Segment, SegmentEnd
 from .serving import TtsRuntime
 from .text import TextChunker
 from .voices import ResolvedVoice
+from .words import PieceWords, WordRate
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Piece:
     text: str
     ready_at: float  # perf_counter when it was cut
     first: bool  # nothing else was waiting or speaking: its first audio is a time-to-first-audio
+    voice: ResolvedVoice | None = None  # the voice it is spoken with (None: the speaker's)
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,18 @@ class WorkQueue:
         return sum(len(item.text) for item in self._items if isinstance(item, Piece))
 
 
+@dataclass(frozen=True)
+class PieceTimings:
+    """Words of segment ``segment``, in samples from the piece's first sample (the session puts them on its clock
+    as it sends them)."""
+
+    segment: int
+    words: PieceWords
+
+
 def droppable(item: Any) -> bool:
-    """What a barge-in drops from the outbox: the cancelled text's audio, segments and dones."""
-    return isinstance(item, (Audio, Segment, SegmentEnd, Done))
+    """What a barge-in drops from the outbox: the cancelled text's audio, segments, word timings and dones."""
+    return isinstance(item, (Audio, Segment, SegmentEnd, PieceTimings, Done))
 
 
 def audio_bytes(item: Any) -> int:
@@ -102,7 +114,8 @@ def audio_bytes(item: Any) -> int:
 
 class Speaker:
     def __init__(self, runtime: TtsRuntime, voice: ResolvedVoice, encoder: AudioEncoder, outbox: Outbox,
-                 chunker: TextChunker, first_segment: int = 0, segment_end: bool = False) -> None:
+                 chunker: TextChunker, first_segment: int = 0, segment_end: bool = False,
+                 word_timings: bool = False) -> None:
         self.runtime = runtime
         self.voice = voice
         self.encoder = encoder
@@ -110,6 +123,7 @@ class Speaker:
         self.chunker = chunker
         self.segments = first_segment  # the next segment's number (a resumed stream carries on)
         self.segment_end = segment_end
+        self.words = WordRate() if word_timings else None  # the fallback's rate, for engines that do not align
         self.speaking = False
         self.draining = False
 
@@ -144,9 +158,13 @@ class Speaker:
             outbox.put(Segment(index, item.text), generation=generation)
             first = item if item.first else None
             priority = Priority.URGENT if item.first else Priority.NORMAL  # first audio of a reply goes first
-            async with contextlib.aclosing(self.runtime.stream(self.voice, item.text, self.encoder,
-                                                               priority=priority)) as audio:
+            async with contextlib.aclosing(self.runtime.stream(item.voice or self.voice, item.text, self.encoder,
+                                                               priority=priority, words=self.words)) as audio:
                 async for data in audio:
+                    if isinstance(data, PieceWords):
+                        if data.spans:
+                            outbox.put(PieceTimings(index, data), generation=generation)
+                        continue
                     outbox.put(Audio(data, first), generation=generation)
                     first = None
             if self.segment_end:

@@ -6,10 +6,12 @@ the last final it received, and the ``commit``/``end`` messages among it. When
 the socket drops it reconnects to the same URL declaring where the stream
 resumes (``resume_at_s``: the stream time of the first kept byte;
 ``resume_utterance``: the next utterance number; ``resume_replay_s``: how much
-it replays), sends the kept audio again and carries on: the server numbers and
-times its events from there, so finals are neither lost nor repeated and an
-utterance cut in the middle is heard again whole (its partials rebuild). The
-audio kept is bounded by :attr:`~.backoff.ResumePolicy.max_replay_s`.
+it replays; ``resume_vad_state``: the voice detector's state the last final
+carried, asked for with ``vad_state=true``), sends the kept audio again and
+carries on: the server numbers and times its events from there, and its voice
+detector goes on from where the dropped one was, so finals are neither lost nor
+repeated and an utterance cut in the middle is heard again whole (its partials
+rebuild). The audio kept is bounded by :attr:`~.backoff.ResumePolicy.max_replay_s`.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class AsrStream(StreamHandle):
         if encoding not in BYTES_PER_SAMPLE:
             raise ValueError(f"encoding must be one of {sorted(BYTES_PER_SAMPLE)}, got {encoding!r}")
         query = {"sample_rate": sample_rate, "encoding": encoding, "language": language, "partials": partials,
-                 "turn_detection": turn_detection, **(params or {})}
+                 "turn_detection": turn_detection, "vad_state": True if resume.enabled else None, **(params or {})}
         self._core = _AsrCore(url, query, api_key, resume, sample_rate * BYTES_PER_SAMPLE[encoding],
                               BYTES_PER_SAMPLE[encoding])
 
@@ -91,6 +93,7 @@ class _AsrCore(ResumableStream):
         self.next_utterance = 0
         self.open_start: int | None = None  # byte offset where the utterance in flight began
         self.lost_before = 0  # kept audio of an open utterance was let go up to here (resume impossible)
+        self.vad_state: tuple[int, str] | None = None  # (byte offset, state) the last final carried at its end
         self.finishing = False
         self.max_bytes = self._offset(policy.max_replay_s)
 
@@ -181,6 +184,7 @@ class _AsrCore(ResumableStream):
             self.next_utterance = max(self.next_utterance, event.utterance + 1)
             self.open_start = None
             end = self._offset(event.end)
+            self.vad_state = (end, event.vad_state) if event.vad_state else None
             if end >= self.lost_before:
                 self.lost_before = 0
             self._let_go(end)
@@ -196,8 +200,9 @@ class _AsrCore(ResumableStream):
         # announced no higher than max_replay_s (the server refuses more than its own bound with too_large): the
         # kept audio may pass it by the last chunk send_audio took before waiting for room
         replay_ms = min(self.total - self.kept_start, self.max_bytes) * 1000 // self.bytes_per_s
+        state = self.vad_state[1] if self.vad_state is not None and self.vad_state[0] == self.kept_start else None
         return {"resume_at_s": f"{self.kept_start / self.bytes_per_s:.6f}", "resume_utterance": self.next_utterance,
-                "resume_replay_s": f"{replay_ms / 1000:.3f}"}
+                "resume_replay_s": f"{replay_ms / 1000:.3f}", "resume_vad_state": state}
 
     def _resumed(self, attempt: int, outage_s: float) -> Resumed:
         return Resumed(attempt, outage_s, at_s=round(self.kept_start / self.bytes_per_s, 6),

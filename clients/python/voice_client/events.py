@@ -20,9 +20,10 @@ class Event:
     type: ClassVar[str]
 
     def as_dict(self) -> dict[str, Any]:
+        """The event as the server sent it (less the opaque state a resume sends back)."""
         body: dict[str, Any] = {"type": self.type}
         body.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)  # type: ignore[arg-type]
-                     if f.name != "data"})
+                     if f.name != "data" and not f.metadata.get("resume")})
         return body
 
 
@@ -120,6 +121,8 @@ class Final(Event):
     reason: str
     words: list[dict] = field(default_factory=list)
     latency_ms: float = 0.0
+    vad_state: str | None = field(default=None, repr=False, metadata={"resume": True})
+    """Opaque: the server's voice-detector state at ``end`` (the stream sends it back when it resumes there)."""
 
 
 # -- TTS ------------------------------------------------------------------------------
@@ -151,6 +154,19 @@ class SegmentEnd(Event):
 
 
 @dataclass(frozen=True)
+class Words(Event):
+    """Only with ``word_timings=True``: the words of segment ``segment`` whose audio follows, sent before the
+    audio each one starts in. ``words``: ``{"word", "start", "end", "start_sample", "end_sample"}``, on the
+    stream's audio clock (seconds / samples of audio received since the stream's first audio, across resumes);
+    ``estimated``: the engine reported no alignment and the times are a guess."""
+
+    type: ClassVar[str] = "words"
+    segment: int
+    words: list[dict] = field(default_factory=list)
+    estimated: bool = False
+
+
+@dataclass(frozen=True)
 class Audio(Event):
     """A binary frame of speech, in the session's encoding and rate; ``segment``: the piece it belongs to."""
 
@@ -174,12 +190,12 @@ class Cancelled(Event):
 
 
 AsrEvent = Ready | SpeechStart | Partial | Final | Closed | ErrorEvent | Reconnecting | Resumed | Unknown
-TtsEvent = (TtsReady | Segment | SegmentEnd | Audio | Done | Cancelled | Closed | ErrorEvent | Reconnecting | Resumed
-            | Unknown)
+TtsEvent = (TtsReady | Segment | SegmentEnd | Words | Audio | Done | Cancelled | Closed | ErrorEvent | Reconnecting
+            | Resumed | Unknown)
 
 _ASR: dict[str, type] = {"ready": Ready, "speech_start": SpeechStart, "partial": Partial, "final": Final,
                          "closed": Closed, "error": ErrorEvent}
-_TTS: dict[str, type] = {"ready": TtsReady, "segment": Segment, "segment_end": SegmentEnd, "done": Done,
+_TTS: dict[str, type] = {"ready": TtsReady, "segment": Segment, "segment_end": SegmentEnd, "words": Words, "done": Done,
                          "cancelled": Cancelled, "closed": Closed, "error": ErrorEvent}
 
 

@@ -9,7 +9,11 @@ complete, and keeps the text not yet fully spoken (and the flushes and the
 ``resume_segment`` (the number of the piece to speak next) and sends the kept
 text again: the pieces already complete are not spoken again, and the piece
 that was cut starts over from its beginning (:class:`~.events.Resumed` says
-so with ``restarted``).
+so with ``restarted``). With ``word_timings=True`` the server also sends
+:class:`~.events.Words` before the audio they describe; the stream puts them on
+its own audio clock (samples received since its first audio, across resumes)
+and :meth:`TtsStream.heard_text` says which words of the current reply a
+listener heard by a given position in that audio (:mod:`.words`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from websockets.asyncio.client import ClientConnection
 
 from ._stream import ResumableStream, StreamHandle
 from .backoff import ResumePolicy
-from .events import Audio, Cancelled, Done, Event, Resumed, Segment, SegmentEnd, parse_tts_event
+from .events import Audio, Cancelled, Done, Event, Resumed, Segment, SegmentEnd, Words, parse_tts_event
+from .words import ReplyWords
 
 _SPEAKABLE = re.compile(r"\w", re.UNICODE)
 """Text the server speaks has a letter or digit (services/tts/text.py ``is_speakable``)."""
@@ -51,10 +56,11 @@ class TtsStream(StreamHandle):
 
     def __init__(self, url: str = "ws://127.0.0.1:8002/v1/stream/tts", *, voice: str | None = None,
                  encoding: str = "pcm_s16le", sample_rate: int | None = None, api_key: str | None = None,
-                 resume: ResumePolicy = ResumePolicy(), params: dict[str, Any] | None = None) -> None:
+                 resume: ResumePolicy = ResumePolicy(), params: dict[str, Any] | None = None,
+                 word_timings: bool = False) -> None:
         query = {"voice": voice, "encoding": encoding, "sample_rate": sample_rate, "segment_end": True,
-                 **(params or {})}
-        self._core = _TtsCore(url, query, api_key, resume)
+                 "word_timings": True if word_timings else None, **(params or {})}
+        self._core = _TtsCore(url, query, api_key, resume, 1 if encoding == "mulaw" else 2)
 
     async def send_text(self, text: str) -> None:
         """Append text (any fragment); the server speaks it piece by piece as sentences complete. Returns at once
@@ -82,6 +88,21 @@ class TtsStream(StreamHandle):
         return self._core.reconnects
 
     @property
+    def received_samples(self) -> int:
+        """Samples of audio received so far: the stream's audio clock."""
+        return self._core.received_samples
+
+    def heard_words(self, played_samples: int, *, whole: bool = False) -> list[dict]:
+        """The words of the current reply (the one being spoken, or the last one, also after it was cancelled)
+        whose audio had begun (``whole=True``: had ended) once ``played_samples`` samples of the stream's audio
+        were played. Needs ``word_timings=True``."""
+        return self._core.reply_words.heard(played_samples, whole)
+
+    def heard_text(self, played_samples: int, *, whole: bool = False) -> str:
+        """:meth:`heard_words` joined with spaces: at a barge-in, the part of the reply the listener heard."""
+        return self._core.reply_words.heard_text(played_samples, whole)
+
+    @property
     def pending_text(self) -> str:
         """The text sent and not yet fully spoken."""
         return "".join(op[1] for op in self._core.ops if op[0] == "text")
@@ -90,8 +111,14 @@ class TtsStream(StreamHandle):
 class _TtsCore(ResumableStream):
     """The state behind :class:`TtsStream`: the kept messages and the segments in flight."""
 
-    def __init__(self, url: str, query: dict[str, Any], api_key: str | None, policy: ResumePolicy) -> None:
+    def __init__(self, url: str, query: dict[str, Any], api_key: str | None, policy: ResumePolicy,
+                 bytes_per_sample: int = 2) -> None:
         super().__init__(url, query, api_key, policy)
+        self.bytes_per_sample = bytes_per_sample
+        self.received_samples = 0  # the stream's audio clock
+        self.session_base = 0  # the clock where the current socket's session began
+        self.rate_hz = 0  # the audio's rate (from ready)
+        self.reply_words = ReplyWords()
         self.ops: list[list[str]] = []  # [kind, text]: text (what is left of it), flush, end; not yet answered
         self.base = 0  # the absolute number of ops[0] (ops are numbered from the start of the stream)
         self.sent = 0  # ops numbered below this went out on the current socket
@@ -160,15 +187,21 @@ class _TtsCore(ResumableStream):
 
     # -- what the server says ---------------------------------------------------------------------------
     def _parse(self, body: dict) -> Event:
+        if body.get("type") == "ready" and isinstance(body.get("sample_rate"), int):
+            self.rate_hz = body["sample_rate"]  # every socket's ready comes through here
         return parse_tts_event(body)
 
     def _on_binary(self, data: bytes) -> list[Event]:
         if self.open_segment is not None:
             self.open_had_audio = True
+        self.received_samples += len(data) // self.bytes_per_sample
         return [Audio(data, self.open_segment)]
 
     def _on_event(self, event: Event) -> list[Event]:
-        if isinstance(event, Segment):
+        if isinstance(event, Words):
+            event = self._on_clock(event)
+            self.reply_words.add(event.words)
+        elif isinstance(event, Segment):
             self.segments[event.index] = event.text
             self.open_segment, self.open_had_audio = event.index, False
             self.next_segment = max(self.next_segment, event.index + 1)
@@ -177,12 +210,26 @@ class _TtsCore(ResumableStream):
             self.open_segment = None
             if not self.cancelling:
                 self._spoken(text)
-        elif isinstance(event, Done) and not self.cancelling:
-            self._answered_flush()
+        elif isinstance(event, Done):
+            self.reply_words.reply_over()
+            if not self.cancelling:
+                self._answered_flush()
         elif isinstance(event, Cancelled):
             self.cancelling, self.open_segment = False, None
             self.segments.clear()
+            self.reply_words.cancelled(self.received_samples)
         return [event]
+
+    def _on_clock(self, event: Words) -> Words:
+        """The session counts its audio from its own first sample; the stream, from the first socket's."""
+        base = self.session_base
+        if not base:
+            return event
+        shifted = [{**w, "start_sample": w["start_sample"] + base, "end_sample": w["end_sample"] + base,
+                    "start": round((w["start_sample"] + base) / self.rate_hz, 3) if self.rate_hz else w["start"],
+                    "end": round((w["end_sample"] + base) / self.rate_hz, 3) if self.rate_hz else w["end"]}
+                   for w in event.words]
+        return Words(event.segment, shifted, event.estimated)
 
     def _spoken(self, piece: str) -> None:
         """A piece is complete: take its text off the front of what is kept (it may span several fragments)."""
@@ -212,6 +259,7 @@ class _TtsCore(ResumableStream):
         return {"resume_segment": segment}
 
     def _resumed(self, attempt: int, outage_s: float) -> Resumed:
+        self.session_base = self.received_samples  # the new session's clock starts here
         restarted = self.open_segment is not None and self.open_had_audio
         segment = self.open_segment if self.open_segment is not None else self.next_segment
         if self.open_segment is not None:

@@ -1,0 +1,52 @@
+"""How live finals reach Whisper on CPU: one per batch, the longest-waiting first (``scheduler.final_max_batch``).
+The real runtime (models loaded) and its real Whisper scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from services.asr.engine import DecodeRequest
+from services.asr.serving import AsrRuntime
+from services.asr.settings import load
+from services.common.scheduler import Priority
+
+
+def whisper_batches(runtime: AsrRuntime) -> tuple[float, float]:
+    """(batches run, requests in them) so far, from the scheduler's batch-size histogram."""
+    samples = [s for metric in runtime.metrics.batch_size.collect() for s in metric.samples
+               if s.labels.get("model") == "whisper"]
+    count = next(s.value for s in samples if s.name.endswith("_count"))
+    total = next(s.value for s in samples if s.name.endswith("_sum"))
+    return count, total
+
+
+def run_finals(final_max_batch: int | None, n: int = 3) -> tuple[float, float, int]:
+    async def go():
+        settings = load()
+        settings.scheduler.final_max_batch = final_max_batch
+        runtime = AsrRuntime.load(settings)
+        await runtime.start()
+        try:
+            audio = np.zeros(16000, dtype=np.float32)  # 1 s each: one encoder length, so they could share a batch
+            finals = [runtime.decode_final(DecodeRequest(audio, word_timestamps=True, final=True), Priority.URGENT)
+                      for _ in range(n)]
+            await asyncio.gather(*finals)
+            return (*whisper_batches(runtime), runtime.final_max_batch)
+        finally:
+            await runtime.stop()
+
+    return asyncio.run(go())
+
+
+def test_live_finals_are_decoded_one_at_a_time_on_cpu():
+    batches, requests, cap = run_finals(None)
+    assert cap == 1
+    assert (batches, requests) == (3, 3)
+
+
+def test_the_old_path_batches_finals_that_arrive_together():
+    batches, requests, cap = run_finals(8)
+    assert cap == 8
+    assert requests == 3 and batches < 3
