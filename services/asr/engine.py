@@ -91,10 +91,8 @@ class DecodeResult:
     no_speech_prob: float = 0.0
     generated_with: int = 1  # requests in the generate call that decoded this one (this one included)
     end_probability: float | None = None
-    """With word timestamps: the model's probability of the text's last token (a final's closing ``.``, ``?``
-    or ``!``) given the audio and the words before it. Whisper's decoder is a language model of the transcript,
-    so a clause end it closes with a stop it is unsure of reads as unfinished (the turn policy uses it). Taken
-    from the alignment pass that times the words: it costs no extra decode."""
+    """With word timestamps: P(the last token, e.g. a final's closing stop | audio, words before), from the
+    alignment pass that times the words (no extra decode); the turn policy reads it."""
 
 
 def frames_bucket(num_samples: int, bucket_frames: int = BUCKET_FRAMES, margin_frames: int = MARGIN_FRAMES) -> int:
@@ -350,9 +348,8 @@ class WhisperEngine:
             tok = self._tokenizer(lang)
             sub = encoded if len(idx) == len(requests) else _select(encoded, idx)
             num_frames = [math.ceil(requests[i].audio.size / HOP_SAMPLES) for i in idx]
+            # find_alignment reads only .model and .tokens_per_second; its align() also yields token probabilities
             recorder = _TokenProbabilities(self._model.model)
-            # faster-whisper's find_alignment reads only .model and .tokens_per_second of the WhisperModel it is
-            # given: through the recorder its one CTranslate2 align() call also yields each token's probability.
             aligner = SimpleNamespace(model=recorder, tokens_per_second=self._model.tokens_per_second)
             aligned = WhisperModel.find_alignment(aligner, tok, [token_lists[i] for i in idx], sub, num_frames)
             for i, alignment, probabilities in zip(idx, aligned, recorder.token_probabilities):
@@ -370,8 +367,7 @@ class _TokenProbabilities:
     """Passes ``align`` through to the CTranslate2 model and keeps each result's per-token probabilities."""
 
     def __init__(self, model: ctranslate2.models.Whisper) -> None:
-        self._model = model
-        self.token_probabilities: list[list[float]] = []
+        self._model, self.token_probabilities = model, []
 
     def align(self, *args, **kwargs):
         results = self._model.align(*args, **kwargs)
