@@ -22,19 +22,25 @@ and turn finals inside complete clips (natural pauses the service took for an en
 ``--heldout`` adds other real speech as a check of a tuned policy: the 32 sentences of the LJSpeech
 concatenation in ``eval/long`` (a sentence whose text ends without . ! ? is a pause: LJSpeech splits some
 sentences mid-clause) and the 13 utterances of the two-person call in ``eval/turns`` (turn ends).
-``--streams N`` runs N sessions at once (default 1). Only loopback URLs unless ``--allow-remote``.
+``--streams N`` runs N sessions at once (default 1). ``--baseline-url`` names a second service (e.g. one started
+with ``ASR_TURN__WORDS=false``): each case is streamed there right before ``--url``, and the JSON holds both runs'
+figures and the TTF ratios, so a policy change is measured in one run. Also reported: the share of complete
+utterances ended by ``turn`` within 650 ms of the last word. Only loopback URLs unless ``--allow-remote``.
 
 ``--simulate FILE`` does not stream: it computes, in-process, what the service's turn policy sees for every
 case - Smart Turn's P(complete) at every ``--check-ms`` of the pause after the last word (``p``, the room tone
 included, as the service passes it), at each checkpoint the default service would ask it (``service_p``: its
 endpointer's silence, counted from where the VAD ends the speech, every ``turn.check_interval_ms`` up to the
-silence fallback: 7 checkpoints, of which the default curve asks the first 6) and the beam-5 final's text - and
-writes them to FILE, so a policy can be tuned offline (``services.asr.turn.TurnPolicy``) before it is measured
-through the socket. ``--sweep FILE`` reads such a file and tries every curve of thresholds at those checkpoints
+silence fallback: 7 checkpoints, of which the default curve asks the first 6), the final's text (decoded as the
+service decodes its finals, ``streaming.final_beam_size``) and Whisper's probability for its last token
+(``end_probability``, what ``turn.words`` reads) - and writes them to FILE, so a policy can be tuned offline (``services.asr.turn.TurnPolicy``) before it is measured
+through the socket. ``--sweep-words FILE`` tries every ``turn.closing_min`` x ``turn.closing_sure`` x
+``turn.sure_probability`` on the tuning set (the settings' curve) and prints the frontier, with the held-out set
+scored, never swept. ``--sweep FILE`` reads such a file and tries every curve of thresholds at those checkpoints
 on the tuning set (a grid of 13 levels each, text cue applied): for each number of premature ends, the most
 complete utterances any curve ends by ``turn``, and what that curve does on the held-out set. The simulation is
 optimistic: pauses inside an utterance are not in it (through the service an utterance ended at one leaves the
-model a shorter one at the next) and the service's finals are greedy; measure a chosen curve through the socket
+model a shorter one at the next); measure a chosen curve through the socket
 (``turns_inside``, and the service's debug log's ``turn check`` lines for the text of each end).
 """
 
@@ -56,6 +62,7 @@ from benchlib import RATE, is_loopback_url, mirror_tile, read_wav, summarize, ws
 FRAME = RATE // 50  # 20 ms
 ENERGY_DB = 30.0
 TERMINAL = re.compile(r"[.!?]['\")\]]*$")
+FAST_TURN_MS = 650  # the target: a complete utterance ends with a turn final this soon after its last word
 
 
 def frame_rms(x: np.ndarray) -> np.ndarray:
@@ -216,19 +223,22 @@ async def run_case(url: str, case: Case, tail_s: float, query: str) -> dict:
     return out
 
 
-async def run_all(args, cases: list[Case]) -> list[dict]:
+async def run_all(args, cases: list[Case]) -> tuple[list[dict], list[dict]]:
+    """Every case through ``--url`` (and, with ``--baseline-url``, through that service right before it)."""
     queue: asyncio.Queue = asyncio.Queue()
     for case in cases:
         queue.put_nowait(case)
-    results = []
+    results, baseline = [], []
 
     async def worker() -> None:
         while not queue.empty():
             case = queue.get_nowait()
+            if args.baseline_url:
+                baseline.append(await run_case(args.baseline_url, case, args.tail, args.query))
             results.append(await run_case(args.url, case, args.tail, args.query))
 
     await asyncio.gather(*(worker() for _ in range(args.streams)))
-    return results
+    return results, baseline
 
 
 def report(results: list[dict]) -> dict:
@@ -236,8 +246,10 @@ def report(results: list[dict]) -> dict:
         complete = [r for r in rows if r["kind"] == "complete"]
         paused = [r for r in rows if r["kind"] == "paused"]
         turn = [r for r in complete if r["reason"] == "turn"]
+        fast = [r for r in turn if r["ttf_ms"] is not None and r["ttf_ms"] <= FAST_TURN_MS]
         return {
             "complete": {"n": len(complete), "ended_by_turn": len(turn) / len(complete) if complete else None,
+                         f"turn_within_{FAST_TURN_MS}ms": len(fast) / len(complete) if complete else None,
                          "ttf_ms": summarize([r["ttf_ms"] for r in complete if r["ttf_ms"] is not None]),
                          "ttf_turn_ms": summarize([r["ttf_ms"] for r in turn]),
                          "reasons": {k: sum(r["reason"] == k for r in complete) for k in {r["reason"] for r in complete}},
@@ -251,6 +263,18 @@ def report(results: list[dict]) -> dict:
     tuned = [r for r in results if not r["name"].startswith("heldout:")]
     heldout = [r for r in results if r["name"].startswith("heldout:")]
     return {"tuning_set": part(tuned), **({"heldout": part(heldout)} if heldout else {})}
+
+
+def ttf_ratios(before: dict, after: dict) -> dict:
+    """After / before of the complete utterances' TTF p50 and p95 (all of them, and those ended by ``turn``)."""
+    out = {}
+    for part in before:
+        for key in ("ttf_ms", "ttf_turn_ms"):
+            b, a = before[part]["complete"][key], after[part]["complete"][key]
+            for q in ("p50", "p95"):
+                if b.get(q) and a.get(q):
+                    out[f"{part}.complete.{key}.{q}"] = round(a[q] / b[q], 3)
+    return out
 
 
 def service_options():
@@ -293,8 +317,11 @@ def simulate(args, cases: list[Case]) -> dict:
     from services.asr.turn import SmartTurnModel
     from services.common.vad import SileroVad
 
+    from services.asr.settings import load
+
     model, engine, vad = SmartTurnModel(), WhisperEngine(cpu_threads=2), SileroVad()
     options = service_options()
+    beam = load().streaming.final_beam_size
     checks = list(range(args.check_ms, args.max_check_ms + 1, args.check_ms))
     out = {}
     for case in cases:
@@ -303,16 +330,77 @@ def simulate(args, cases: list[Case]) -> dict:
         audios = [np.concatenate([speech, pause[: int(ms * RATE / 1000)]]) for ms in checks]
         probabilities = model.predict(audios)
         pad = np.concatenate([speech, pause[: int(0.096 * RATE)]])
-        text = engine.decode_batch([DecodeRequest(pad, beam_size=5)])[0].text.strip()
+        final = engine.decode_batch([DecodeRequest(pad, beam_size=beam, word_timestamps=True, final=True)])[0]
+        text = final.text.strip()
         stream = np.concatenate([speech, pause])
         at = service_checks(stream, vad, options)
         service = model.predict([stream[a:b] for a, b in at.values()]) if at else []
-        out[case.name] = {"kind": case.kind, "text": text,
+        out[case.name] = {"kind": case.kind, "text": text, "end_probability": final.end_probability,
                           "p": {str(ms): round(p, 4) for ms, p in zip(checks, probabilities)},
                           "service_p": {str(ms): round(p, 4) for ms, p in zip(at, service)}}
         print(f"{case.name:40s} {case.kind:8s} {text[-40:]!r:44s} "
               + " ".join(f"{p:.2f}" for p in probabilities[:10]), file=sys.stderr)
     return {"checks_ms": checks, "cases": out}
+
+
+def words_outcomes(cases: list[dict], policy) -> tuple[int, int]:
+    """(complete ended by turn, paused ended prematurely) when ``policy`` decides every ``service_p`` check
+    of the simulated ``cases`` with their final's text and closing probability."""
+    from services.asr.turn import TurnDecision
+
+    complete = premature = 0
+    for c in cases:
+        ends = any(policy.decide(p, float(ms), c["text"], c.get("end_probability")) is TurnDecision.COMPLETE
+                   for ms, p in c["service_p"].items())
+        complete += ends and c["kind"] == "complete"
+        premature += ends and c["kind"] != "complete"
+    return complete, premature
+
+
+CLOSING_LEVELS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
+
+
+def sweep_words(sim: dict) -> list[dict]:
+    """Every ``closing_min`` x ``closing_sure`` x ``sure_probability`` of the words policy (the settings' curve)
+    on the tuning set's simulated inputs: for each number of premature ends, the most complete utterances ended
+    by ``turn``, the parameters that do it and what they do on the held-out set (never swept). Among parameters
+    that do equally well the lowest ``closing_min`` wins, then the highest ``closing_sure`` and the lowest
+    ``sure_probability``: the veto only as strong as the tuning set needs, and where Whisper is sure of the stop,
+    Smart Turn is asked for as little as the tuning set allows."""
+    from dataclasses import replace
+
+    from services.asr.serving import turn_policy
+    from services.asr.settings import load
+
+    base = turn_policy(load())
+    sets = {held: [c for name, c in sim["cases"].items() if name.startswith("heldout:") == held and c.get("service_p")]
+            for held in (False, True)}
+    best: dict[int, tuple[int, tuple]] = {}
+    for closing_min in CLOSING_LEVELS:
+        for closing_sure in (x for x in reversed(CLOSING_LEVELS) if x >= closing_min):
+            for sure in SWEEP_LEVELS:
+                params = (closing_min, closing_sure, sure)
+                policy = replace(base, words=True, closing_min=closing_min, closing_sure=closing_sure,
+                                 sure_probability=sure)
+                n_complete, n_premature = words_outcomes(sets[False], policy)
+                if n_complete > best.get(n_premature, (-1,))[0]:
+                    best[n_premature] = (n_complete, params)
+    rows, top = [], -1
+    for prem in sorted(best):
+        n, (closing_min, closing_sure, sure) = best[prem]
+        if n <= top:
+            continue
+        top = n
+        policy = replace(base, words=True, closing_min=closing_min, closing_sure=closing_sure, sure_probability=sure)
+        row = {"premature": prem, "paused": sum(c["kind"] != "complete" for c in sets[False]), "complete_by_turn": n,
+               "complete": sum(c["kind"] == "complete" for c in sets[False]),
+               "params": {"closing_min": closing_min, "closing_sure": closing_sure, "sure_probability": sure}}
+        if sets[True]:
+            hc, hp = words_outcomes(sets[True], policy)
+            row["heldout"] = {"premature": hp, "paused": sum(c["kind"] != "complete" for c in sets[True]),
+                              "complete_by_turn": hc, "complete": sum(c["kind"] == "complete" for c in sets[True])}
+        rows.append(row)
+    return rows
 
 
 SWEEP_LEVELS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 1.0)  # 1.0: (almost) never
@@ -388,6 +476,8 @@ def main(argv=None) -> int:
     p.add_argument("--tail", type=float, default=2.5, help="seconds of room tone after each utterance")
     p.add_argument("--streams", type=int, default=1)
     p.add_argument("--query", default="", help="extra query string for the sessions, e.g. partials=false")
+    p.add_argument("--baseline-url", default="",
+                   help="a second service (e.g. the old policy): each case runs there right before --url")
     p.add_argument("--only", default="", help="a regular expression: run only the cases whose name matches")
     p.add_argument("--cache", default="bench-results/cache")
     p.add_argument("--out", default="bench-results/turns.json", type=Path)
@@ -397,7 +487,17 @@ def main(argv=None) -> int:
     p.add_argument("--max-check-ms", type=int, default=1536)
     p.add_argument("--sweep", type=Path,
                    help="read a --simulate FILE and print the best any threshold curve can do on the tuning set")
+    p.add_argument("--sweep-words", type=Path,
+                   help="read a --simulate FILE and print the best closing thresholds of turn.words on the tuning set")
     args = p.parse_args(argv)
+    if args.sweep_words:
+        for row in sweep_words(json.loads(args.sweep_words.read_text())):
+            held = row.get("heldout")
+            print(f"premature {row['premature']:2d} of {row['paused']}: at most {row['complete_by_turn']:2d} of "
+                  f"{row['complete']} complete ended by turn, with {row['params']}"
+                  + (f"; held out: {held['complete_by_turn']} of {held['complete']} complete, "
+                     f"{held['premature']} of {held['paused']} premature" if held else ""))
+        return 0
     if args.sweep:
         for row in sweep(json.loads(args.sweep.read_text())):
             held = row.get("heldout")
@@ -406,8 +506,9 @@ def main(argv=None) -> int:
                   + (f"; held out: {held['complete_by_turn']} of {held['complete']} complete, "
                      f"{held['premature']} of {held['paused']} premature" if held else ""))
         return 0
-    if not is_loopback_url(args.url) and not args.allow_remote:
-        p.error(f"{args.url} is not a loopback URL (use --allow-remote)")
+    for url in filter(None, (args.url, args.baseline_url)):
+        if not is_loopback_url(url) and not args.allow_remote:
+            p.error(f"{url} is not a loopback URL (use --allow-remote)")
     cases = [c for c in build_cases(args) if re.search(args.only, c.name)]
     print(f"{len(cases)} cases ({sum(c.kind == 'complete' for c in cases)} complete), "
           f"{sum(c.speech.size for c in cases) / RATE:.0f} s of speech", file=sys.stderr)
@@ -415,9 +516,12 @@ def main(argv=None) -> int:
         args.simulate.parent.mkdir(parents=True, exist_ok=True)
         args.simulate.write_text(json.dumps(simulate(args, cases), indent=1))
         return 0
-    results = asyncio.run(run_all(args, cases))
+    results, baseline = asyncio.run(run_all(args, cases))
     out = {"config": {"tail_s": args.tail, "streams": args.streams, "query": args.query},
            "summary": report(results), "cases": sorted(results, key=lambda r: r["name"])}
+    if baseline:
+        out["baseline"] = {"summary": report(baseline), "cases": sorted(baseline, key=lambda r: r["name"])}
+        out["ratios"] = ttf_ratios(out["baseline"]["summary"], out["summary"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     print(json.dumps(out["summary"], indent=2))

@@ -13,7 +13,10 @@ and without the fault. ``--wyoming FILE`` (bench_wyoming.py's JSON) writes ``wyo
 wyoming-faster-whisper and wyoming-piper. ``--words FILE`` (bench_word_timings.py's JSON) writes
 ``word-timings.png``: how far each word's start and end are from where the ASR puts them, Piper's aligned
 timings against the fallback's estimate. ``--floor FILE`` (bench_floor.py's JSON; ``--floor-burst``, one with
-``--burst``; ``--encoder``, bench_encoder.py's) writes ``floor.png``.
+``--burst``; ``--encoder``, bench_encoder.py's) writes ``floor.png``. ``--turns FILE`` (bench_turns.py's JSON
+of a run with ``--baseline-url``) writes ``turns.png``: per set, the share of complete utterances ended by
+``turn`` (and within 650 ms of the last word) and of paused ones ended prematurely, for the baseline and the
+service under test, with the targets.
 """
 
 from __future__ import annotations
@@ -96,6 +99,35 @@ def resume_chart(report: dict, path: Path) -> None:
     ax2.set_ylabel("WER %")
     ax2.set_title("Word error rate, with and without the fault")
     ax2.legend(fontsize=8)
+    _save(fig, path)
+
+
+TURN_TARGETS = {"turn_within_650ms": 80, "premature_turn": 10}  # % of complete (at least) / of paused (at most)
+
+
+def turns_chart(report: dict, path: Path, labels: tuple[str, str]) -> None:
+    """bench_turns.py --baseline-url: the turn figures of both services, set by set."""
+    runs = [(labels[0], report["baseline"]["summary"]), (labels[1], report["summary"])]
+    sets = [name for name in report["summary"]]
+    metrics = [("complete", "ended_by_turn", "complete:\nended by turn"),
+               ("complete", "turn_within_650ms", "complete: turn\nwithin 650 ms"),
+               ("paused", "premature_turn", "paused:\npremature turn")]
+    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), dpi=110, squeeze=False)
+    for ax, name in zip(axes[0], sets):
+        width = 0.8 / len(runs)
+        for i, (label, summary) in enumerate(runs):
+            vals = [100 * (summary[name][kind].get(key) or 0) for kind, key, _ in metrics]
+            bars = ax.bar([j + (i - (len(runs) - 1) / 2) * width for j in range(len(metrics))], vals, width,
+                          label=label)
+            ax.bar_label(bars, fmt="%.0f", fontsize=7)
+        for j, (_, key, _) in enumerate(metrics):
+            if key in TURN_TARGETS:
+                ax.hlines(TURN_TARGETS[key], j - 0.45, j + 0.45, colors="red", linestyles="dashed")
+        ax.set_xticks(range(len(metrics)), [m[2] for m in metrics], fontsize=7)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("% of utterances")
+        ax.set_title({"heldout": "held out"}.get(name, name.replace("_", " ")) + " (targets dashed)")
+        ax.legend(fontsize=7)
     _save(fig, path)
 
 
@@ -198,6 +230,8 @@ def main(argv=None) -> int:
     p.add_argument("--asr", type=Path, action="append", default=[])
     p.add_argument("--tts", type=Path, action="append", default=[])
     p.add_argument("--resume", type=Path, help="a bench_resume.py JSON: writes resume.png")
+    p.add_argument("--turns", type=Path, help="a bench_turns.py JSON with a baseline run: writes turns.png")
+    p.add_argument("--turn-labels", default="audio only,words", help="the baseline's and the service's names")
     p.add_argument("--wyoming", type=Path, help="a bench_wyoming.py JSON: writes wyoming.png")
     p.add_argument("--words", type=Path, help="a bench_word_timings.py JSON: writes word-timings.png")
     p.add_argument("--floor", type=Path, help="a bench_floor.py JSON: writes floor.png")
@@ -214,6 +248,8 @@ def main(argv=None) -> int:
     if args.tts:
         chart(args.out / "tts-latency.png", "TTS time to first audio (a whole sentence)", "concurrent sessions",
               "ms", [(next(labels, path.stem), tts_points(path)) for path in args.tts], TTS_TARGETS)
+    if args.turns:
+        turns_chart(json.loads(args.turns.read_text()), args.out / "turns.png", tuple(args.turn_labels.split(",", 1)))
     if args.resume:
         resume_chart(json.loads(args.resume.read_text()), args.out / "resume.png")
     if args.wyoming:

@@ -242,3 +242,34 @@ def test_turn_sweep_frontier_is_the_best_any_curve_can_do(turns):
         assert (held["complete"], held["paused"], held["premature"]) == (1, 0, 0)
         assert held["complete_by_turn"] == int(min(row["curve"].values()) <= 0.5)
     assert turns.sweep({"cases": {"heldout:z": sim["cases"]["heldout:z"]}}) == []  # no tuning set: nothing to sweep
+
+
+def test_words_sweep_picks_closing_thresholds_on_the_tuning_set(turns):
+    def case(kind, p, closing, text="Done."):
+        return {"kind": kind, "text": text, "end_probability": closing, "service_p": {"96": p, "192": p}}
+
+    sim = {"cases": {
+        "a": case("complete", 0.99, 0.95),
+        "b": case("complete", 0.6, 0.95),     # ended only through a sure stop (closing_sure <= 0.95, bar <= 0.6)
+        "x": case("paused", 0.99, 0.5),       # a clause end Smart Turn is sure of and Whisper doubts
+        "y": case("paused", 0.6, 0.92),       # a sure stop at 0.92: closing_sure must be above it
+        "heldout:z": case("paused", 0.99, 0.55),
+    }}
+    rows = turns.sweep_words(sim)
+    assert [(r["premature"], r["complete_by_turn"]) for r in rows] == [(0, 2)]
+    # of the ties, the weakest veto that stops x, and the lowest bar for a sure stop (in the highest closing_sure)
+    assert rows[0]["params"] == {"closing_min": 0.6, "closing_sure": 0.95, "sure_probability": 0.5}
+    assert rows[0]["heldout"] == {"premature": 0, "paused": 1, "complete_by_turn": 0, "complete": 0}  # 0.55 < 0.6
+
+
+def test_turn_report_counts_fast_turn_ends_and_ratios(turns):
+    rows = [{"name": "a", "kind": "complete", "reason": "turn", "ttf_ms": 600.0, "inner_turns": 0},
+            {"name": "b", "kind": "complete", "reason": "turn", "ttf_ms": 700.0, "inner_turns": 0},
+            {"name": "c", "kind": "complete", "reason": "silence", "ttf_ms": 500.0, "inner_turns": 0},
+            {"name": "d", "kind": "paused", "reason": "turn", "ttf_ms": 400.0, "inner_turns": 0}]
+    summary = turns.report(rows)["tuning_set"]
+    assert summary["complete"]["turn_within_650ms"] == pytest.approx(1 / 3)  # a silence end never counts
+    assert summary["paused"]["premature"] == ["d"]
+    faster = turns.report([dict(r, ttf_ms=r["ttf_ms"] / 2) for r in rows])
+    ratios = turns.ttf_ratios(turns.report(rows), faster)
+    assert ratios["tuning_set.complete.ttf_ms.p50"] == pytest.approx(0.5)

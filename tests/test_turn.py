@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import script_modules
 
+from services.asr.engine import DecodeRequest, WhisperEngine
 from services.asr.turn import (
     N_FRAMES,
     N_MELS,
@@ -243,6 +244,47 @@ def test_policy_rule() -> None:
         TurnPolicy(curve=((100, 1.5),))
     with pytest.raises(ValueError):
         TurnPolicy(curve=((500, 0.9), (100, 0.9)))
+
+
+def test_words_policy_rule() -> None:
+    policy = TurnPolicy()
+    assert policy.words and (policy.closing_min, policy.closing_sure, policy.sure_probability) == (0.6, 0.9, 0.5)
+    # a stop Whisper doubts is a clause end read as a sentence end: no turn, however sure Smart Turn is
+    assert policy.decide(0.99, 300.0, "Had he married a more amiable woman.", 0.55) is I
+    # a stop it is sure of lowers the bar (short answers Smart Turn hesitates over)
+    assert policy.decide(0.6, 300.0, "This is Diane in New Jersey.", 0.94) is C
+    assert policy.decide(0.49, 300.0, "This is Diane in New Jersey.", 0.94) is I
+    assert policy.decide(0.6, 300.0, "This is Diane in New Jersey.", 0.8) is I  # in between: the curve decides
+    assert policy.decide(0.98, 300.0, "This is Diane in New Jersey.", 0.8) is C
+    assert policy.decide(0.99, 300.0, "and then I went to the", 0.99) is I  # words that run on still do
+    assert policy.decide(0.99, 700.0, "Yes.", 0.99) is I  # past the curve: the silence timeout ends it
+    assert policy.decide(0.6, 300.0) is I and policy.decide(0.99, 300.0) is C  # no final yet: the curve alone
+    assert policy.decide(0.99, 300.0, "Yes.") is C  # an engine that gives no closing probability
+    audio = TurnPolicy(words=False)  # the audio-only policy, a setting away
+    assert audio.decide(0.99, 300.0, "Had he married a more amiable woman.", 0.55) is C
+    assert audio.decide(0.6, 300.0, "This is Diane in New Jersey.", 0.94) is I
+    # a check waits for the final's words only where they could end the turn
+    assert policy.wants_text(0.5, 300.0) and not policy.wants_text(0.49, 300.0)
+    assert not policy.wants_text(0.99, 50.0) and not policy.wants_text(0.99, 700.0)
+    assert audio.wants_text(0.97, 300.0) and not audio.wants_text(0.9, 300.0)
+    assert not TurnPolicy(words=False, text_cues=False).wants_text(0.99, 300.0)
+    for bad in ({"closing_min": 1.5}, {"sure_probability": -0.1}):
+        with pytest.raises(ValueError):
+            TurnPolicy(**bad)
+
+
+def test_whisper_doubts_the_stop_of_a_cut_sentence() -> None:
+    """The closing probability the words policy reads, from the real tiny.en on real speech: the clause cut after
+    "woman" gets a full stop Whisper is unsure of, the whole sentence one it is sure of."""
+    engine = WhisperEngine(cpu_threads=2)
+    cut, whole = engine.decode_batch([
+        DecodeRequest(read_wav(DATA / f"austen_0920_{label}.wav"), word_timestamps=True, final=True)
+        for label in ("incomplete", "complete")])
+    assert cut.text.strip().endswith("woman.") and whole.text.strip().endswith("he was.")
+    policy = TurnPolicy()
+    assert cut.end_probability < policy.closing_min and whole.end_probability >= policy.closing_sure
+    assert policy.decide(0.99, 192.0, cut.text, cut.end_probability) is I
+    assert policy.decide(0.99, 192.0, whole.text, whole.end_probability) is C
 
 
 @pytest.mark.parametrize("text,unfinished", [

@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Protocol
 
 import ctranslate2
@@ -89,6 +90,9 @@ class DecodeResult:
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
     generated_with: int = 1  # requests in the generate call that decoded this one (this one included)
+    end_probability: float | None = None
+    """With word timestamps: P(the last token, e.g. a final's closing stop | audio, words before), from the
+    alignment pass that times the words (no extra decode); the turn policy reads it."""
 
 
 def frames_bucket(num_samples: int, bucket_frames: int = BUCKET_FRAMES, margin_frames: int = MARGIN_FRAMES) -> int:
@@ -344,14 +348,31 @@ class WhisperEngine:
             tok = self._tokenizer(lang)
             sub = encoded if len(idx) == len(requests) else _select(encoded, idx)
             num_frames = [math.ceil(requests[i].audio.size / HOP_SAMPLES) for i in idx]
-            aligned = self._model.find_alignment(tok, [token_lists[i] for i in idx], sub, num_frames)
-            for i, alignment in zip(idx, aligned):
+            # find_alignment reads only .model and .tokens_per_second; its align() also yields token probabilities
+            recorder = _TokenProbabilities(self._model.model)
+            aligner = SimpleNamespace(model=recorder, tokens_per_second=self._model.tokens_per_second)
+            aligned = WhisperModel.find_alignment(aligner, tok, [token_lists[i] for i in idx], sub, num_frames)
+            for i, alignment, probabilities in zip(idx, aligned, recorder.token_probabilities):
+                if len(probabilities) == len(token_lists[i]):
+                    results[i].end_probability = float(probabilities[-1])
                 merge_punctuations(alignment, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
                 duration = requests[i].audio.size / SAMPLE_RATE_HZ
                 results[i].words = [
                     Word(w["word"], float(min(w["start"], duration)), float(min(w["end"], duration)), float(w["probability"]))
                     for w in alignment if w["word"]
                 ]
+
+
+class _TokenProbabilities:
+    """Passes ``align`` through to the CTranslate2 model and keeps each result's per-token probabilities."""
+
+    def __init__(self, model: ctranslate2.models.Whisper) -> None:
+        self._model, self.token_probabilities = model, []
+
+    def align(self, *args, **kwargs):
+        results = self._model.align(*args, **kwargs)
+        self.token_probabilities = [list(r.text_token_probs) for r in results]
+        return results
 
 
 def compression_ratio(text: str) -> float:

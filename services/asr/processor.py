@@ -18,9 +18,10 @@ session, so a finished session is freed by reference counting):
   next); if the turn does end there it
   is promoted to ``URGENT``, if speech resumes it is cancelled;
 * every ``turn.check_interval_ms`` of the pause (``smart_turn`` mode) Smart
-  Turn scores it; where the score passes the policy's curve, the speculative
-  final's text (which the final needs anyway) has the last word: a sentence that
-  runs on is not a turn. The processor waits for each decision before reading
+  Turn scores it; where the score could pass the policy's bar, the speculative
+  final (which the final needs anyway) has the last word: a sentence that runs on
+  is not a turn, a stop Whisper doubts is none either, and one it is sure of lowers
+  the bar. The processor waits for each decision before reading
   on, so the same audio gives the same utterances at any sending speed (as long
   as the turn model keeps up: while other sessions' checks wait for it, a
   session sheds its intermediate checks, except in the audio a resumed stream
@@ -243,23 +244,24 @@ class AudioProcessor:
             if probability >= rt.settings.turn.speculate_threshold and u.pause_end == action.end_sample:
                 self._speculate(u)  # a pause that may end the turn: its final is decoded now, ahead of the decision
             decision = rt.policy.decide(probability, action.silence_ms)
-            text = None
-            if decision is TurnDecision.COMPLETE and rt.policy.text_cues:
-                text = await self._speculative_text(u, action.end_sample)  # the final is needed anyway
-                decision = rt.policy.decide(probability, action.silence_ms, text)
-            rt.record_turn(decision, probability, action.silence_ms, text)
+            result = None
+            if rt.policy.wants_text(probability, action.silence_ms):
+                result = await self._speculative_result(u, action.end_sample)  # the final is needed anyway
+                if result is not None:
+                    decision = rt.policy.decide(probability, action.silence_ms, result.text, result.end_probability)
+            rt.record_turn(decision, probability, action.silence_ms, result)
             if decision is TurnDecision.COMPLETE and self.utterance is u and self.endpointer.in_utterance:
                 self._finish(self.endpointer.end(EndReason.TURN, action.end_sample))
         elif isinstance(action, Ended):
             self._finish(action)
 
     # -- finals ----------------------------------------------------------------------------------
-    async def _speculative_text(self, u: _Utterance, end_sample: int) -> str | None:
-        """The text of the final being decoded for this pause (None without one): it decides the turn too."""
+    async def _speculative_result(self, u: _Utterance, end_sample: int) -> DecodeResult | None:
+        """The final being decoded for this pause (None without one): its words decide the turn too."""
         if u.speculative is None or u.speculative_end != end_sample:
             return None
         try:
-            return (await asyncio.shield(u.speculative)).text
+            return await asyncio.shield(u.speculative)
         except (ServiceError, asyncio.CancelledError):
             if asyncio.current_task().cancelling():
                 raise

@@ -51,8 +51,11 @@ class AsrMetrics(Metrics):
 
 
 def turn_policy(settings: AsrSettings) -> TurnPolicy:
-    """The end-of-turn rule the settings describe (``turn.curve``, ``turn.text_cues``)."""
-    return TurnPolicy(curve=tuple(settings.turn.curve), text_cues=settings.turn.text_cues)
+    """The end-of-turn rule the settings describe (``turn.curve``, ``turn.text_cues``, ``turn.words`` and its
+    closing thresholds)."""
+    t = settings.turn
+    return TurnPolicy(curve=tuple(t.curve), text_cues=t.text_cues, words=t.words, closing_min=t.closing_min,
+                      closing_sure=t.closing_sure, sure_probability=t.sure_probability)
 
 
 def detector_options(settings: AsrSettings) -> DetectorOptions:
@@ -160,10 +163,14 @@ class AsrRuntime:
     async def turn_probability(self, audio: np.ndarray) -> float:
         return await self.turn.submit(audio, priority=Priority.URGENT)
 
-    def record_turn(self, decision: TurnDecision, probability: float, silence_ms: int, text: str | None) -> None:
+    def record_turn(self, decision: TurnDecision, probability: float, silence_ms: int,
+                    final: DecodeResult | None) -> None:
         self.metrics.turn_checks.labels(decision=decision.value).inc()
-        log.debug("turn check", extra={"silence_ms": silence_ms, "probability": round(probability, 3),
-                                       "decision": decision.value, "text": None if text is None else text[-40:]})
+        log.debug("turn check", extra={
+            "silence_ms": silence_ms, "probability": round(probability, 3), "decision": decision.value,
+            "text": None if final is None else final.text[-40:],
+            "end_probability": None if final is None or final.end_probability is None
+            else round(final.end_probability, 3)})
 
     async def decode_final(self, request: DecodeRequest, priority: Priority = Priority.URGENT,
                            replace_key: Hashable | None = None, owner: str | None = None) -> DecodeResult:

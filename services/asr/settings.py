@@ -101,6 +101,16 @@ class TurnSettings(Section):
     text_cues: bool = True
     """A turn whose speculative final stops mid-sentence (a trailing comma, "and", "the", "because", no closing
     punctuation, an ellipsis, nothing heard) is not ended by the model, only by the silence timeout."""
+    words: bool = True
+    """The speculative final's closing mark weighs in: Whisper's probability for it (its decoder reads the whole
+    transcript) below ``closing_min`` keeps the model from ending the turn, at ``closing_sure`` or above a
+    P(complete) of ``sure_probability`` ends it. false: Smart Turn and the curve alone, with ``text_cues``."""
+    closing_min: float = Field(0.6, ge=0, le=1)
+    """``words``: a stop Whisper gives less than this probability is a clause end, not yet a turn."""
+    closing_sure: float = Field(0.9, ge=0, le=1)
+    """``words``: a stop Whisper gives at least this probability lowers the bar to ``sure_probability``."""
+    sure_probability: float = Field(0.5, ge=0, le=1)
+    """``words``: P(complete) that ends the turn, within the curve's pauses, when the stop is sure."""
     max_silence_ms: int = Field(700, ge=100)
     """A pause this long ends the utterance whatever the model said (reason: silence)."""
 

@@ -249,7 +249,7 @@ def sounds_unfinished(text: str) -> bool:
 
 @dataclass
 class TurnPolicy:
-    """End of turn: Smart Turn's P(complete), the silence so far, and the final's own text.
+    """End of turn: Smart Turn's P(complete), the silence so far, and the final's own words.
 
     ``curve`` gives the P(complete) required to end the turn as the pause grows: ``(silence_ms, probability)``
     points, linear between them. Before its first point no check is made; after its last point the model no
@@ -258,14 +258,26 @@ class TurnPolicy:
     mid-sentence is never complete (:func:`sounds_unfinished`). The final cannot be sent before it is decoded,
     so waiting for that text costs no latency.
 
+    With ``words`` the final's closing mark weighs in too: ``end_probability`` is the probability Whisper's
+    decoder (a language model of the transcript, hearing the audio) gave the last token, usually the ``.`` it
+    closed the sentence with. Below ``closing_min`` the stop is a guess (a clause end read as a sentence end:
+    "Had he married a more amiable woman.", 0.55) and the model cannot end the turn; at ``closing_sure`` or
+    above, a P(complete) of ``sure_probability`` is enough (short answers Smart Turn is unsure of: "This is
+    Diane in New Jersey.", 0.94). Without the final's text yet, the curve alone decides, as without ``words``.
+
     Why a high, flat curve by default: Smart Turn scores a sentence cut off mid-way *higher* the longer the pause
     after it (``scripts/bench_turns.py --simulate`` shows the scores), while complete sentences it recognises
     score high from the first check. A threshold that falls with the silence only adds cut-offs. The reasoning:
-    ARCHITECTURE.md, "Turn-taking"; the figures: docs/benchmarks.md.
+    ARCHITECTURE.md, "Turn-taking"; the figures, and how the closing thresholds were chosen on the tuning set
+    (``bench_turns.py --sweep``): docs/benchmarks.md.
     """
 
     curve: tuple[tuple[float, float], ...] = ((96.0, 0.97), (576.0, 0.97))
     text_cues: bool = True
+    words: bool = True
+    closing_min: float = 0.6
+    closing_sure: float = 0.9
+    sure_probability: float = 0.5
 
     def __post_init__(self) -> None:
         points = tuple((float(ms), float(p)) for ms, p in self.curve)
@@ -273,6 +285,9 @@ class TurnPolicy:
             raise ValueError(f"curve: (silence_ms >= 0, probability in [0, 1]) points, got {self.curve}")
         if [ms for ms, _ in points] != sorted(ms for ms, _ in points):
             raise ValueError("curve: silence_ms must increase")
+        for name in ("closing_min", "closing_sure", "sure_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
         self.curve = points
 
     @property
@@ -292,11 +307,26 @@ class TurnPolicy:
                 return p0 if ms1 == ms0 else p0 + (p1 - p0) * (silence_ms - ms0) / (ms1 - ms0)
         return self.curve[-1][1]
 
-    def decide(self, probability: float, silence_ms: float, text: str | None = None) -> TurnDecision:
-        """COMPLETE if the model is sure enough for this pause and the text (when known) does not run on."""
+    def wants_text(self, probability: float, silence_ms: float) -> bool:
+        """Whether the final's words could make this check end the turn (so the caller should wait for them)."""
         required = self.required(silence_ms)
-        if required is None or probability < required:
+        if required is None:
+            return False
+        if self.words:
+            required = min(required, self.sure_probability)
+        return probability >= required and (self.text_cues or self.words)
+
+    def decide(self, probability: float, silence_ms: float, text: str | None = None,
+               end_probability: float | None = None) -> TurnDecision:
+        """COMPLETE if the model is sure enough for this pause and the words (when known) agree."""
+        required = self.required(silence_ms)
+        if required is None:
             return TurnDecision.INCOMPLETE
         if text is not None and self.text_cues and sounds_unfinished(text):
             return TurnDecision.INCOMPLETE
-        return TurnDecision.COMPLETE
+        if text is not None and self.words and end_probability is not None:
+            if end_probability < self.closing_min:
+                return TurnDecision.INCOMPLETE
+            if end_probability >= self.closing_sure:
+                required = min(required, self.sure_probability)
+        return TurnDecision.COMPLETE if probability >= required else TurnDecision.INCOMPLETE
