@@ -1,5 +1,5 @@
-"""How live finals reach Whisper on CPU: one per batch, the longest-waiting first (``scheduler.final_max_batch``).
-The real runtime (models loaded) and its real Whisper scheduler."""
+"""How live finals reach Whisper: batched by default, one per batch, the longest-waiting first, with
+``scheduler.final_max_batch`` 1. The real runtime (models loaded) and its real Whisper scheduler."""
 
 from __future__ import annotations
 
@@ -40,13 +40,13 @@ def run_finals(final_max_batch: int | None, n: int = 3) -> tuple[float, float, i
     return asyncio.run(go())
 
 
-def test_live_finals_are_decoded_one_at_a_time_on_cpu():
-    batches, requests, cap = run_finals(None)
+def test_final_max_batch_1_decodes_live_finals_one_at_a_time():
+    batches, requests, cap = run_finals(1)
     assert cap == 1
     assert (batches, requests) == (3, 3)
 
 
-def test_the_old_path_batches_finals_that_arrive_together():
-    batches, requests, cap = run_finals(8)
+def test_by_default_finals_that_arrive_together_are_batched():
+    batches, requests, cap = run_finals(None)
     assert cap == 8
     assert requests == 3 and batches < 3

@@ -307,11 +307,11 @@ def test_a_byte_now_and_then_does_not_keep_a_session_alive(asr_service):
     assert sent >= 2  # the bytes kept coming and did not keep it alive
 
 
-def test_a_clause_end_whisper_doubts_gets_no_turn_final(asr_service, tmp_path):
+def test_a_clause_end_whisper_doubts_gets_no_turn_final(tmp_path):
     """A read clause that ends the clip ("... composed to form letterpress," in the book) sounds finished: Smart
     Turn scores its pause 0.94-0.98 and tiny.en closes it with a full stop, so the audio-only policy (here with a
     bar of 0.9, clear of those scores) ends the turn. Whisper gives that stop a probability of about 0.5, below
-    ``turn.closing_min``: with the default policy, which reads the words, only the silence timeout ends it."""
+    ``turn.closing_min``: with the policy that reads the words (``turn.words``), only the silence timeout ends it."""
     from conftest import ASR_TEST_ENV, running
 
     speech, _ = read_wav(DATA / "turns" / "ljspeech_LJ001-0010.wav")
@@ -319,11 +319,12 @@ def test_a_clause_end_whisper_doubts_gets_no_turn_final(asr_service, tmp_path):
     level = np.percentile(np.sqrt((x[: x.size // 320 * 320].reshape(-1, 320) ** 2).mean(axis=1)), 10)
     tone = np.random.default_rng(0).standard_normal(24000) * level  # 1.5 s of the recording's noise floor
     audio = (np.clip(np.concatenate([x, tone]), -1, 1) * 32767).astype("<i2").tobytes()
-    env = {**ASR_TEST_ENV, "ASR_TURN__WORDS": "false", "ASR_TURN__CURVE": "[[96, 0.9], [576, 0.9]]"}
-    with running("services.asr", env, tmp_path) as audio_only:
+    curve = {"ASR_TURN__CURVE": "[[96, 0.9], [576, 0.9]]"}
+    with running("services.asr", {**ASR_TEST_ENV, **curve}, tmp_path) as audio_only, \
+            running("services.asr", {**ASR_TEST_ENV, "ASR_TURN__WORDS": "true"}, tmp_path) as reading:
         async def both():
             return await asyncio.gather(*(stream(url + "/v1/stream/asr", audio, speed=1.0)
-                                          for url in (asr_service.ws, audio_only.ws)))
+                                          for url in (reading.ws, audio_only.ws)))
         words, baseline = run(both())
     for result in (words, baseline):
         assert result.of("final")[-1]["text"].endswith("letterpress.")

@@ -147,8 +147,8 @@ def _faulty_asr_server(**scheduler):
 
 @pytest.fixture(scope="module")
 def faulty_asr():
-    server = _faulty_asr_server(final_max_batch=8)  # finals batched (CPU decodes them one at a time by default):
-    # one batch can then mix good and poisoned requests, the case the scheduler's retry path is for
+    server = _faulty_asr_server(final_max_batch=8)  # finals batched (as by default; 1 would decode them one at a
+    # time): one batch can then mix good and poisoned requests, the case the scheduler's retry path is for
     yield server
     server.__exit__(None, None, None)
 

@@ -127,7 +127,7 @@ class AsrRuntime:
             http_admission=Admission(settings.server.max_file_jobs, "file transcription"),
             metrics=metrics,
             started_at=time.time(),
-            final_max_batch=s.final_max_batch or (1 if engine.device == "cpu" else s.max_batch),
+            final_max_batch=s.final_max_batch or s.max_batch,
         )
         log.info("models loaded", extra={"model": m.name, "compute_type": engine.compute_type,
                                          "load_s": round(time.perf_counter() - t0, 2)})

@@ -101,10 +101,11 @@ class TurnSettings(Section):
     text_cues: bool = True
     """A turn whose speculative final stops mid-sentence (a trailing comma, "and", "the", "because", no closing
     punctuation, an ellipsis, nothing heard) is not ended by the model, only by the silence timeout."""
-    words: bool = True
+    words: bool = False
     """The speculative final's closing mark weighs in: Whisper's probability for it (its decoder reads the whole
     transcript) below ``closing_min`` keeps the model from ending the turn, at ``closing_sure`` or above a
-    P(complete) of ``sure_probability`` ends it. false: Smart Turn and the curve alone, with ``text_cues``."""
+    P(complete) of ``sure_probability`` ends it. Off by default: it ends more turns at short pauses, which cost
+    streaming WER on the shared clips (docs/benchmarks.md). false: Smart Turn and the curve, with ``text_cues``."""
     closing_min: float = Field(0.6, ge=0, le=1)
     """``words``: a stop Whisper gives less than this probability is a clause end, not yet a turn."""
     closing_sure: float = Field(0.9, ge=0, le=1)
@@ -142,10 +143,10 @@ class SchedulerSettings(common_settings.SchedulerSettings):
     max_batch: int = Field(8, ge=1, le=64)
     """Requests decoded together (across sessions)."""
     final_max_batch: int | None = Field(None, ge=1, le=64)
-    """Live finals decoded together. None: 1 on CPU, ``max_batch`` on CUDA. On CPU a batch of N finals costs
-    about N finals (one already keeps the cores busy), so decoding them one at a time, the longest-waiting
-    first, lets each out as soon as it is done instead of all at the end of the batch (docs/benchmarks.md);
-    ``max_batch`` here is the old path. File work is batched up to ``max_batch`` either way."""
+    """Live finals decoded together. None: ``max_batch``. 1 decodes them one at a time, the longest-waiting first,
+    letting each out as soon as it is done instead of all at the end of the batch; on this 2-core CPU it was
+    faster under heavy load and slower on a quiet machine at 8 streams (docs/benchmarks.md). File work is batched
+    up to ``max_batch`` either way."""
     max_pending: int = Field(128, ge=1)
     """Live requests (finals, partials, turn checks) waiting for a model before new ones are refused
     (overloaded). File work has a bound of its own, so it never takes this room."""
