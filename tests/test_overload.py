@@ -66,24 +66,26 @@ async def admitted_streams(service, audio: bytes, n: int, burst: bool):
     tasks = [asyncio.create_task(stream(url, audio, speed=4.0, params=params)) for _ in range(n)]
     refusals = []
     if burst:
-        await await_until(lambda: sessions(service.http) == n, 30, "every slot taken")
+        await await_until(lambda: sessions(service.http) == MAX_CONNECTIONS, 30, "every slot taken")
         refusals = await asyncio.gather(*(refusal(url) for _ in range(2 * MAX_CONNECTIONS)))
     return await asyncio.wait_for(asyncio.gather(*tasks), 120), refusals
 
 
 def _wait_ready(http: str) -> None:
-    """Ready, with every slot free again (an earlier test's sessions may still be closing)."""
     wait_until(lambda: httpx.get(http + "/ready", timeout=5).status_code == 200, 10, "the service ready again")
-    wait_until(lambda: sessions(http) == 0, 60, "every session of earlier streams gone")
 
 
 def test_burst_is_refused_at_once_and_admitted_streams_keep_their_latency(asr_service, jfk):
     audio = jfk.tobytes() + bytes(32000)
     _wait_ready(asr_service.http)
-    baseline, _ = run(admitted_streams(asr_service, audio, MAX_CONNECTIONS, burst=False))
+    # the service is shared with earlier tests, whose clients may keep a session open (a pooled socket kept
+    # alive): the streams here take the slots that are free, and the burst comes once all are taken
+    n = MAX_CONNECTIONS - sessions(asr_service.http)
+    assert n >= 2, "earlier tests hold the service's slots"
+    baseline, _ = run(admitted_streams(asr_service, audio, n, burst=False))
     _wait_ready(asr_service.http)
     accepted, refused = metric(asr_service, "asr_sessions_total"), metric(asr_service, "asr_refusals_total")
-    loaded, refusals = run(admitted_streams(asr_service, audio, MAX_CONNECTIONS, burst=True))
+    loaded, refusals = run(admitted_streams(asr_service, audio, n, burst=True))
 
     assert len(refusals) == 2 * MAX_CONNECTIONS
     for events, code in refusals:
@@ -102,7 +104,7 @@ def test_burst_is_refused_at_once_and_admitted_streams_keep_their_latency(asr_se
     # The refused clients never became sessions, so they cost the models nothing (the admitted streams' latency
     # under load is the benchmarks' to measure, not a bound asserted here).
     _wait_ready(asr_service.http)
-    assert metric(asr_service, "asr_sessions_total") - accepted == MAX_CONNECTIONS
+    assert metric(asr_service, "asr_sessions_total") - accepted == n
     assert metric(asr_service, "asr_refusals_total") - refused == 2 * MAX_CONNECTIONS
     metrics = httpx.get(asr_service.http + "/metrics", timeout=10).text
     assert 'asr_refusals_total{reason="max_connections"}' in metrics
