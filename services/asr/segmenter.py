@@ -47,7 +47,7 @@ class Segmenter:
         self.buffer = SampleBuffer()
         self.vad_stream = vad_stream or VadStream()  # a resumed stream's detector goes on from the state it had
         self.vad_position = 0  # samples the VAD has scored
-        # (position, state) after scoring calls, oldest first, none before the buffer's start: see state_at
+        # (position, state) after scoring calls, oldest first, back to where an utterance can still end: state_at
         self._states: list[tuple[int, VadStream]] | None = [(0, self.vad_stream.copy())] if keep_states else None
         self._chunk_windows = None if chunk_samples is None else max(1, chunk_samples // VAD_WINDOW_SAMPLES)
         # Audio the detector may still reach back into: its pre-roll, the voiced run before speech starts, a margin.
@@ -95,6 +95,7 @@ class Segmenter:
                     return None
                 return state.copy(), self.buffer.slice(position, sample)
         return None
+
     def close(self, reason: EndReason) -> list[Action]:
         """Commit or end of input: the open utterance ends now (at the newest sample if speech is going on);
         after a commit, speech that goes on opens the next utterance at the cut."""
@@ -116,6 +117,7 @@ class Segmenter:
     def _keep_state(self) -> None:
         if self._states is not None:
             self._states.append((self.vad_position, self.vad_stream.copy()))
+
     def _next_chunk(self) -> np.ndarray | None:
         windows = (self.buffer.end - self.vad_position) // VAD_WINDOW_SAMPLES
         if self._chunk_windows is not None:
