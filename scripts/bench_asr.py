@@ -301,6 +301,7 @@ class SessionResult:
     clips: list = field(default_factory=list)  # the clips in the order this session streamed them
     ttf_s: dict = field(default_factory=dict)  # clip index -> seconds, from the VAD's speech end
     ttf_word_s: dict = field(default_factory=dict)  # clip index -> seconds, from the end of the last word
+    closing_reason: dict = field(default_factory=dict)  # clip index -> the reason of the final that closed it
     forced: set = field(default_factory=set)
     clips_sent: int = 0
     max_send_lag_s: float = 0.0
@@ -331,6 +332,7 @@ async def run_session(index: int, url: str, clips: list[Clip], delay: float, arg
                                             and float(ev.get("end", 0)) >= p["end"] - CLOSE_TOL_S)):
                     res.ttf_s[p["clip"]] = now - p["sent_at"]
                     res.ttf_word_s[p["clip"]] = now - p.get("word_sent_at", p["sent_at"])
+                    res.closing_reason[p["clip"]] = ev.get("reason")
                     pending.clear()
                     closed_clip.set()
             elif kind == "error":
@@ -495,6 +497,7 @@ async def run_streaming(n: int, args, clips: list[Clip], headers, rng: random.Ra
 
     metrics_after = scrape(args.url)
     ttf, ttf_vad, refs, hyps, finals, reasons, server_lat, clips_done = [], [], [], [], 0, {}, [], 0
+    closing: list[dict] = []  # one per clip closed: which final closed it, and when
     for s in sessions:
         texts = [[] for _ in clips]
         for ev, _ in sorted(s.finals, key=lambda f: float(f[0].get("start", 0))):
@@ -507,6 +510,9 @@ async def run_streaming(n: int, args, clips: list[Clip], headers, rng: random.Ra
                 texts[assign_clip(mid, s.clip_starts)].append(ev.get("text", ""))
         ttf += [v * 1000 for ci, v in s.ttf_word_s.items() if ci not in s.forced]
         ttf_vad += [v * 1000 for ci, v in s.ttf_s.items() if ci not in s.forced]
+        closing += [{"session": s.index, "clip": s.clips[ci].name, "reason": s.closing_reason.get(ci),
+                     "ttf_word_ms": round(v * 1000, 1)}
+                    for ci, v in s.ttf_word_s.items() if ci not in s.forced]
         for ci in range(s.clips_sent):
             refs.append(s.clips[ci].ref)
             hyps.append(" ".join(t.strip() for t in texts[ci]))
@@ -522,6 +528,9 @@ async def run_streaming(n: int, args, clips: list[Clip], headers, rng: random.Ra
         "clips_streamed": clips_done,
         "finals_per_clip": finals / clips_done if clips_done else None,
         "final_reasons": reasons,
+        "ttf_by_closing_reason": {r: summarize([c["ttf_word_ms"] for c in closing if c["reason"] == r])
+                                  for r in sorted({str(c["reason"]) for c in closing})},
+        "closing": closing,
         "forced_commits": sum(len(s.forced) for s in sessions),
         "forced_clips": sorted({s.clips[ci].name for s in sessions for ci in s.forced}),
         "streaming_wer": corpus_wer(refs, hyps),

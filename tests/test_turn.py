@@ -219,6 +219,33 @@ def test_predict_is_thread_safe(model: SmartTurnModel, clips: dict[str, np.ndarr
     assert np.allclose(results, expected * 2)
 
 
+def test_fast_int8_path_gives_the_reference_scores(model: SmartTurnModel, clips: dict[str, np.ndarray]) -> None:
+    """Where the CPU multiplies int8 exactly the session skips onnxruntime's 16-bit promotion; its scores must be
+    the promoted session's to the last bit (on a CPU without VNNI the model promotes, and this compares it with
+    itself)."""
+    import onnxruntime as ort
+
+    from services.common.cpu import int8_is_exact
+
+    assert model.exact_int8_products is not int8_is_exact()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    promoted = ort.InferenceSession(str(model.path), sess_options=options, providers=["CPUExecutionProvider"])
+    features = model.features(list(clips.values()))
+    (reference,) = promoted.run(None, {"input_features": features})
+    assert model.predict(list(clips.values())) == [float(p) for p in np.asarray(reference, np.float64).ravel()]
+
+
+def test_int8_exactness_by_cpu() -> None:
+    from services.common.cpu import int8_is_exact
+
+    assert not int8_is_exact("x86_64", {"avx2", "avx512f", "avx512bw"})  # saturating vpmaddubsw
+    assert int8_is_exact("x86_64", {"avx2", "avx512_vnni"}) and int8_is_exact("AMD64", {"avx_vnni"})
+    assert int8_is_exact("x86_64", {"amx_int8"}) and int8_is_exact("aarch64", set())
+    assert not int8_is_exact("x86_64", set())  # flags unreadable: the safe answer
+
+
 def test_rejects_multichannel_audio(model: SmartTurnModel) -> None:
     with pytest.raises(ValueError, match="1-D"):
         model.predict([np.zeros((2, 16000), np.float32)])

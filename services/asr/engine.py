@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_suppressed_tokens, merge_punctuations
 
 from ..common.audio import SAMPLE_RATE_HZ
+from ..common.cpu import int8_is_exact
 from ..common.errors import ErrorCode, ServiceError
 
 log = logging.getLogger(__name__)
@@ -116,9 +116,6 @@ class AsrEngine(Protocol):
     def languages(self) -> list[str]: ...
 
 
-EXACT_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-
-
 def resolve_compute_type(requested: str, device: str, machine: str | None = None,
                          cpu_flags: set[str] | None = None) -> str:
     """``auto``: float16 on CUDA; on CPU int8 where the CPU multiplies int8 exactly, else float32.
@@ -130,18 +127,7 @@ def resolve_compute_type(requested: str, device: str, machine: str | None = None
         return requested
     if device == "cuda":
         return "float16"
-    machine = (machine or platform.machine()).lower()
-    if machine not in ("x86_64", "amd64", "i386", "i686"):
-        return "int8"  # ARM's int8 dot products do not saturate
-    return "int8" if (cpu_flags if cpu_flags is not None else _cpu_flags()) & EXACT_INT8_FLAGS else "float32"
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
-    except OSError:
-        return set()
+    return "int8" if int8_is_exact(machine, cpu_flags) else "float32"
 
 
 def resolve_model(name: str) -> str:
