@@ -24,9 +24,9 @@ bench_asr's time-to-final clock):
 
 ``--burst N`` (default 8) adds what N streams that end an utterance at exactly the same moment need (a worst
 case, not a floor of bench_asr's ``--order same``, whose sessions start up to 1 s apart and drift): the N finals
-decoded as one batch (``scheduler.final_max_batch`` N, the old path: all are done at ``burst_final_ms``) and the N
-Smart Turn checks as one batch; ``burst_floor_ms`` = ``audio_ms`` + max of the two. Alternating with the batch, the
-N finals decoded one after another (the default on CPU): ``burst_serial_median_ms`` / ``burst_serial_last_ms``,
+decoded as one batch (the default, ``scheduler.final_max_batch`` unset: all are done at ``burst_final_ms``) and the
+N Smart Turn checks as one batch; ``burst_floor_ms`` = ``audio_ms`` + max of the two. Alternating with the batch,
+the N finals decoded one after another (``final_max_batch`` 1): ``burst_serial_median_ms`` / ``burst_serial_last_ms``,
 when the median / the last of them is done.
 Percentiles are over clips; each timing is the median of ``--repeat`` runs. A measurement tool, not a test.
 """

@@ -206,8 +206,8 @@ def test_locust_smoke_run_through_nginx_has_no_failures(cluster, tmp_path):
     rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(open(tmp_path / "smoke_stats.csv"))}
     assert int(rows[("None", "Aggregated")]["Failure Count"]) == 0 if ("None", "Aggregated") in rows else True
     assert all(int(r["Failure Count"]) == 0 for r in rows.values()), rows
-    assert int(rows[("ASR-WS", "time_to_final")]["Request Count"]) >= 1
-    assert int(rows[("TTS-WS", "time_to_first_audio")]["Request Count"]) >= 1
+    for row in (("ASR-WS", "time_to_final"), ("TTS-WS", "time_to_first_audio")):
+        assert row in rows and int(rows[row]["Request Count"]) >= 1, (row, sorted(rows), run.stdout[-2000:])
 
 
 def test_no_key_reaches_nginx_access_log(cluster, speech):

@@ -86,6 +86,8 @@ class TurnSettings(Section):
     model_path: str | None = None
     """Smart Turn v3 ONNX file; default: smart-turn-v3.2-cpu.onnx from the pipecat-ai package."""
     threads: int = Field(1, ge=1)
+    max_batch: int = Field(4, ge=1, le=32)
+    """Turn checks of different sessions scored in one run of the model."""
     curve: list[tuple[int, float]] = Field(default_factory=lambda: [(96, 0.97), (576, 0.97)])
     """P(complete) Smart Turn must give to end the turn, as ``[silence_ms, probability]`` points (linear
     between them): the model is asked every ``check_interval_ms`` from the first point to the last; past the
