@@ -121,7 +121,8 @@ class AsrRuntime:
                 duty={Priority.BULK: 1.0}, call_timeout_s=s.call_timeout_s), **watch),
             turn_model=turn_model,
             turn=Scheduler("turn", turn_model.predict, SchedulerOptions(
-                max_batch=settings.turn.max_batch, max_pending=max(32, s.max_pending), call_timeout_s=s.call_timeout_s), **watch),
+                max_batch=settings.turn.max_batch, max_pending=max(32, s.max_pending),
+                call_timeout_s=s.call_timeout_s), **watch),
             policy=turn_policy(settings),
             admission=admission,
             http_admission=Admission(settings.server.max_file_jobs, "file transcription"),
