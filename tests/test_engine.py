@@ -57,6 +57,8 @@ def test_audio_too_short_for_a_word_decodes_to_nothing_beside_real_audio(engine,
 def test_loop_detector():
     assert looks_like_a_loop(" Ask what you can do. Ask what you can do.")
     assert not looks_like_a_loop(" I know, I know. It is what it is.")
+    assert looks_like_a_loop(" and rather selfish is to be old-a-s-s-s-s-s-s")  # a greedy final cut by its budget
+    assert not looks_like_a_loop(" No, no, no, no. Bye-bye.")
 
 
 def test_english_only_model_reports_it(engine):

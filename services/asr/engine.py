@@ -7,7 +7,8 @@ per request. Unlike ``WhisperModel.transcribe``, which always pads audio to a
 30 s window, the encoder here sees the utterance plus five seconds of silence,
 rounded up to a bucket (``encoder_bucket_s``; None: 2.5 s on CPU, 5 s on CUDA):
 a 3 s utterance costs a 10 s encoder pass instead of a 30 s one. (With less
-trailing silence tiny models start repeating themselves; a result that still looks like a loop, by Whisper's compression-ratio test, is
+trailing silence tiny models start repeating themselves; a result that still looks
+like a loop, by Whisper's compression-ratio test or a repetition rule, is
 decoded again on the full 30 s window.) Requests in one batch are padded to the longest bucket; finals are
 only batched with finals of the same bucket, so their text never depends on
 what else was in the batch. A request may force a text prefix (the words
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -366,11 +368,18 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def looks_like_a_loop(text: str, min_phrase_words: int = 3) -> bool:
-    """Whisper's compression-ratio test, plus a phrase of 3+ words said twice in a row
-    (too short for the ratio to notice, and rare in real speech)."""
+def looks_like_a_loop(text: str, min_phrase_words: int = 3, max_unit_run: int = 4) -> bool:
+    """Whisper's compression-ratio test, plus a phrase of 3+ words said twice in a row, or one piece of a word
+    repeated more than 4 times in a row ("old-a-s-s-s-s-s-s", cut off by the greedy budget): both too short for
+    the ratio to notice, and rare in real speech."""
     if compression_ratio(text) > MAX_COMPRESSION_RATIO:
         return True
+    units = re.findall(r"[^\W_]+", text.lower())
+    run = 1
+    for a, b in zip(units, units[1:]):
+        run = run + 1 if a == b else 1
+        if run > max_unit_run:
+            return True
     words = ["".join(ch for ch in w.lower() if ch.isalnum()) for w in text.split()]
     n = len(words)
     for size in range(min_phrase_words, n // 2 + 1):
