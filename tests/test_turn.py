@@ -227,7 +227,7 @@ def test_fast_int8_path_gives_the_reference_scores(model: SmartTurnModel, clips:
 
     from services.common.cpu import int8_is_exact
 
-    assert model.exact_int8_products is not int8_is_exact()
+    assert model.promotes_int8_products is not int8_is_exact()
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.add_session_config_entry("session.x64quantprecision", "1")

@@ -183,8 +183,8 @@ class SmartTurnModel:
         # The model is int8. x86 CPUs without VNNI (AVX2, AVX-512F) saturate 16-bit sums in u8s8 products, which
         # moves scores; this promotes them to 16 bits there, so every CPU gives the reference scores. Where int8
         # is exact already it would only cost time (1.6 x per check).
-        self.exact_int8_products: bool = not int8_is_exact()
-        if self.exact_int8_products:
+        self.promotes_int8_products: bool = not int8_is_exact()
+        if self.promotes_int8_products:
             options.add_session_config_entry("session.x64quantprecision", "1")
         self._session = ort.InferenceSession(
             str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
