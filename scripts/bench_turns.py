@@ -466,6 +466,16 @@ def sweep(sim: dict) -> list[dict]:
     return rows
 
 
+def frontier_line(row: dict, setting: str) -> str:
+    """One row of a sweep's frontier: what the tuning set allows at that many premature ends, with ``setting``
+    (the thresholds or curve that does it), and the held-out set's score of it."""
+    held = row.get("heldout")
+    return (f"premature {row['premature']:2d} of {row['paused']}: at most {row['complete_by_turn']:2d} of "
+            f"{row['complete']} complete ended by turn, {setting}"
+            + (f"; held out: {held['complete_by_turn']} of {held['complete']} complete, "
+               f"{held['premature']} of {held['paused']} premature" if held else ""))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default="http://127.0.0.1:8001")
@@ -492,19 +502,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.sweep_words:
         for row in sweep_words(json.loads(args.sweep_words.read_text())):
-            held = row.get("heldout")
-            print(f"premature {row['premature']:2d} of {row['paused']}: at most {row['complete_by_turn']:2d} of "
-                  f"{row['complete']} complete ended by turn, with {row['params']}"
-                  + (f"; held out: {held['complete_by_turn']} of {held['complete']} complete, "
-                     f"{held['premature']} of {held['paused']} premature" if held else ""))
+            print(frontier_line(row, f"with {row['params']}"))
         return 0
     if args.sweep:
         for row in sweep(json.loads(args.sweep.read_text())):
-            held = row.get("heldout")
-            print(f"premature {row['premature']:2d} of {row['paused']}: at most {row['complete_by_turn']:2d} of "
-                  f"{row['complete']} complete ended by turn, e.g. {row['curve']}"
-                  + (f"; held out: {held['complete_by_turn']} of {held['complete']} complete, "
-                     f"{held['premature']} of {held['paused']} premature" if held else ""))
+            print(frontier_line(row, f"e.g. {row['curve']}"))
         return 0
     for url in filter(None, (args.url, args.baseline_url)):
         if not is_loopback_url(url) and not args.allow_remote:
