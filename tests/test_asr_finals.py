@@ -14,7 +14,7 @@ from services.asr.settings import load
 from services.common.scheduler import Priority
 
 
-def whisper_batches(runtime: AsrRuntime, model: str = "whisper") -> tuple[float, float]:
+def model_batches(runtime: AsrRuntime, model: str = "whisper") -> tuple[float, float]:
     """(batches run, requests in them) so far, from the scheduler's batch-size histogram."""
     samples = [s for metric in runtime.metrics.batch_size.collect() for s in metric.samples
                if s.labels.get("model") == model]
@@ -34,7 +34,7 @@ def run_finals(final_max_batch: int | None, n: int = 3) -> tuple[float, float, i
             finals = [runtime.decode_final(DecodeRequest(audio, word_timestamps=True, final=True), Priority.URGENT)
                       for _ in range(n)]
             await asyncio.gather(*finals)
-            return (*whisper_batches(runtime), runtime.final_max_batch)
+            return (*model_batches(runtime), runtime.final_max_batch)
         finally:
             await runtime.stop()
 
@@ -63,7 +63,7 @@ def run_checks(max_batch: int | None, n: int = 3) -> tuple[float, float]:
         try:
             audio = np.zeros(16000, dtype=np.float32)
             await asyncio.gather(*(runtime.turn_probability(audio) for _ in range(n)))
-            return whisper_batches(runtime, "turn")
+            return model_batches(runtime, "turn")
         finally:
             await runtime.stop()
 
