@@ -283,7 +283,7 @@ def backlogged_asr():
     from services.asr.settings import load
 
     with InProcessServer(create_app(load(server={"log_level": "warning"}, model={"cpu_threads": 2}))) as server:
-        server.runtime.turn_backlogged = lambda: True
+        server.runtime.turn_backlogged = lambda *_: True
         yield server
 
 

@@ -94,6 +94,20 @@ def test_caller_ends_the_turn_after_a_check():
     assert feed(ep, [0.0] * 60) == []  # nothing more for this pause
 
 
+def test_settles_names_the_windows_whose_actions_depend_on_a_check_still_out():
+    """Only a window that resumes speech in a pause, or reaches the length limit, settles: a check that ends the turn
+    would have ended the utterance before it. More silence, a timeout, speech outside a pause do not."""
+    ep = Endpointer(EndpointOptions(mode=TurnMode.SMART_TURN, max_silence_ms=5000, max_utterance_ms=3200), DET)
+    assert not ep.settles(0.9)  # no utterance open
+    feed(ep, [0.9] * 20)
+    assert not ep.settles(0.9) and not ep.settles(0.0)  # speaking: nothing of a pause to wait for
+    feed(ep, [0.0] * 5)
+    assert ep.settles(0.9)  # speech comes back in the pause
+    assert not ep.settles(0.4) and not ep.settles(0.0)  # the pause goes on
+    feed(ep, [0.0] * (100 - 25 - 1))  # one window before 3.2 s of utterance
+    assert ep.settles(0.0)  # the length limit's cut
+
+
 def test_none_mode_never_ends_on_silence():
     ep = Endpointer(EndpointOptions(mode=TurnMode.NONE), DET)
     actions = feed(ep, [0.9] * 10 + [0.0] * 200)

@@ -191,6 +191,28 @@ def test_a_cancelled_caller_stops_counting_as_waiting_at_once():
     assert ["kept"] in batches and all(b[0] in ("blocker", "kept") for b in batches)
 
 
+def test_waiting_for_others_leaves_out_the_callers_own_requests():
+    """A stream sheds its intermediate turn checks while other streams' checks wait; its own waiting checks (a stream
+    sent faster than real time has several out) do not count, and nobody's cancelled ones do."""
+    async def go():
+        engine = Recorder()
+        s = await _started(engine)
+        blocker = await _block(engine, s)
+        own = [asyncio.create_task(s.submit(f"a{i}", owner="a")) for i in range(2)]
+        await _settle()
+        counts = [s.waiting_for_others("a"), s.waiting_for_others("b"), s.waiting_for_others(None)]
+        other = asyncio.create_task(s.submit("b0", owner="b"))
+        await _settle()
+        counts.append(s.waiting_for_others("a"))
+        other.cancel()
+        counts.append(s.waiting_for_others("a"))
+        engine.gate.set()
+        await asyncio.gather(blocker, *own)
+        await s.stop()
+        return counts
+    assert asyncio.run(go()) == [0, 2, 2, 1, 0]
+
+
 def test_bounded_queue_refuses_at_once():
     async def go():
         engine = Recorder()

@@ -227,6 +227,15 @@ class Endpointer:
     def position_sample(self) -> int:
         return self.detector.position_sample
 
+    def settles(self, probability: float) -> bool:
+        """Pushing this window would resume speech in the pause or cut the utterance at its length limit: what
+        a turn check of the pause still out decides must be applied first (it may end the utterance before)."""
+        if self.start_sample is None:
+            return False
+        if self.detector.state is SpeechState.STOPPING and probability >= self.detector.options.threshold:
+            return True
+        return self.position_sample + VAD_WINDOW_SAMPLES - self.start_sample >= self._max_samples
+
     def pause_end_sample(self) -> int:
         """Last sample of the utterance if it ended in the current pause."""
         return min(self.detector.speech_end_sample + self._pad_samples, self.position_sample)

@@ -1,44 +1,38 @@
 """The work of one live transcription stream: audio in, utterances, partials and finals out.
 
-:class:`AudioProcessor` owns all per-stream state - the byte decoder and
-resampler, the :class:`~.segmenter.Segmenter` (sample buffer, VAD state and
-endpointer) and the open utterance with its LocalAgreement - and asks the
-shared models for everything through the runtime's schedulers. It writes
-events to its session's outbox (it holds the outbox and task set, never the
-session, so a finished session is freed by reference counting):
+:class:`AudioProcessor` owns all per-stream state - the byte decoder and resampler, the :class:`~.segmenter.Segmenter`
+(sample buffer, VAD state and endpointer) and the open utterance with its LocalAgreement - and asks the shared models
+for everything through the runtime's schedulers. It writes events to its session's outbox (it holds the outbox and
+task set, never the session, so a finished session is freed by reference counting):
 
 * ``speech_start`` when an utterance begins;
-* at ``vad.speculate_ms`` of a pause (``smart_turn``; by default one VAD window: as soon as the VAD hears it;
-  ``vad`` mode: at ``end_pad_ms``) the partial in flight is
-  cancelled and the utterance's final - its speech and ``end_pad_ms`` after it, the part of the pad not heard
-  yet taken as the silence the VAD says it is - is decoded *speculatively* at ``NORMAL`` priority, ahead of
-  the decision (``smart_turn`` mode, while Whisper has other streams' work: only
-  once the first turn check gives P(complete) >= ``turn.speculate_threshold``; the
-  stream's own work running, e.g. its last partial, does not count: the final goes
-  next); if the turn does end there it
-  is promoted to ``URGENT``, if speech resumes it is cancelled;
-* every ``turn.check_interval_ms`` of the pause (``smart_turn`` mode) Smart
-  Turn scores it; where the score could pass the policy's bar, the speculative
-  final (which the final needs anyway) has the last word: a sentence that runs on
-  is not a turn, a stop Whisper doubts is none either, and one it is sure of lowers
-  the bar. The processor waits for each decision before reading
-  on, so the same audio gives the same utterances at any sending speed (as long
-  as the turn model keeps up: while other sessions' checks wait for it, a
-  session sheds its intermediate checks, except in the audio a resumed stream
-  replays, which is cut as it was before the drop);
-* while speaking, every ``partial_interval_ms`` of new audio a greedy partial
-  decode with the confirmed words forced as its prefix (replaced in the
-  scheduler if still waiting when the next is due);
-* partials and finals alike carry the stream's :class:`~.context.DecodingContext`
-  (hotwords, prompt), which a dialect's session update may replace;
-* when an utterance ends, a :class:`FinalSlot` takes its place in the outbox at
-  once, so utterance K+1's events never overtake K's final; with ``vad_state``
-  the final carries the VAD's state at its end, which a resumed session starts
-  its detector from (the processor scores the few windows between the last
-  kept state and the end to reach it).
+* at ``vad.speculate_ms`` of a pause (``smart_turn``; by default one VAD window: as soon as the VAD hears it; ``vad``
+  mode: at ``end_pad_ms``) the partial in flight is cancelled and the utterance's final - its speech and
+  ``end_pad_ms`` after it, the part of the pad not heard yet taken as the silence the VAD says it is - is decoded
+  *speculatively* at ``NORMAL`` priority, ahead of the decision (``smart_turn`` mode, while Whisper has other
+  streams' work: only once the first turn check gives P(complete) >= ``turn.speculate_threshold``; the stream's own
+  work running, e.g. its last partial, does not count: the final goes next); if the turn does end there it is
+  promoted to ``URGENT``, if speech resumes it is cancelled;
+* every ``turn.check_interval_ms`` of the pause (``smart_turn`` mode) Smart Turn scores it; where the score could pass
+  the policy's bar, the speculative final (which the final needs anyway) has the last word: a sentence that runs on
+  is not a turn, a stop Whisper doubts is none either, and one it is sure of lowers the bar. A check runs beside the
+  stream (:class:`~.turnchecks.PauseChecks`): every check of a pause ends the utterance at the same sample, so a
+  decision that comes back later ends it where it would have ended at once, and only a window that would resume
+  speech or reach the length limit, a commit or the end of input wait for the pause's checks (``turn.hold_stream``:
+  every window does, the old path). At real time a stream has one check out, the newest checkpoint reached meanwhile
+  runs when it is back, and the silence timeout waits for neither; a stream sent ahead of real time runs every
+  check, and its timeout's final says ``turn`` if a check still out does. So the same audio gives the same utterances
+  at any sending speed (as long as the turn model keeps up: while other sessions' checks wait for it, intermediate
+  checks are shed, never in the audio a resumed stream replays, which is cut as it was before the drop);
+* while speaking, every ``partial_interval_ms`` of new audio a greedy partial decode with the confirmed words forced
+  as its prefix (replaced in the scheduler if still waiting when the next is due);
+* partials and finals alike carry the stream's :class:`~.context.DecodingContext` (hotwords, prompt), which a
+  dialect's session update may replace;
+* when an utterance ends, a :class:`FinalSlot` takes its place in the outbox at once, so utterance K+1's events never
+  overtake K's final; with ``vad_state`` the final carries the VAD's state at its end, which a resumed session starts
+  its detector from (the processor scores the few windows between the last kept state and the end to reach it).
 
-The segmenter trims its buffer behind the open utterance, so memory is bounded
-by ``streaming.max_utterance_s``.
+The segmenter trims its buffer behind the open utterance, so memory is bounded by ``streaming.max_utterance_s``.
 """
 
 from __future__ import annotations
@@ -48,6 +42,7 @@ import dataclasses
 import logging
 import time
 import weakref
+from collections.abc import Awaitable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -69,6 +64,7 @@ from .segmenter import Segmenter
 from .serving import AsrRuntime
 from .streaming import LocalAgreement
 from .turn import TurnDecision
+from .turnchecks import PauseChecks, SendingPace
 
 
 @dataclass(eq=False)
@@ -129,6 +125,8 @@ class AudioProcessor:
         self.partial_interval = s.streaming.partial_interval_ms * SAMPLE_RATE_HZ // 1000
         self.min_partial = s.streaming.min_partial_audio_ms * SAMPLE_RATE_HZ // 1000
         self.replay_samples = int(params.resume.replay_s * SAMPLE_RATE_HZ)  # a resumed stream's replayed audio
+        self.checks = PauseChecks(tasks, s.turn.hold_stream)  # the open pause's turn checks, beside the stream
+        self.pace = SendingPace()
 
     @property
     def endpointer(self) -> Endpointer:
@@ -145,6 +143,7 @@ class AudioProcessor:
 
     # -- what the session calls ----------------------------------------------------------------
     async def audio(self, frame: bytes) -> None:
+        self.pace.frame()
         samples = self.decoder.decode(frame)
         self.runtime.metrics.audio_seconds.inc(samples.size / self.params.sample_rate)
         self.segmenter.append(self.resampler.process(samples))
@@ -153,12 +152,14 @@ class AudioProcessor:
         self.segmenter.trim()
 
     async def commit(self) -> None:
+        await self.checks.settle()
         await self._close_now(EndReason.COMMIT)
 
     async def finish(self) -> None:
         """No more audio: what is buffered is detected, and an open utterance ends with reason ``end``."""
         self.segmenter.append(self.resampler.process(np.zeros(0, dtype=np.float32), last=True))
         await self._run_vad()
+        await self.checks.settle()
         await self._close_now(EndReason.END)
 
     def discard(self) -> None:
@@ -167,6 +168,7 @@ class AudioProcessor:
         if u is None:
             return
         self.utterance = None
+        self.checks.drop()
         for task in (u.partial() if u.partial is not None else None, u.speculative):
             if task is not None:
                 task.cancel()
@@ -188,21 +190,25 @@ class AudioProcessor:
         self.resampler = StreamResampler(sample_rate, SAMPLE_RATE_HZ)
 
     def stop(self) -> None:
-        """The session ends: a speculative decode stops costing model time."""
+        """The session ends: a speculative decode and turn checks stop costing model time."""
         if self.utterance is not None and self.utterance.speculative is not None:
             self.utterance.speculative.cancel()
+        self.checks.drop()
 
     # -- detection -------------------------------------------------------------------------------
     async def _run_vad(self) -> None:
-        async with aclosing(self.segmenter.detect_async(self.runtime.speech_probabilities)) as actions:
+        async with aclosing(self.segmenter.detect_async(self.runtime.speech_probabilities, self._before)) as actions:
             async for action in actions:
-                await self._act(action)
+                self._act(action)
+
+    def _before(self, probability: float) -> Awaitable[None] | None:
+        return self.checks.before(self.endpointer.settles(probability))
 
     async def _close_now(self, reason: EndReason) -> None:
         for action in self.segmenter.close(reason):
-            await self._act(action)
+            self._act(action)
 
-    async def _act(self, action: Action) -> None:
+    def _act(self, action: Action) -> None:
         if log.isEnabledFor(logging.DEBUG) and not isinstance(action, Started):
             log.debug("endpoint", extra={"action": type(action).__name__,
                                          "position_s": _seconds(self.endpointer.position_sample),
@@ -234,26 +240,50 @@ class AudioProcessor:
                 return
             rt = self.runtime
             last_check_ms = self.endpointer.options.turn_checkpoints_ms[-1]
-            if (rt.turn_backlogged() and action.silence_ms + rt.settings.turn.check_interval_ms < last_check_ms
-                    and action.end_sample >= self.replay_samples):
-                # the model is behind (load): this check is shed, a later one of this pause decides. Not in audio
-                # a resumed stream replays: it is cut as it was before the drop, whatever the load
+            live = action.end_sample >= self.replay_samples  # not audio a resumed stream replays
+            if (live and rt.turn_backlogged(self.session_id)
+                    and action.silence_ms + rt.settings.turn.check_interval_ms < last_check_ms):
+                # the model is behind (load): an intermediate check is shed, a later one of this pause decides. Not
+                # in audio a resumed stream replays: it is cut as it was before the drop, whatever the load
                 return
             audio = self.segmenter.slice(u.start_sample, self.endpointer.position_sample)
-            probability = await rt.turn_probability(audio)
-            if probability >= rt.settings.turn.speculate_threshold and u.pause_end == action.end_sample:
-                self._speculate(u)  # a pause that may end the turn: its final is decoded now, ahead of the decision
-            decision = rt.policy.decide(probability, action.silence_ms)
-            result = None
-            if rt.policy.wants_text(probability, action.silence_ms):
-                result = await self._speculative_result(u, action.end_sample)  # the final is needed anyway
-                if result is not None:
-                    decision = rt.policy.decide(probability, action.silence_ms, result.text, result.end_probability)
-            rt.record_turn(decision, probability, action.silence_ms, result)
-            if decision is TurnDecision.COMPLETE and self.utterance is u and self.endpointer.in_utterance:
-                self._finish(self.endpointer.end(EndReason.TURN, action.end_sample))
+            # At real time, while this stream's last check is out (the model is slower than the pause) the newest
+            # checkpoint waits for it. A stream sent ahead of real time, or replaying, runs every check
+            one_at_a_time = live and not self.pace.ahead(self.endpointer.position_sample)
+            self.checks.ask(self._decide_turn, u, action, audio, one_at_a_time=one_at_a_time)
         elif isinstance(action, Ended):
-            self._finish(action)
+            checks = self.checks.take()
+            if self.pace.ahead(self.endpointer.position_sample):  # the final says turn if a check still out does
+                self._finish(action, checks)
+            else:  # live: the timeout has decided, the checks still out are too late to matter
+                for check in checks:
+                    check.cancel()
+                self._finish(action)
+
+    async def _decide_turn(self, u: _Utterance, action: CheckTurn, audio: np.ndarray) -> bool:
+        """One turn check of ``u``'s pause; ends the utterance if the turn is complete and it is still open.
+        True if the turn is complete."""
+        rt = self.runtime
+        try:
+            probability = await rt.turn_probability(audio, self.session_id)
+        except ServiceError as err:  # the model is full or stalled: this check decides nothing, the timeout does
+            log.warning("turn check failed", extra={"code": err.code.value, "detail": err.message})
+            return False
+        current = self.utterance is u
+        if current and probability >= rt.settings.turn.speculate_threshold and u.pause_end == action.end_sample:
+            self._speculate(u)  # a pause that may end the turn: its final is decoded now, ahead of the decision
+        decision = rt.policy.decide(probability, action.silence_ms)
+        result = None
+        if rt.policy.wants_text(probability, action.silence_ms):
+            result = await self._speculative_result(u, action.end_sample)  # the final is needed anyway
+            if result is not None:
+                decision = rt.policy.decide(probability, action.silence_ms, result.text, result.end_probability)
+        rt.record_turn(decision, probability, action.silence_ms, result)
+        complete = decision is TurnDecision.COMPLETE
+        if complete and self.utterance is u and self.endpointer.in_utterance:
+            self.checks.drop(keep=asyncio.current_task())  # the pause's other checks can only say the same
+            self._finish(self.endpointer.end(EndReason.TURN, action.end_sample))
+        return complete
 
     # -- finals ----------------------------------------------------------------------------------
     async def _speculative_result(self, u: _Utterance, end_sample: int) -> DecodeResult | None:
@@ -296,7 +326,7 @@ class AudioProcessor:
         )
         return rt.decode_final(request, priority, replace_key, owner=self.session_id)
 
-    def _finish(self, ended: Ended) -> None:
+    def _finish(self, ended: Ended, checks: tuple[asyncio.Task, ...] = ()) -> None:
         u = self.utterance
         self.utterance = None
         if u is None:
@@ -313,12 +343,15 @@ class AudioProcessor:
             source = "decoded_after"
         self.runtime.metrics.final_decodes.labels(source=source).inc()
         vad_state = self.segmenter.state_at(ended.end_sample) if self.params.vad_state else None
-        built = self.tasks.spawn(self._build_final(u, ended, decoding, vad_state), "final-event")
+        built = self.tasks.spawn(self._build_final(u, ended, decoding, vad_state, checks), "final-event")
         self.outbox.put(FinalSlot(u.index, built, decided_at), force=True)
 
     async def _build_final(self, u: _Utterance, ended: Ended, decoding: asyncio.Task,
-                           vad_state: tuple[VadStream, np.ndarray] | None = None) -> Final:
+                           vad_state: tuple[VadStream, np.ndarray] | None = None,
+                           checks: tuple[asyncio.Task, ...] = ()) -> Final:
         result: DecodeResult = await decoding
+        if checks and True in await asyncio.gather(*checks, return_exceptions=True):
+            ended = dataclasses.replace(ended, reason=EndReason.TURN)  # a check of its pause, out at the timeout
         offset = ended.start_sample / SAMPLE_RATE_HZ
         state = None
         if vad_state is not None:

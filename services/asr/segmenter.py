@@ -12,7 +12,8 @@ same loop over the same windows, so the live session, ``POST
 /v1/transcribe`` and the benchmark scripts cut the same audio into the same
 utterances. Actions are produced lazily, one window at a time, so a caller that
 ends an utterance while acting on one (a turn check) is seen by the next
-window. :meth:`Segmenter.trim` keeps the buffer bounded: it drops everything
+window; a caller whose turn checks run beside the stream passes ``settle``, which
+waits for them before a window that would resume speech or reach the length limit. :meth:`Segmenter.trim` keeps the buffer bounded: it drops everything
 before the open utterance and before the audio the VAD may still turn into
 pre-roll. A live stream that hands its detector's state to the client for a
 resume keeps the VAD's state after each scoring call (``keep_states``), so
@@ -75,13 +76,21 @@ class Segmenter:
             self._keep_state()
             yield from self._actions(probabilities)
 
-    async def detect_async(self, score: AsyncScore) -> AsyncIterator[Action]:
-        """As :meth:`detect`, with ``score`` awaited (the service's VAD scheduler)."""
+    async def detect_async(self, score: AsyncScore,
+                           settle: Callable[[float], Awaitable[None] | None] | None = None) -> AsyncIterator[Action]:
+        """As :meth:`detect`, with ``score`` awaited (the service's VAD scheduler). ``settle``, if given, is
+        called with each window's probability before the endpointer sees it, and what it returns, if anything,
+        is awaited first (the caller's turn checks still out, before a window whose actions depend on them:
+        :meth:`~.endpointing.Endpointer.settles`)."""
         while (chunk := self._next_chunk()) is not None:
             probabilities = await score(self.vad_stream, chunk)
             self._keep_state()
-            for action in self._actions(probabilities):
-                yield action
+            for probability in probabilities:
+                probability = float(probability)
+                if settle is not None and (pending := settle(probability)) is not None:
+                    await pending
+                for action in self.endpointer.push(probability):
+                    yield action
 
     def state_at(self, sample: int) -> tuple[VadStream, np.ndarray] | None:
         """The VAD's state at ``sample`` as a kept state before it and the audio from there to ``sample`` (score

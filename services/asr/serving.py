@@ -157,12 +157,13 @@ class AsrRuntime:
                                    priority: Priority = Priority.URGENT) -> np.ndarray:
         return await self.vad.submit(VadJob(stream, samples), priority=priority)
 
-    def turn_backlogged(self) -> bool:
-        """Turn checks are waiting for the model: sessions shed their intermediate checks until it catches up."""
-        return self.turn.depth > 0
+    def turn_backlogged(self, session_id: str | None = None) -> bool:
+        """Other sessions' turn checks are waiting for the model: a session sheds its intermediate checks until
+        it catches up (its own checks still out do not count: a stream sent faster than real time runs them all)."""
+        return self.turn.waiting_for_others(session_id) > 0
 
-    async def turn_probability(self, audio: np.ndarray) -> float:
-        return await self.turn.submit(audio, priority=Priority.URGENT)
+    async def turn_probability(self, audio: np.ndarray, session_id: str | None = None) -> float:
+        return await self.turn.submit(audio, priority=Priority.URGENT, owner=session_id)
 
     def record_turn(self, decision: TurnDecision, probability: float, silence_ms: int,
                     final: DecodeResult | None) -> None:

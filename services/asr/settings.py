@@ -94,6 +94,10 @@ class TurnSettings(Section):
     last, only ``max_silence_ms`` ends the turn. See services/asr/turn.py for why it is high and flat."""
     check_interval_ms: int = Field(96, ge=32)
     """How often, during a pause, the turn model is asked."""
+    hold_stream: bool = False
+    """The stream waits for each turn check before it reads on (the old path): every checkpoint's check runs at
+    any load, and a slow model leaves the stream behind its audio, its silence timeout as late. false: a check
+    runs beside the stream (one out at a time at real time; docs/benchmarks.md "Turn checks beside the stream")."""
     speculate_threshold: float = Field(0.5, ge=0, le=1)
     """A pause's final is decoded ahead of the decision (it becomes the final if the turn ends there): at once
     while Whisper has no other stream's live work (the stream's own work running, e.g. its last partial, does not

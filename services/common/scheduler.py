@@ -129,6 +129,11 @@ class Scheduler(Generic[Req, Res]):
         """A batch of live requests is running (a file segment running does not count)."""
         return any(r.priority < Priority.BULK for r in self._running)
 
+    def waiting_for_others(self, owner: Hashable) -> int:
+        """Requests waiting that are not ``owner``'s (all of them for ``None``; a cancelled caller's entry, not
+        yet dropped, does not count)."""
+        return sum(1 for e in self._pending if (owner is None or e.owner != owner) and not e.future.done())
+
     def live_running_only(self, owner: Hashable) -> bool:
         """No live batch runs but one made only of ``owner``'s requests (a stream's own partial): what a request
         of that stream submitted now would wait for is its own work, or file work."""
