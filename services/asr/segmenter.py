@@ -13,7 +13,8 @@ same loop over the same windows, so the live session, ``POST
 utterances. Actions are produced lazily, one window at a time, so a caller that
 ends an utterance while acting on one (a turn check) is seen by the next
 window; a caller whose turn checks run beside the stream passes ``settle``, which
-waits for them before a window that would resume speech or reach the length limit. :meth:`Segmenter.trim` keeps the buffer bounded: it drops everything
+waits for them before a window that would resume speech or reach the length
+limit. :meth:`Segmenter.trim` keeps the buffer bounded: it drops everything
 before the open utterance and before the audio the VAD may still turn into
 pre-roll. A live stream that hands its detector's state to the client for a
 resume keeps the VAD's state after each scoring call (``keep_states``), so
