@@ -25,7 +25,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as services/asr/__main__.py, before CTranslate2 loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as services/asr/__main__.py, before CTranslate2
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # and numpy load
 
 import numpy as np  # noqa: E402
 from bench_asr import corpus_wer, load_clips  # noqa: E402
@@ -123,7 +124,8 @@ def main(argv=None) -> int:
                         "differ": sum(a != b for a, b in zip(r["text"], reference["text"]))})
     report = {"config": {"started": started, "data": str(args.data), "repeat": args.repeat,
                          "compute_type": engine.compute_type, "final_beam_size": settings.streaming.final_beam_size,
-                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpu_count": os.cpu_count()},
+                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                         "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "cpu_count": os.cpu_count()},
               "encoder_alone_ms": curve, "summary": summary,
               "clips": [{"clip": n, **{f"{c[0]:g}:{c[1]:g}": {"ms": rows[c]["ms"][i], "text": rows[c]["text"][i]}
                                        for c in configs}} for i, (n, _) in enumerate(utterances)]}

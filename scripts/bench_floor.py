@@ -42,7 +42,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as services/asr/__main__.py, before CTranslate2 loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as services/asr/__main__.py, before CTranslate2
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # and numpy load
 
 import numpy as np  # noqa: E402
 from bench_asr import corpus_wer, load_clips  # noqa: E402
@@ -192,7 +193,8 @@ def main(argv=None) -> int:
                          "repeat": args.repeat, "compute_type": engine.compute_type,
                          "end_pad_ms": settings.vad.end_pad_ms, "speculate_ms": settings.vad.speculate_ms,
                          "final_beam_size": settings.streaming.final_beam_size,
-                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpu_count": os.cpu_count()},
+                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                         "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "cpu_count": os.cpu_count()},
               "summary": summary, "clips": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))

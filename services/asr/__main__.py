@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import MutableMapping
 
 from ..common.serve import run_cli
 
 
+def quiet_threads(environ: MutableMapping[str, str]) -> None:
+    """No thread of the process spins while idle: Whisper shares the cores with Smart Turn and Silero, and a
+    spinning thread takes their CPU (docs/benchmarks.md). CTranslate2's OpenMP threads sleep when idle, and numpy's
+    OpenBLAS runs its small products (the log-mel filterbanks) on the calling thread instead of a second thread
+    that spins between calls. Set before numpy and CTranslate2 load; an operator's own setting wins."""
+    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+        environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
-    # CTranslate2's OpenMP threads sleep when idle instead of spinning: Whisper shares the cores with Smart Turn
-    # and Silero, and spinning threads take their CPU (docs/benchmarks.md). Set before CTranslate2 loads; an
-    # operator's own setting wins.
-    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    quiet_threads(os.environ)
     from .app import create_app
     from .settings import load
 
