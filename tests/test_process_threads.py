@@ -44,6 +44,13 @@ def test_numpy_starts_no_blas_thread_in_the_asr_process():
     assert _threads_started_by_numpy("quiet") == 0
 
 
+def test_nothing_loads_numpy_or_ctranslate2_before_the_thread_settings():
+    code = "import sys, services.asr.__main__; print(sorted({'numpy', 'ctranslate2', 'onnxruntime'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_the_operators_thread_settings_win():
     env = {"OPENBLAS_NUM_THREADS": "2", "GOMP_SPINCOUNT": "10000"}
     quiet_threads(env)

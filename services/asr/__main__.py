@@ -11,9 +11,10 @@ from ..common.serve import run_cli
 
 def quiet_threads(environ: MutableMapping[str, str]) -> None:
     """No thread of the process spins while idle: Whisper shares the cores with Smart Turn and Silero, and a
-    spinning thread takes their CPU (docs/benchmarks.md). CTranslate2's OpenMP threads sleep when idle, and numpy's
-    OpenBLAS runs its small products (the log-mel filterbanks) on the calling thread instead of a second thread
-    that spins between calls. Set before numpy and CTranslate2 load; an operator's own setting wins."""
+    spinning thread takes their CPU (docs/benchmarks.md). ``OMP_WAIT_POLICY=PASSIVE``: CTranslate2's OpenMP threads
+    sleep when idle. ``OPENBLAS_NUM_THREADS=1``: numpy's OpenBLAS runs its small products (the log-mel filterbanks)
+    on the calling thread instead of worker threads that spin for ~0.1 s after each product. Must be called before
+    numpy and CTranslate2 load; an operator's own setting wins."""
     if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
         environ["OMP_WAIT_POLICY"] = "PASSIVE"
     environ.setdefault("OPENBLAS_NUM_THREADS", "1")
