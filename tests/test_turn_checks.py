@@ -234,3 +234,36 @@ async def test_hold_stream_keeps_the_old_path_one_check_at_a_time_whatever_the_s
         got = await stream_finals(held_server, pcm)
     assert spans.most_out == 1
     assert got == await stream_finals(asr, pcm)
+
+
+@pytest.mark.asyncio
+async def test_under_load_a_long_pause_has_its_final_decoded_whatever_its_checks_say(asr, clips):
+    """While Whisper has other streams' work, a pause's final is decoded ahead only once a check says the turn may
+    end there, or once the pause reaches ``turn.speculate_after_ms``: a pause Smart Turn is never sure of (every
+    check scored by the real model, then reported below ``speculate_threshold``) has its final decoded before the
+    silence timeout ends it, and none is decoded after that decision."""
+    from conftest import metric
+
+    runtime = asr.runtime
+    real = runtime.turn_probability
+    assert runtime.settings.turn.speculate_after_ms is not None
+
+    async def unsure(audio: np.ndarray, session_id: str | None = None) -> float:
+        return min(await real(audio, session_id), runtime.settings.turn.speculate_threshold / 2)
+
+    def decodes(source: str) -> float:
+        return metric(asr, f'asr_final_decodes_total{{source="{source}"}}')
+
+    sources = ("decoded_ahead", "started_ahead", "decoded_after")
+    first, _ = clips
+    pcm = np.concatenate([first, np.zeros(24000, dtype=np.int16)]).tobytes()
+    before = {s: decodes(s) for s in sources}
+    runtime.turn_probability, runtime.whisper_free_for = unsure, lambda session_id: False  # others' work waits
+    try:
+        finals = await stream_finals(asr, pcm)
+    finally:
+        del runtime.turn_probability, runtime.whisper_free_for
+    after = {s: decodes(s) for s in sources}
+    assert finals and finals[-1][4] == "silence"
+    assert after["decoded_after"] == before["decoded_after"]
+    assert sum(after[s] - before[s] for s in ("decoded_ahead", "started_ahead")) == len(finals)

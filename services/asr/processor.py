@@ -10,8 +10,9 @@ task set, never the session, so a finished session is freed by reference countin
   mode: at ``end_pad_ms``) the partial in flight is cancelled and the utterance's final - its speech and
   ``end_pad_ms`` after it, the part of the pad not heard yet taken as the silence the VAD says it is - is decoded
   *speculatively* at ``NORMAL`` priority, ahead of the decision (``smart_turn`` mode, while Whisper has other
-  streams' work: only once the first turn check gives P(complete) >= ``turn.speculate_threshold``; the stream's own
-  work running, e.g. its last partial, does not count: the final goes next); if the turn does end there it is
+  streams' work: only once a turn check gives P(complete) >= ``turn.speculate_threshold`` or the pause reaches
+  ``turn.speculate_after_ms``; the stream's own work running, e.g. its last partial, does not count: the final goes
+  next); if the turn does end there it is
   promoted to ``URGENT``, if speech resumes it is cancelled;
 * every ``turn.check_interval_ms`` of the pause (``smart_turn`` mode) Smart Turn scores it; where the score could pass
   the policy's bar, the speculative final (which the final needs anyway) has the last word: a sentence that runs on
@@ -239,6 +240,9 @@ class AudioProcessor:
             if u is None:
                 return
             rt = self.runtime
+            late = rt.settings.turn.speculate_after_ms
+            if late is not None and action.silence_ms >= late and u.pause_end == action.end_sample:
+                self._speculate(u)  # a long pause: its final is decoded now whatever the first check said
             last_check_ms = self.endpointer.options.turn_checkpoints_ms[-1]
             live = action.end_sample >= self.replay_samples  # not audio a resumed stream replays
             if (live and rt.turn_backlogged(self.session_id)

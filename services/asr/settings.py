@@ -104,6 +104,10 @@ class TurnSettings(Section):
     count: the final goes next); while it has, only when the pause's first check gives a P(complete) at
     least this high. Lower: finals start earlier under load, more decodes are wasted on pauses inside sentences
     (and delay the next final: a running decode cannot be stopped)."""
+    speculate_after_ms: int | None = Field(288, ge=32)
+    """While Whisper has other streams' work, a pause this long has its final decoded ahead whatever its checks
+    said, so that a turn the silence timeout ends finds its final decoded (or being decoded) when it is due. None:
+    only a check's ``speculate_threshold`` starts it (the old path)."""
     text_cues: bool = True
     """A turn whose speculative final stops mid-sentence (a trailing comma, "and", "the", "because", no closing
     punctuation, an ellipsis, nothing heard) is not ended by the model, only by the silence timeout."""
