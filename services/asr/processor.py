@@ -12,8 +12,7 @@ task set, never the session, so a finished session is freed by reference countin
   *speculatively* at ``NORMAL`` priority, ahead of the decision (``smart_turn`` mode, while Whisper has other
   streams' work: only once a turn check gives P(complete) >= ``turn.speculate_threshold`` or the pause reaches
   ``turn.speculate_after_ms``; the stream's own work running, e.g. its last partial, does not count: the final goes
-  next); if the turn does end there it is
-  promoted to ``URGENT``, if speech resumes it is cancelled;
+  next); if the turn does end there it is promoted to ``URGENT``, if speech resumes it is cancelled;
 * every ``turn.check_interval_ms`` of the pause (``smart_turn`` mode) Smart Turn scores it; where the score could pass
   the policy's bar, the speculative final (which the final needs anyway) has the last word: a sentence that runs on
   is not a turn, a stop Whisper doubts is none either, and one it is sure of lowers the bar. A check runs beside the
@@ -227,7 +226,7 @@ class AudioProcessor:
                 u.pause_end = action.end_sample
                 smart_turn = self.endpointer.options.mode is TurnMode.SMART_TURN
                 if not smart_turn or self.runtime.whisper_free_for(self.session_id):
-                    self._speculate(u)  # else (under load) the first turn check says whether the pause looks final
+                    self._speculate(u)  # else (under load) a turn check, or the pause's length, says when
         elif isinstance(action, Resumed):
             u = self.utterance
             if u is not None:
@@ -242,7 +241,7 @@ class AudioProcessor:
             rt = self.runtime
             late = rt.settings.turn.speculate_after_ms
             if late is not None and action.silence_ms >= late and u.pause_end == action.end_sample:
-                self._speculate(u)  # a long pause: its final is decoded now whatever the first check said
+                self._speculate(u)  # a long pause: its final is decoded now whatever its checks said
             last_check_ms = self.endpointer.options.turn_checkpoints_ms[-1]
             live = action.end_sample >= self.replay_samples  # not audio a resumed stream replays
             if (live and rt.turn_backlogged(self.session_id)

@@ -101,13 +101,14 @@ class TurnSettings(Section):
     speculate_threshold: float = Field(0.5, ge=0, le=1)
     """A pause's final is decoded ahead of the decision (it becomes the final if the turn ends there): at once
     while Whisper has no other stream's live work (the stream's own work running, e.g. its last partial, does not
-    count: the final goes next); while it has, only when the pause's first check gives a P(complete) at
-    least this high. Lower: finals start earlier under load, more decodes are wasted on pauses inside sentences
-    (and delay the next final: a running decode cannot be stopped)."""
+    count: the final goes next); while it has, only when a check of the pause gives a P(complete) at least this
+    high, or at ``speculate_after_ms``. Lower: finals start earlier under load, more decodes are wasted on pauses
+    inside sentences (and delay the next final: a running decode cannot be stopped)."""
     speculate_after_ms: int | None = Field(288, ge=32)
     """While Whisper has other streams' work, a pause this long has its final decoded ahead whatever its checks
-    said, so that a turn the silence timeout ends finds its final decoded (or being decoded) when it is due. None:
-    only a check's ``speculate_threshold`` starts it (the old path)."""
+    said, so that a turn the silence timeout ends finds its final decoded (or being decoded) when it is due. Acted
+    on at the first turn checkpoint at or after it; past the last checkpoint (``curve``'s last point), never.
+    None: only a check's ``speculate_threshold`` starts it (the old path)."""
     text_cues: bool = True
     """A turn whose speculative final stops mid-sentence (a trailing comma, "and", "the", "because", no closing
     punctuation, an ellipsis, nothing heard) is not ended by the model, only by the silence timeout."""
