@@ -25,9 +25,8 @@ task set, never the session, so a finished session is freed by reference countin
   at any sending speed (as long as the turn model keeps up: while other sessions' checks wait for it, intermediate
   checks are shed, never in the audio a resumed stream replays, which is cut as it was before the drop);
 * while speaking, every ``partial_interval_ms`` of new audio a greedy partial decode with the confirmed words forced
-  as its prefix (replaced in the scheduler if still waiting when the next is due);
-* partials and finals alike carry the stream's :class:`~.context.DecodingContext` (hotwords, prompt), which a
-  dialect's session update may replace;
+  as its prefix (replaced in the scheduler if still waiting when the next is due); partials and finals alike carry
+  the stream's :class:`~.context.DecodingContext` (hotwords, prompt), which a dialect's session update may replace;
 * when an utterance ends, a :class:`FinalSlot` takes its place in the outbox at once, so utterance K+1's events never
   overtake K's final; with ``vad_state`` the final carries the VAD's state at its end, which a resumed session starts
   its detector from (the processor scores the few windows between the last kept state and the end to reach it).
@@ -239,15 +238,13 @@ class AudioProcessor:
             if u is None:
                 return
             rt = self.runtime
-            late = rt.settings.turn.speculate_after_ms
-            if late is not None and action.silence_ms >= late and u.pause_end == action.end_sample:
-                self._speculate(u)  # a long pause: its final is decoded now whatever its checks said
+            if (late := rt.settings.turn.speculate_after_ms) is not None and action.silence_ms >= late:
+                self._speculate(u)  # a long pause: its final (at u.pause_end) is decoded whatever its checks said
             last_check_ms = self.endpointer.options.turn_checkpoints_ms[-1]
             live = action.end_sample >= self.replay_samples  # not audio a resumed stream replays
             if (live and rt.turn_backlogged(self.session_id)
                     and action.silence_ms + rt.settings.turn.check_interval_ms < last_check_ms):
-                # the model is behind (load): an intermediate check is shed, a later one of this pause decides. Not
-                # in audio a resumed stream replays: it is cut as it was before the drop, whatever the load
+                # under load an intermediate check is shed (a later one decides), never in a resumed stream's replay
                 return
             audio = self.segmenter.slice(u.start_sample, self.endpointer.position_sample)
             # At real time, while this stream's last check is out (the model is slower than the pause) the newest
