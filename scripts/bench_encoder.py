@@ -25,8 +25,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as services/asr/__main__.py, before CTranslate2
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # and numpy load
+from services.asr.__main__ import quiet_threads
+
+quiet_threads(os.environ)  # the service's thread settings, before numpy and CTranslate2 load
 
 import numpy as np  # noqa: E402
 from bench_asr import corpus_wer, load_clips  # noqa: E402
